@@ -1,0 +1,76 @@
+# cramming-simple: one target per stage. Every target that needs the environment creates .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CS := $(BIN)/cramming-simple
+# Pin a torch build before the project installs, e.g. TORCH=torch==2.13.0 (CI's local CPU wheel).
+TORCH ?=
+
+BLOCK ?= preln
+BLOCKS ?= preln sas sasp
+BUDGET ?= 24h
+PROTOCOL ?= paper
+TASKS ?= all
+SEEDS ?= 1,2,3
+RUNS ?= runs
+RUN ?=
+GPUS ?= 1
+OUT ?= reports/latest
+ARGS ?=
+
+ifeq ($(GPUS),1)
+LAUNCH := $(CS)
+else
+LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m cramming_simple
+endif
+
+.PHONY: help setup test demo data pretrain glue report bench all params clean-venv
+
+help:
+	@echo "make demo | make test                 first two commands on a fresh machine"
+	@echo "make pretrain BLOCK=sas BUDGET=24h    pretrain one block (resumes if the run exists)"
+	@echo "make glue BLOCK=sas [RUN=runs/..]     fine-tune the latest run of BLOCK on GLUE"
+	@echo "make report                           tables and plots from every run in $(RUNS)/"
+	@echo "make bench                            speed of every block at crammed-bert size"
+	@echo "make all BLOCKS=\"preln sas sasp\" BUDGET=24h PROTOCOL=paper"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH),$(BIN)/python -m pip install -q "$(TORCH)")
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+params: setup
+	$(CS) params
+
+data: setup
+	$(CS) data --budget $(BUDGET) $(ARGS)
+
+pretrain: setup
+	$(LAUNCH) pretrain --block $(BLOCK) --budget $(BUDGET) --runs-dir $(RUNS) --resume $(ARGS)
+
+glue: setup
+	$(CS) glue $(if $(RUN),$(RUN),--block $(BLOCK) --runs-dir $(RUNS)) --protocol $(PROTOCOL) --tasks $(TASKS) --seeds $(SEEDS) --gpus $(GPUS) $(ARGS)
+
+report: setup
+	$(CS) report --runs-dir $(RUNS) --out $(OUT)
+
+bench: setup
+	$(CS) bench --arch crammed-bert --out reports/bench $(ARGS)
+
+all: setup
+	@set -e; for b in $(BLOCKS); do \
+	  $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) ARGS="$(ARGS)"; \
+	done; for b in $(BLOCKS); do \
+	  $(MAKE) --no-print-directory glue BLOCK=$$b RUNS=$(RUNS) PROTOCOL=$(PROTOCOL) TASKS=$(TASKS) SEEDS=$(SEEDS) GPUS=$(GPUS) RUN=$(RUNS)/$$b-$(BUDGET) ARGS=; \
+	done
+	$(MAKE) --no-print-directory report RUNS=$(RUNS) OUT=$(OUT)
+
+clean-venv:
+	rm -rf $(VENV)

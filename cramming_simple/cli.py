@@ -1,0 +1,81 @@
+"""`cramming-simple` (also `python -m cramming_simple`): one subcommand per stage.
+
+Run commands take OmegaConf `key=value` overrides after their options, e.g.
+`cramming-simple pretrain --block sas --budget 1h train.lr=2e-3 hours=0.5`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .config import ConfigError
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+
+    from .model import BLOCKS, MaskedLM, arch_config, count_params
+
+    cfg = arch_config(args.arch)
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        counts = {name: count_params(MaskedLM(cfg, name)) for name in BLOCKS}
+    if args.json:
+        print(json.dumps(counts, indent=2))
+        return 0
+    table = pd.DataFrame(
+        [
+            {"block": name, "title": BLOCKS[name].title, "params": f"{c['params'] / 1e6:.2f}M", "non-embedding": f"{c['non_embedding'] / 1e6:.2f}M"}
+            for name, c in counts.items()
+        ]
+    )
+    print(f"arch: {args.arch} (width {cfg.width}, depth {cfg.depth}, heads {cfg.heads}, vocab {cfg.vocab_size})")
+    print(table.to_string(index=False))
+    return 0
+
+
+# name -> (module with `add_arguments(parser)` and `run(args) -> int`, help line)
+COMMANDS = {
+    "data": ("cramming_simple.data.command", "prepare a budget's pretraining data ahead of time"),
+    "pretrain": ("cramming_simple.train.command", "pretrain one block for a wall-clock budget"),
+    "glue": ("cramming_simple.glue.command", "fine-tune a pretrained run on GLUE"),
+    "report": ("cramming_simple.report.command", "tables and plots from run folders"),
+    "bench": ("cramming_simple.bench", "time training steps of every block side by side"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .model import PRESETS
+
+    parser = argparse.ArgumentParser(prog="cramming-simple", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("params", help="parameter count of every block")
+    p.add_argument("--arch", default="crammed-bert", choices=sorted(PRESETS))
+    p.add_argument("--json", action="store_true", help='print {"<block>": {"params": int, "non_embedding": int}}')
+    p.set_defaults(func=cmd_params)
+
+    for name, (module_name, help_line) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if not module_name.startswith(err.name or "?"):
+                raise
+            continue  # a stage not built yet
+        p = sub.add_parser(name, help=help_line, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"cramming-simple {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,126 @@
+"""GLUE scoring shared by the GLUE stage and the reports: the nine columns and their average (SPEC section 4).
+
+Per-seed results live in `RUN_DIR/glue/<task>/seed<k>.json` (written by the GLUE stage):
+  {"task", "seed", "protocol", "protocol_hash", "status": "ok"|"failed", "reason",
+   "metrics": {split: {metric: value in [0, 1] (pearson/spearman/matthews in [-1, 1])}}, "epochs": [...], ...}
+`summarize` turns them into `RUN_DIR/glue/summary.json`; scores there are in percent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..runtime import read_json
+
+TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str  # as in the paper's Table 2
+    task: str  # hub config name
+    split: str
+    metric: str
+
+
+# The nine numbers of the GLUE average (MNLI matched and mismatched both count), in Table 2's order.
+COLUMNS = (
+    Column("MNLI-m", "mnli", "validation_matched", "accuracy"),
+    Column("MNLI-mm", "mnli", "validation_mismatched", "accuracy"),
+    Column("SST-2", "sst2", "validation", "accuracy"),
+    Column("STS-B", "stsb", "validation", "pearson"),
+    Column("RTE", "rte", "validation", "accuracy"),
+    Column("QNLI", "qnli", "validation", "accuracy"),
+    Column("QQP", "qqp", "validation", "f1"),
+    Column("MRPC", "mrpc", "validation", "f1"),
+    Column("CoLA", "cola", "validation", "matthews"),
+)
+
+
+def mean_std(values: Iterable[float]) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) over seeds."""
+    arr = np.asarray(list(values), dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "n": int(arr.size)}
+
+
+def glue_average(scores: dict[str, float]) -> float | None:
+    """Mean of the nine column scores (percent); None unless all nine are present and finite."""
+    values = [scores.get(c.label) for c in COLUMNS]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return float(np.mean(values))
+
+
+def load_results(run_dir: str | Path) -> list[dict]:
+    """Every `glue/<task>/seed<k>.json` of a run, sorted by task then seed."""
+    files = sorted(Path(run_dir, "glue").glob("*/seed*.json"))
+    return sorted((read_json(f) for f in files), key=lambda r: (r["task"], r["seed"]))
+
+
+def column_scores(result: dict) -> dict[str, float]:
+    """The columns one task/seed result contributes, in percent."""
+    out = {}
+    for c in COLUMNS:
+        if c.task == result["task"] and result.get("status") == "ok":
+            value = result.get("metrics", {}).get(c.split, {}).get(c.metric)
+            if value is not None:
+                out[c.label] = 100.0 * float(value)
+    return out
+
+
+def summarize(results: list[dict], tasks: Iterable[str] = TASKS, seeds: Iterable[int] | None = None) -> dict:
+    """The content of `glue/summary.json` from per-seed results.
+
+    The GLUE average is computed per seed and then reduced to mean +- std over seeds. It is missing (None,
+    with the reason) whenever any expected task/seed failed or did not run: never taken over fewer tasks.
+    """
+    tasks = list(tasks)
+    seeds = sorted(set(seeds) if seeds is not None else {r["seed"] for r in results})
+    by_key = {(r["task"], r["seed"]): r for r in results}
+    failed = [{"task": r["task"], "seed": r["seed"], "reason": r.get("reason")} for r in results if r.get("status") != "ok"]
+    missing = [{"task": t, "seed": s} for t in tasks for s in seeds if (t, s) not in by_key]
+
+    per_seed: dict[int, dict[str, float]] = {s: {} for s in seeds}
+    for (task, seed), r in by_key.items():
+        if seed in per_seed:
+            per_seed[seed].update(column_scores(r))
+    columns = {}
+    for c in COLUMNS:
+        values = {s: per_seed[s][c.label] for s in seeds if c.label in per_seed[s]}
+        columns[c.label] = {**mean_std(values.values()), "values": {str(s): v for s, v in values.items()}}
+
+    averages = {s: glue_average(per_seed[s]) for s in seeds}
+    reason = None
+    if not seeds:
+        reason = "no GLUE results"
+    elif failed:
+        reason = "failed: " + ", ".join(f"{f['task']} seed {f['seed']}" for f in failed)
+    elif missing or set(tasks) != set(TASKS):
+        not_run = sorted({m["task"] for m in missing} | (set(TASKS) - set(tasks)))
+        reason = "not run: " + ", ".join(not_run)
+    elif any(a is None for a in averages.values()):
+        reason = "incomplete metrics"
+    average = None
+    if reason is None:
+        average = {**mean_std(averages.values()), "per_seed": {str(s): a for s, a in averages.items()}}
+
+    protocols = sorted({(r.get("protocol"), r.get("protocol_hash")) for r in results}, key=str)
+    return {
+        "protocol": protocols[0][0] if len(protocols) == 1 else [p[0] for p in protocols],
+        "protocol_hash": protocols[0][1] if len(protocols) == 1 else [p[1] for p in protocols],
+        "tasks": tasks,
+        "seeds": seeds,
+        "columns": columns,
+        "glue_average": average,
+        "average_missing_reason": reason,
+        "failed": failed,
+        "missing": missing,
+    }

@@ -1,0 +1,101 @@
+"""The crammed-BERT encoder with its two heads: sparse-prediction MLM and GLUE sequence prediction."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import block_spec
+from .config import ArchConfig
+from .layers import Embedding, KeyMask, norm
+
+IGNORE = -100  # label of positions that carry no loss
+
+
+class Encoder(nn.Module):
+    """Embedding -> `depth` blocks -> final LayerNorm. (B, T) token ids -> (B, T, d)."""
+
+    def __init__(self, cfg: ArchConfig, block: str):
+        super().__init__()
+        spec = block_spec(block)
+        cfg.validate()
+        self.cfg, self.block = cfg, block
+        self.embedding = Embedding(cfg)
+        self.layers = nn.ModuleList(spec.build(cfg, i) for i in range(cfg.depth))
+        self.final_norm = norm(cfg)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        x = self.embedding(input_ids)
+        mask = KeyMask.from_attention_mask(attention_mask, x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x)
+
+
+class MaskedLM(nn.Module):
+    """MLM with sparse prediction: only the masked positions reach the decoder (tied, no bias)."""
+
+    def __init__(self, cfg: ArchConfig, block: str):
+        super().__init__()
+        self.encoder = Encoder(cfg, block)
+
+    def forward(self, input_ids: Tensor, positions: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Mean cross-entropy over the masked positions.
+
+        positions: (B, M) indices of the masked tokens, M fixed per batch (static shapes for compile);
+        labels: (B, M) their original ids, IGNORE where a row had fewer than M maskable tokens.
+        """
+        h = self.encoder(input_ids, attention_mask)  # (B, T, d)
+        h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, M, d)
+        logits = F.linear(h, self.encoder.embedding.tokens.weight)  # (B, M, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Full-vocabulary logits at every position, (B, T, V): for evaluation, not training."""
+        return F.linear(self.encoder(input_ids, attention_mask), self.encoder.embedding.tokens.weight)
+
+
+class SequenceClassifier(nn.Module):
+    """GLUE head: first token -> dense -> tanh -> dropout -> linear. num_labels=1 is regression (MSE).
+
+    The head's two Linears keep their biases, as in cramming's pooler and classifier; the no-bias rule is
+    the encoder's.
+    """
+
+    def __init__(self, cfg: ArchConfig, block: str, num_labels: int):
+        super().__init__()
+        self.num_labels = num_labels
+        self.encoder = Encoder(cfg, block)
+        self.dense = nn.Linear(cfg.width, cfg.width)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.width, num_labels)
+        for layer in (self.dense, self.out):
+            nn.init.normal_(layer.weight, std=cfg.init_std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        first = self.encoder(input_ids, attention_mask)[:, 0]  # (B, d)
+        logits = self.out(self.dropout(torch.tanh(self.dense(first))))  # (B, num_labels)
+        if labels is None:
+            return logits, None
+        if self.num_labels == 1:
+            return logits, F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return logits, F.cross_entropy(logits.float(), labels)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay; biases, norms and scalar gains (every tensor with ndim < 2) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Total trainable parameters and those outside the embedding (tokens, position scale, embedding norm)."""
+    encoder = model.encoder if hasattr(model, "encoder") else model
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(p.numel() for p in encoder.embedding.parameters())
+    return {"params": total, "non_embedding": total - embedding}

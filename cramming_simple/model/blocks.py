@@ -1,0 +1,145 @@
+"""The seven blocks, exactly as SPEC section 2, and the one registry that names them.
+
+Every block maps (B, T, d) -> (B, T, d) given a KeyMask (or None: no padding). `layer` is the block's index
+in the stack: the simplified blocks keep a trainable value matrix in layer 0 only.
+Dropout (fine-tuning only) sits on residual branches; the shaped-attention sub-block of `sas` and the
+whole `sasp` block have no skip, so dropping there would drop the signal itself: they get none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigError
+from .config import ArchConfig
+from .layers import GLU, Attention, KeyMask, ShapedAttention, attend, glu, linear, merge_heads, norm, project, split_heads, zero_query
+
+
+def gain(value: float) -> nn.Parameter:
+    """A trainable scalar gain (no weight decay: the optimiser groups skip every tensor with ndim < 2)."""
+    return nn.Parameter(torch.tensor(float(value)))
+
+
+class PreLN(nn.Module):
+    """X' = X + MHA(Norm1 X);  Y = X' + MLP(Norm2 X')."""
+
+    def __init__(self, cfg: ArchConfig, layer: int):
+        super().__init__()
+        self.norm1, self.attn, self.norm2, self.mlp = norm(cfg), Attention(cfg), norm(cfg), GLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class PostLN(PreLN):
+    """X' = Norm1(X + MHA X);  Y = Norm2(X' + MLP X'). Same modules as Pre-LN, norms moved."""
+
+    def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
+        x = self.norm1(x + self.drop(self.attn(x, mask)))
+        return self.norm2(x + self.drop(self.mlp(x)))
+
+
+class Parallel(nn.Module):
+    """Y = X + MHA(Norm X) + MLP(Norm X), one shared Norm.
+
+    The PaLM trick: one input GEMM makes Q, K, V and the MLP's hidden layer; one output GEMM on
+    [attention | MLP hidden] applies W^P and the MLP's down projection together.
+    """
+
+    def __init__(self, cfg: ArchConfig, layer: int):
+        super().__init__()
+        d, G = cfg.width, cfg.glu_width
+        self.heads, self.fused = cfg.heads, True
+        self.norm = norm(cfg)
+        self.w_in = linear(d, 3 * d + G, cfg.init_std)  # rows: [W^Q; W^K; W^V; W_up]
+        self.w_out = linear(d + G // 2, d, cfg.init_std)  # columns: [W^P | W_down]
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
+        d = x.shape[-1]
+        q, k, v, h = project(self.norm(x), self.w_in.weight, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
+        a = merge_heads(attend(*(split_heads(t, self.heads) for t in (q, k, v)), mask, self.fused))  # (B, T, d)
+        if self.fused:
+            out = self.w_out(torch.cat([a, glu(h)], dim=-1))
+        else:
+            w_proj, w_down = self.w_out.weight.split([d, self.w_out.in_features - d], dim=1)
+            out = a @ w_proj.T + glu(h) @ w_down.T
+        return x + self.drop(out)
+
+
+class SAS(nn.Module):
+    """X' = beta_SA * SMHA(Norm1 X);  Y = alpha_FF * X' + beta_FF * MLP(Norm2 X').
+
+    values='full' gives `vskipinit`: trainable, orthogonally initialised W^V and W^P in every layer.
+    """
+
+    def __init__(self, cfg: ArchConfig, layer: int, values: str | None = None):
+        super().__init__()
+        values = values or ("reparam" if layer == 0 else "identity")
+        self.norm1, self.attn = norm(cfg), ShapedAttention(cfg, values)
+        self.norm2, self.mlp = norm(cfg), GLU(cfg)
+        self.beta_sa, self.alpha_ff, self.beta_ff = gain(1.0), gain(1.0), gain(cfg.beta_ff_init)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
+        x = self.beta_sa * self.attn(self.norm1(x), mask)
+        return self.alpha_ff * x + self.beta_ff * self.drop(self.mlp(self.norm2(x)))
+
+
+class SASP(nn.Module):
+    """Y = beta_SA * SMHA(Norm X) + beta_FF * MLP(Norm X): one shared Norm, no skip at all.
+
+    with_norm=False gives `sasp-nonorm`. One input GEMM makes Q, K and the MLP's hidden layer.
+    """
+
+    def __init__(self, cfg: ArchConfig, layer: int, with_norm: bool = True):
+        super().__init__()
+        d, G = cfg.width, cfg.glu_width
+        self.fused = True
+        self.norm = norm(cfg) if with_norm else nn.Identity()
+        self.w_in = linear(d, 2 * d + G, cfg.init_std)  # rows: [W^Q; W^K; W_up]
+        zero_query(self.w_in.weight, d)
+        self.attn = ShapedAttention(cfg, "reparam" if layer == 0 else "identity", with_qk=False)
+        self.down = linear(G // 2, d, cfg.init_std)
+        self.beta_sa, self.beta_ff = gain(1.0), gain(cfg.beta_ff_init)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
+        x = self.norm(x)
+        d = x.shape[-1]
+        q, k, h = project(x, self.w_in.weight, [d, d, self.w_in.out_features - 2 * d], self.fused)
+        return self.beta_sa * self.attn.mix(q, k, x, mask) + self.beta_ff * self.drop(self.down(glu(h)))
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A registry entry: how to build the block, its name in tables, and its pretraining defaults."""
+
+    build: Callable[[ArchConfig, int], nn.Module]
+    title: str
+    lr: float  # peak learning rate of the budget triangle (SPEC section 3)
+    weight_decay: float
+    shaped: bool  # uses shaped attention (SMHA)
+
+
+BLOCKS: dict[str, BlockSpec] = {
+    "preln": BlockSpec(PreLN, "Pre-LN", 1e-3, 0.01, shaped=False),
+    "postln": BlockSpec(PostLN, "Post-LN", 1e-3, 0.01, shaped=False),
+    "parallel": BlockSpec(Parallel, "Parallel", 1e-3, 0.01, shaped=False),
+    "sas": BlockSpec(SAS, "SAS", 3e-3, 0.1, shaped=True),
+    "sasp": BlockSpec(SASP, "SAS-P", 3e-3, 0.1, shaped=True),
+    "sasp-nonorm": BlockSpec(lambda cfg, layer: SASP(cfg, layer, with_norm=False), "SAS-P, no norm", 2e-3, 0.1, shaped=True),
+    "vskipinit": BlockSpec(lambda cfg, layer: SAS(cfg, layer, values="full"), "V-SkipInit", 1e-3, 0.01, shaped=True),
+}
+
+
+def block_spec(name: str) -> BlockSpec:
+    if name not in BLOCKS:
+        raise ConfigError(f"unknown block '{name}'. Valid blocks: {', '.join(BLOCKS)}")
+    return BLOCKS[name]

@@ -1,0 +1,55 @@
+"""Architecture config: the crammed-BERT encoder (SPEC section 1) and a tiny CPU-sized twin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..config import ConfigError, require
+
+
+@dataclass
+class ArchConfig:
+    preset: str = "crammed-bert"  # provenance: which preset the other values started from
+    vocab_size: int = 32768
+    seq_len: int = 128  # positions of the sinusoid table
+    width: int = 768
+    depth: int = 16
+    heads: int = 12
+    glu_width: int = 3072  # output width of the FFN's first Linear; split into value and gate halves
+    norm_eps: float = 1e-12
+    init_std: float = 0.02
+    beta_ff_init: float = 0.05  # shaped-attention blocks: MLP branch gain at init (0.1 in the GPT runs)
+    dropout: float = 0.0  # pretraining runs without dropout; GLUE fine-tuning sets 0.1
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "seq_len", "width", "depth", "heads", "glu_width"):
+            require(getattr(self, name) > 0, f"arch.{name} must be positive, got {getattr(self, name)}")
+        require(self.width % self.heads == 0, f"arch.heads ({self.heads}) must divide arch.width ({self.width})")
+        require(self.glu_width % 2 == 0, f"arch.glu_width must be even (value and gate halves), got {self.glu_width}")
+        require(self.norm_eps > 0 and self.init_std > 0, "arch.norm_eps and arch.init_std must be positive")
+        require(0.0 <= self.dropout < 1.0, f"arch.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+PRESETS: dict[str, ArchConfig] = {
+    "crammed-bert": ArchConfig(),
+    # Same code path, CPU-sized: smoke runs and tests.
+    "tiny": ArchConfig(preset="tiny", vocab_size=8192, depth=2, width=128, heads=2, glu_width=512),
+}
+
+
+def arch_config(preset: str = "crammed-bert", **overrides: Any) -> ArchConfig:
+    """A preset with overrides, validated. Unknown presets or keys fail with the valid choices."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown arch preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
+    names = {f.name for f in fields(ArchConfig)} - {"preset"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown arch key(s) {unknown}. Valid keys: {', '.join(sorted(names))}")
+    cfg = replace(PRESETS[preset], **overrides)
+    cfg.validate()
+    return cfg

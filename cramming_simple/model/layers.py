@@ -1,0 +1,252 @@
+"""Pieces shared by the blocks: projections, the GLU MLP, attention cores, masks, embeddings.
+
+Every module with a fast path has a `fused` attribute (True by default). `set_fused(model, False)` switches
+the whole model to the plain reference path (one GEMM per weight, explicit T x T attention matrices), which
+tests compare against the fast path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ArchConfig
+
+
+def linear(fan_in: int, fan_out: int, std: float) -> nn.Linear:
+    """A bias-free Linear with normal(0, std) init (SPEC: no bias anywhere in the encoder)."""
+    layer = nn.Linear(fan_in, fan_out, bias=False)
+    nn.init.normal_(layer.weight, std=std)
+    return layer
+
+
+def norm(cfg: ArchConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(cfg.width, eps=cfg.norm_eps)  # weight 1, bias 0 by default
+
+
+def project(x: Tensor, weight: Tensor, sizes: list[int], fused: bool) -> list[Tensor]:
+    """x @ weight^T, split into chunks of `sizes` along the last dim.
+
+    fused: one GEMM for all chunks (QKV, or attention + MLP inputs of the parallel blocks).
+    reference: one GEMM per chunk, on slices of the same weight.
+    """
+    if fused:
+        return list(F.linear(x, weight).split(sizes, dim=-1))
+    return [F.linear(x, w) for w in weight.split(sizes, dim=0)]
+
+
+def glu(h: Tensor) -> Tensor:
+    """(..., 2f) -> (..., f): first half times GELU of the second half."""
+    value, gate = h.chunk(2, dim=-1)
+    return value * F.gelu(gate)
+
+
+class GLU(nn.Module):
+    """MLP(X) = Linear(glu_width/2 -> d)(x * gelu(g)), with (x, g) = Linear(d -> glu_width)(X)."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.up = linear(cfg.width, cfg.glu_width, cfg.init_std)
+        self.down = linear(cfg.glu_width // 2, cfg.width, cfg.init_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(glu(self.up(x)))
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+
+@dataclass
+class KeyMask:
+    """A key-padding mask in the forms attention needs. `None` instead of a KeyMask means no padding."""
+
+    allow: Tensor  # (B, 1, 1, T) bool: True where the key is a real token
+    valid: Tensor  # (B, 1, T, 1) float 1/0: the same, for masked means over keys in (B, H, T, dk) layout
+    count: Tensor  # (B, 1, 1, 1) float: number of real tokens
+
+    @classmethod
+    def from_attention_mask(cls, attention_mask: Tensor | None, dtype: torch.dtype) -> KeyMask | None:
+        if attention_mask is None:
+            return None
+        keep = attention_mask.bool()  # (B, T)
+        valid = keep[:, None, :, None].to(dtype)
+        return cls(allow=keep[:, None, None, :], valid=valid, count=valid.sum(dim=2, keepdim=True))
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, T, d) -> (B, H, T, d/H), a view."""
+    B, T, _ = x.shape
+    return x.view(B, T, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, T, dk) -> (B, T, H * dk)."""
+    B, H, T, dk = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * dk)
+
+
+def attention_matrix(q: Tensor, k: Tensor, mask: KeyMask | None) -> Tensor:
+    """Reference path: A = softmax(Q K^T / sqrt(dk) + M) as an explicit (B, H, T, T) tensor."""
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        logits = logits.masked_fill(~mask.allow, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def uniform_matrix(v: Tensor, mask: KeyMask | None) -> Tensor:
+    """Reference path: C, the attention that all-zero logits give: uniform over the allowed keys."""
+    T = v.shape[-2]
+    if mask is None:
+        return v.new_full((1, 1, T, T), 1.0 / T)
+    return (mask.valid / mask.count).transpose(-2, -1).expand(-1, -1, T, -1)  # (B, 1, T, T)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: KeyMask | None, fused: bool) -> Tensor:
+    """A_h V_h for every head. q, k, v: (B, H, T, dk) -> (B, H, T, dk)."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.allow)
+    return attention_matrix(q, k, mask) @ v
+
+
+def key_mean(v: Tensor, mask: KeyMask | None) -> Tensor:
+    """C V_h: the mean of the values over the allowed keys, (B, H, T, dk) -> (B, H, 1, dk)."""
+    if mask is None:
+        return v.mean(dim=2, keepdim=True)
+    return (v * mask.valid).sum(dim=2, keepdim=True) / mask.count
+
+
+def shaped_attend(
+    q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor, mask: KeyMask | None, fused: bool
+) -> Tensor:
+    """(alpha_h I + beta_h A_h - gamma_h C) V_h for every head. q, k, v: (B, H, T, dk); gains: (H,).
+
+    fused: A_h V_h through fused SDPA plus two cheap terms (alpha_h V_h, gamma_h * mean of V_h):
+    no T x T matrix is built. reference: the shaped matrix itself, then one matmul.
+    """
+    alpha, beta, gamma = (g.view(1, -1, 1, 1) for g in (alpha, beta, gamma))  # (1, H, 1, 1)
+    if fused:
+        return alpha * v + beta * attend(q, k, v, mask, fused=True) - gamma * key_mean(v, mask)
+    T = v.shape[-2]
+    eye = torch.eye(T, dtype=v.dtype, device=v.device)
+    shaped = alpha * eye + beta * attention_matrix(q, k, mask) - gamma * uniform_matrix(v, mask)
+    return shaped @ v
+
+
+class Attention(nn.Module):
+    """MHA(X) = concat_h(A_h(X) X W^V_h) W^P, with W^Q, W^K, W^V in one (fused) weight."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.heads, self.fused = cfg.heads, True
+        self.qkv = linear(cfg.width, 3 * cfg.width, cfg.init_std)  # rows: [W^Q; W^K; W^V]
+        self.proj = linear(cfg.width, cfg.width, cfg.init_std)
+
+    def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
+        d = x.shape[-1]
+        q, k, v = (split_heads(t, self.heads) for t in project(x, self.qkv.weight, [d, d, d], self.fused))
+        return self.proj(merge_heads(attend(q, k, v, mask, self.fused)))
+
+
+class ShapedAttention(nn.Module):
+    """SMHA: per head (alpha_h I + beta_h A_h - gamma_h C) V_h, concatenated (SPEC section 2).
+
+    values: how V is made from the (normed) input X:
+      'identity' - V = X, and no output projection (the simplified blocks);
+      'reparam'  - V = X (alpha_V I + beta_V dW), dW = 0 at init (the first layer of the simplified blocks);
+      'full'     - V = X W^V and an output projection W^P, both orthogonal at init (`vskipinit`).
+    W^Q = 0 at init, so A_h = C and every head is the identity on V_h.
+    with_qk=False leaves the Q/K projection to the caller (the parallel block fuses it with the MLP's).
+    """
+
+    def __init__(self, cfg: ArchConfig, values: str, with_qk: bool = True):
+        super().__init__()
+        d, H = cfg.width, cfg.heads
+        self.heads, self.values, self.fused = H, values, True
+        if with_qk:
+            self.qk = linear(d, 2 * d, cfg.init_std)  # rows: [W^Q; W^K]
+            zero_query(self.qk.weight, d)
+        self.alpha = nn.Parameter(torch.ones(H))
+        self.beta = nn.Parameter(torch.ones(H))
+        self.gamma = nn.Parameter(torch.ones(H))
+        if values == "reparam":
+            self.value_alpha = nn.Parameter(torch.tensor(1.0))
+            self.value_beta = nn.Parameter(torch.tensor(1.0))
+            self.value_delta = nn.Parameter(torch.zeros(d, d))
+        elif values == "full":
+            self.value = nn.Linear(d, d, bias=False)
+            self.proj = nn.Linear(d, d, bias=False)
+            nn.init.orthogonal_(self.value.weight)
+            nn.init.orthogonal_(self.proj.weight)
+        elif values != "identity":
+            raise ValueError(f"values must be 'identity', 'reparam' or 'full', got {values!r}")
+
+    def value_of(self, x: Tensor) -> Tensor:
+        if self.values == "reparam":
+            return self.value_alpha * x + self.value_beta * F.linear(x, self.value_delta)
+        if self.values == "full":
+            return self.value(x)
+        return x
+
+    def mix(self, q: Tensor, k: Tensor, x: Tensor, mask: KeyMask | None) -> Tensor:
+        """Shaped attention of queries q and keys k (B, T, d) over the values made from x (B, T, d)."""
+        q, k, v = (split_heads(t, self.heads) for t in (q, k, self.value_of(x)))
+        out = merge_heads(shaped_attend(q, k, v, self.alpha, self.beta, self.gamma, mask, self.fused))
+        return self.proj(out) if self.values == "full" else out
+
+    def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
+        q, k = project(x, self.qk.weight, [x.shape[-1]] * 2, self.fused)
+        return self.mix(q, k, x, mask)
+
+
+def zero_query(weight: Tensor, width: int) -> None:
+    """W^Q = 0 at init: the first `width` rows of a fused projection whose first chunk is Q."""
+    with torch.no_grad():
+        weight[:width].zero_()
+
+
+# ----------------------------------------------------------------------------------------------- embedding
+
+
+def sinusoid_table(length: int, width: int) -> Tensor:
+    """The fixed (length, width) sinusoid table of Vaswani et al.: sin on even, cos on odd features."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(length, width)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq)
+    return table
+
+
+class Embedding(nn.Module):
+    """Token embedding (pad index 0) + scaled sinusoidal positions, then LayerNorm."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=0)
+        nn.init.normal_(self.tokens.weight, std=cfg.init_std)
+        with torch.no_grad():
+            self.tokens.weight[0].zero_()
+        self.register_buffer("sinusoid", sinusoid_table(cfg.seq_len, cfg.width), persistent=False)
+        self.position_scale = nn.Parameter(torch.tensor(cfg.width**-0.5))  # learnable, init 1/sqrt(d)
+        self.norm = norm(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        T = input_ids.shape[1]
+        x = self.tokens(input_ids) + self.position_scale * self.sinusoid[:T]  # (B, T, d)
+        return self.dropout(self.norm(x))
+
+
+def set_fused(model: nn.Module, fused: bool) -> nn.Module:
+    """Switch every fast path in `model` on (default) or off (plain reference path)."""
+    for module in model.modules():
+        if hasattr(module, "fused"):
+            module.fused = fused
+    return model
