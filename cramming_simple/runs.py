@@ -1,0 +1,34 @@
+"""The run folder contract: `runs/<name>/` and what lives in it. Reports, GLUE and tests depend on these names.
+
+runs/<name>/
+  config.yaml      resolved pretraining config (block, budget, arch, data, train, impl)
+  metrics.jsonl    a row every few seconds: microbatch_steps, elapsed_s, p, lr, batch_size, loss, tokens_per_s, ...
+  summary.json     block, arch, budget_hours, params, microbatch_steps, tokens, elapsed_s, final_loss, device,
+                   torch, world_size, completed, stop_reason, ...
+  checkpoint.pt    full training state for --resume
+  model/           model.safetensors, config.json, tokenizer files
+  glue/<task>/seed<k>.json, glue/summary.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import ConfigError
+from .runtime import read_json
+
+CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "model", "glue"
+
+
+def find_runs(runs_dir: str | Path) -> list[Path]:
+    """Run folders under `runs_dir` (those with a summary.json), oldest first."""
+    found = [p.parent for p in Path(runs_dir).glob(f"*/{SUMMARY}")]
+    return sorted(found, key=lambda p: (p / SUMMARY).stat().st_mtime)
+
+
+def latest_run(runs_dir: str | Path, block: str) -> Path:
+    """The most recent run of `block` that has a saved model."""
+    runs = [r for r in find_runs(runs_dir) if read_json(r / SUMMARY).get("block") == block and (r / MODEL / "config.json").exists()]
+    if not runs:
+        raise ConfigError(f"no pretrained run of block '{block}' under {runs_dir}/ (run `make pretrain BLOCK={block}` first)")
+    return runs[-1]
