@@ -1,0 +1,219 @@
+"""From prepared shards to device-ready MLM microbatches: memory-mapped reads, a stateless shuffle, masking.
+
+Everything random here is a pure function of (seed, position in the sample stream): the shuffle is a
+pseudo-random bijection evaluated pointwise, and the mask noise is a hash of (seed, sample, column). So
+  - resuming needs only the number of microbatches consumed, and
+  - W ranks with microbatch B read and mask exactly the samples that one process with microbatch W*B
+    would, which is what makes a distributed step equal a single-process step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..model import IGNORE
+from ..runtime import read_json
+from .prepare import MANIFEST, file_sha256
+from .sources import DataError
+
+# ----------------------------------------------------------------------------------------------- hashing
+
+_GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fast, well-mixed hash of uint64 values (wrapping arithmetic)."""
+    x = x.astype(np.uint64) + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def uniform(key: int, index: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1), one per uint64 index, a pure function of (key, index)."""
+    h = mix64(mix64(np.array([key], dtype=np.uint64)) ^ index.astype(np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def permute(index: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
+    """A pseudo-random bijection of [0, n), evaluated pointwise with O(1) memory.
+
+    A balanced Feistel network on the smallest even-bit power of two >= n; values that land outside
+    [0, n) are walked through the network again (cycle walking) until they land inside.
+    """
+    half = max(1, (int(n - 1).bit_length() + 1) // 2)
+    mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
+    round_keys = mix64(np.arange(rounds, dtype=np.uint64) + np.uint64(key % 2**63) * np.uint64(rounds))
+
+    def network(x: np.ndarray) -> np.ndarray:
+        left, right = x >> shift, x & mask
+        for k in round_keys:
+            left, right = right, left ^ (mix64(right ^ k) & mask)
+        return (left << shift) | right
+
+    out = network(index.astype(np.uint64))
+    outside = out >= n
+    while outside.any():
+        out[outside] = network(out[outside])
+        outside = out >= n
+    return out.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------- shards
+
+
+class PackedData:
+    """The prepared sequences: all shards memory-mapped, addressed by one global row index."""
+
+    def __init__(self, root: str | Path, verify: bool = True):
+        self.root = Path(root)
+        if not (self.root / MANIFEST).exists():
+            raise DataError(f"no prepared data at {self.root} (run `cramming-simple data --budget ...` first)")
+        self.manifest = read_json(self.root / MANIFEST)
+        self.seq_len = int(self.manifest["seq_len"])
+        self.shards = []
+        for shard in self.manifest["shards"]:
+            path = self.root / shard["file"]
+            if not path.exists():
+                raise DataError(f"shard {path} is missing; delete {self.root} and prepare the data again")
+            if verify and file_sha256(path) != shard["sha256"]:
+                raise DataError(f"shard {path} is corrupted (checksum differs from the one recorded at preparation); delete {self.root} and prepare the data again")
+            array = np.load(path, mmap_mode="r")
+            if array.shape != (shard["rows"], self.seq_len):
+                raise DataError(f"shard {path} has shape {array.shape}, expected ({shard['rows']}, {self.seq_len})")
+            self.shards.append(array)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Rows by global index -> (len(index), seq_len)."""
+        shard_of = np.searchsorted(self.offsets, index, side="right") - 1
+        out = np.empty((len(index), self.seq_len), dtype=self.shards[0].dtype)
+        for s in np.unique(shard_of):
+            pick = shard_of == s
+            out[pick] = self.shards[s][index[pick] - self.offsets[s]]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- masking
+
+
+class MLMCollator:
+    """SPEC section 3 masking: exactly round(p T) positions per sequence, 80 % [MASK] / 10 % random / 10 % kept.
+
+    Pad and special tokens are never chosen; a row with fewer maskable tokens than M gets IGNORE labels in
+    its spare slots. Output shapes are static: positions and labels are (B, M).
+    """
+
+    def __init__(self, seq_len: int, mask_prob: float, mask_id: int, special_ids: list[int], vocab: int, seed: int):
+        self.seq_len, self.mask_id, self.seed = seq_len, mask_id, seed
+        self.masked = round(mask_prob * seq_len)
+        if not 0 < self.masked <= seq_len:
+            raise ValueError(f"mask_prob {mask_prob} masks {self.masked} of {seq_len} tokens")
+        self.special = torch.zeros(max(vocab, max(special_ids) + 1), dtype=torch.bool)
+        self.special[special_ids] = True
+        self.ordinary = torch.nonzero(~self.special[:vocab]).squeeze(1)  # candidates for random replacement
+
+    def noise(self, samples: np.ndarray, stream: int) -> torch.Tensor:
+        """(B, T) uniforms, a pure function of (seed, stream, sample index, column)."""
+        cells = samples.astype(np.uint64)[:, None] * np.uint64(self.seq_len) + np.arange(self.seq_len, dtype=np.uint64)
+        return torch.from_numpy(uniform(self.seed * 4 + stream, cells.ravel()).reshape(cells.shape))
+
+    def __call__(self, rows: np.ndarray, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        """rows: (B, T) token ids; samples: (B,) their positions in the sample stream."""
+        ids = torch.from_numpy(rows.astype(np.int64))  # (B, T)
+        choose = self.noise(samples, 0).masked_fill(self.special[ids], 2.0)  # specials never win
+        score, positions = choose.topk(self.masked, dim=1, largest=False, sorted=False)  # (B, M)
+        labels = ids.gather(1, positions).masked_fill(score >= 2.0, IGNORE)
+        action = self.noise(samples, 1).gather(1, positions)  # (B, M)
+        pick = (self.noise(samples, 2).gather(1, positions) * len(self.ordinary)).long()
+        replaced = torch.where(action < 0.8, self.mask_id, torch.where(action < 0.9, self.ordinary[pick], labels))
+        replaced = torch.where(labels == IGNORE, ids.gather(1, positions), replaced)
+        inputs = ids.scatter(1, positions, replaced)
+        return {"input_ids": inputs, "positions": positions, "labels": labels}
+
+
+# ----------------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class MicrobatchStream:
+    """Microbatch b of rank r holds samples [(b W + r) B, (b W + r + 1) B) of an endless shuffled stream.
+
+    Sample s is row permute(s mod N, N, key(epoch = s div N)) of the data.
+    """
+
+    data: PackedData
+    collate: MLMCollator
+    microbatch: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+
+    def samples(self, b: int) -> np.ndarray:
+        start = (b * self.world + self.rank) * self.microbatch
+        return np.arange(start, start + self.microbatch, dtype=np.int64)
+
+    def rows_of(self, samples: np.ndarray) -> np.ndarray:
+        n = len(self.data)
+        epoch, position = np.divmod(samples, n)
+        index = np.empty_like(samples)
+        for e in np.unique(epoch):
+            pick = epoch == e
+            index[pick] = permute(position[pick], n, key=self.seed * 100_003 + int(e))
+        return index
+
+    def __call__(self, b: int) -> dict[str, torch.Tensor]:
+        samples = self.samples(b)
+        return self.collate(self.data.rows(self.rows_of(samples)), samples)
+
+
+class Prefetcher:
+    """Makes batches `start, start+1, ...` on a background thread and hands them over on the device.
+
+    `consumed` counts the batches handed over: the data position a checkpoint records.
+    """
+
+    def __init__(self, make: Callable[[int], dict[str, torch.Tensor]], start: int, device: torch.device, depth: int = 4):
+        self.device, self.consumed = device, start
+        self.pin = device.type == "cuda"
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(make, start), daemon=True)
+        self.thread.start()
+
+    def _work(self, make: Callable[[int], dict], b: int) -> None:
+        try:
+            while not self.stop.is_set():
+                batch = make(b)
+                if self.pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                b += 1
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            self.queue.put(err)
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = self.queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        self.consumed += 1
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)

@@ -1,0 +1,51 @@
+"""Pretrain one block for a wall-clock budget into runs/<name>/ (resumable).
+
+Examples:
+  cramming-simple pretrain --block sas --budget 24h
+  cramming-simple pretrain --block preln --budget smoke hours=0.01 train.microbatch=16
+  torchrun --nproc_per_node=8 -m cramming_simple pretrain --block sasp --budget 24h
+Exit codes: 0 completed, 3 non-finite loss (last good checkpoint kept), 4 preempted (checkpoint written).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import ConfigError, list_presets, load_yaml, merge_typed
+from ..model import BLOCKS
+from ..runs import CONFIG
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--block", help=f"one of: {', '.join(BLOCKS)}")
+    p.add_argument("--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path")
+    p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
+    p.add_argument("--name", help="run folder name (default: <block>-<budget>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> if it exists (from its own config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. hours=0.5 train.lr=2e-3 impl.compile=false")
+
+
+def resolve(args: argparse.Namespace):
+    """The run's config: its saved config.yaml when resuming, else the budget preset; overrides on top."""
+    from .config import PretrainConfig, load_pretrain_config
+
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad}")
+    cfg = load_pretrain_config(args.budget, args.block, args.overrides, args.name)
+    saved = Path(args.runs_dir) / cfg.name / CONFIG
+    if args.resume and saved.exists():
+        cfg = merge_typed(PretrainConfig, None, [(str(saved), load_yaml(saved)), ("command line", list(args.overrides))])
+        if args.block and args.block != cfg.block:
+            raise ConfigError(f"{saved} is a run of block '{cfg.block}', not '{args.block}'")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from .loop import EXIT_CODES, pretrain
+
+    if not args.block and not args.resume:
+        raise ConfigError(f"--block is required: one of {', '.join(BLOCKS)}")
+    summary = pretrain(resolve(args), args.runs_dir, resume=args.resume)
+    return EXIT_CODES.get(summary.get("stop_reason") or "budget", 1)

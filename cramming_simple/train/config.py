@@ -1,0 +1,94 @@
+"""The pretraining config, split as in cramming: arch / data / train / impl, plus the budget itself.
+
+`budgets/<name>.yaml` fills it; `key=value` overrides on the command line come last. The arch node starts
+from its preset (`arch.preset: tiny`), so `arch.preset=tiny arch.depth=4` means what it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import OmegaConf
+
+from ..config import find_preset, load_yaml, merge_typed, require
+from ..data.sources import DataConfig
+from ..model import ArchConfig, arch_config, block_spec
+from ..runtime import PRECISIONS
+
+
+@dataclass
+class TrainConfig:
+    microbatch: int = 128  # sequences per microbatch (per GPU)
+    batch_max: int = 8192  # effective batch (sequences, all GPUs) reached at p = ramp_end
+    ramp_end: float = 0.6
+    lr: Optional[float] = None  # peak of the budget triangle; None: the block's default (SPEC section 3)
+    weight_decay: Optional[float] = None  # None: the block's default
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-12
+    grad_clip: float = 0.5
+    mask_prob: float = 0.25
+    seed: int = 0
+    max_steps: Optional[int] = None  # stop after this many microbatch steps (stop_reason "max_steps")
+
+    def validate(self) -> None:
+        require(self.microbatch > 0 and self.batch_max >= self.microbatch, "train.microbatch must be positive and at most train.batch_max")
+        require(0.0 < self.ramp_end <= 1.0, f"train.ramp_end must be in (0, 1], got {self.ramp_end}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"train.betas must be two values in [0, 1), got {self.betas}")
+        require(0.0 < self.mask_prob < 1.0, f"train.mask_prob must be in (0, 1), got {self.mask_prob}")
+        require(self.grad_clip > 0 and self.eps > 0, "train.grad_clip and train.eps must be positive")
+        require(self.lr is None or self.lr > 0, "train.lr must be positive")
+
+
+@dataclass
+class ImplConfig:
+    device: str = "auto"  # auto | cuda | cpu
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with GradScaler) | fp32
+    compile: Optional[bool] = None  # None: on for CUDA, off for CPU
+    checkpoint_minutes: float = 30.0
+    log_seconds: float = 10.0
+    prefetch: int = 4  # microbatches prepared ahead on a background thread
+    threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
+
+    def validate(self) -> None:
+        require(self.device in ("auto", "cuda", "cpu"), f"impl.device must be auto, cuda or cpu, got '{self.device}'")
+        require(self.precision in PRECISIONS, f"impl.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        require(self.checkpoint_minutes > 0 and self.log_seconds > 0, "impl.checkpoint_minutes and impl.log_seconds must be positive")
+
+
+@dataclass
+class PretrainConfig:
+    name: str = ""  # run folder name; default <block>-<budget>
+    block: str = "preln"
+    budget: str = ""  # the preset this came from
+    hours: float = 24.0  # wall-clock training budget
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+
+    def validate(self) -> None:
+        block_spec(self.block)
+        require(self.hours > 0, f"hours must be positive, got {self.hours}")
+
+    @property
+    def budget_s(self) -> float:
+        return self.hours * 3600.0
+
+
+def load_pretrain_config(budget: str, block: str | None = None, overrides: list[str] = (), name: str | None = None) -> PretrainConfig:
+    """budgets/<budget>.yaml (or a YAML path) + overrides -> a validated config with block defaults filled."""
+    path = find_preset("budgets", budget)
+    raw = load_yaml(path)
+    cli = OmegaConf.from_dotlist(list(overrides))
+    preset = OmegaConf.select(cli, "arch.preset") or OmegaConf.select(raw, "arch.preset") or "crammed-bert"
+    base = PretrainConfig(arch=arch_config(preset), budget=path.stem)
+    layers = [(str(path), raw), ("command line", cli)]
+    if block:
+        layers.append(("--block", {"block": block}))
+    cfg = merge_typed(PretrainConfig, base, layers)
+    spec = block_spec(cfg.block)
+    cfg.train.lr = spec.lr if cfg.train.lr is None else cfg.train.lr
+    cfg.train.weight_decay = spec.weight_decay if cfg.train.weight_decay is None else cfg.train.weight_decay
+    cfg.name = name or cfg.name or f"{cfg.block}-{cfg.budget}"
+    return cfg

@@ -1,0 +1,53 @@
+"""torch.distributed for pretraining: process groups, and the host-side agreement on time and stopping.
+
+Under torchrun (WORLD_SIZE > 1) ranks use NCCL on GPUs and gloo on CPUs. The per-microbatch agreement runs
+on a gloo group over CPU tensors, so it never waits for the GPU queue to drain: every rank gets the same
+elapsed time (the slowest rank's) and the same stop decision, hence the same schedules and the same last step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    group: Any = None  # gloo group for host-side votes
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def vote(self, elapsed: float, *flags: bool) -> tuple[float, list[bool]]:
+        """(max elapsed over ranks, each flag OR-ed over ranks)."""
+        if self.world == 1:
+            return elapsed, list(flags)
+        t = torch.tensor([elapsed, *map(float, flags)], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return float(t[0]), [bool(v) for v in t[1:]]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier(group=self.group)
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    group = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), group=group)
