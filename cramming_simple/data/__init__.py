@@ -1,7 +1,7 @@
 """Pretraining data: sources, tokenizer, packing into shards, and the MLM microbatch stream."""
 
 from .loader import MicrobatchStream, MLMCollator, PackedData, Prefetcher, permute
-from .prepare import Prepared, prepare, prepared_path
+from .packing import Prepared, prepare, prepared_path
 from .sources import SOURCES, DataConfig, DataError
 from .tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
 

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train.config import load_pretrain_config
     from .loader import PackedData
-    from .prepare import prepare
+    from .packing import prepare
 
     bad = [o for o in args.overrides if "=" not in o]
     if bad:

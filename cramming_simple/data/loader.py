@@ -20,7 +20,7 @@ import torch
 
 from ..model import IGNORE
 from ..runtime import read_json
-from .prepare import MANIFEST, file_sha256
+from .packing import MANIFEST, file_sha256
 from .sources import DataError
 
 # ----------------------------------------------------------------------------------------------- hashing

@@ -33,6 +33,13 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return float(t[0]), [bool(v) for v in t[1:]]
 
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of a device tensor over ranks (default group: NCCL on GPUs), in place."""
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t /= self.world
+        return t
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier(group=self.group)

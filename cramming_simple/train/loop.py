@@ -250,7 +250,8 @@ class Trainer:
                 accumulated = 0
 
             if elapsed >= next_log:  # the same decision on every rank: elapsed is agreed
-                loss_total, norm_total = torch.stack([loss_sum, norm_sum]).tolist()  # the one sync of a log interval
+                # The one sync of a log interval: loss and gradient norm, averaged over ranks.
+                loss_total, norm_total = dist.mean(torch.stack([loss_sum, norm_sum])).tolist()
                 mean_loss = loss_total / window_steps
                 nonfinite = not (math.isfinite(loss_total) and math.isfinite(norm_total))
                 final_loss = mean_loss if not nonfinite else final_loss

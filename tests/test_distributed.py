@@ -1,0 +1,96 @@
+"""Beyond one process: torchrun (gloo on CPU) pretraining, the agreed deadline, and fault drills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from cramming_simple.model import MaskedLM, arch_config
+from cramming_simple.train.checkpoint import load_checkpoint
+
+SCRIPTS = Path(__file__).parent / "scripts"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*args: str, **kwargs) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+def pretrain_args(cache, runs: Path, *extra: str, block: str = "preln") -> list[str]:
+    return ["pretrain", "--block", block, "--budget", "smoke", "--runs-dir", str(runs), f"data.cache_dir={cache}", "impl.device=cpu", *extra]
+
+
+def check(cmd: list[str], timeout: float = 240) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_two_gloo_processes_take_the_same_step_as_one_process_with_the_global_batch(smoke_cache, tmp_path):
+    # p stays ~0 under a huge budget, so both runs use lr(0) and one microbatch per rank for the one step.
+    common = ["hours=1000", "train.max_steps=1", "impl.log_seconds=1000"]
+    check(torchrun("-m", "cramming_simple", *pretrain_args(smoke_cache, tmp_path / "two", *common, "train.microbatch=4")))
+    check([sys.executable, "-m", "cramming_simple", *pretrain_args(smoke_cache, tmp_path / "one", *common, "train.microbatch=8")])
+    two = load_file(str(tmp_path / "two" / "preln-smoke" / "model" / "model.safetensors"))
+    one = load_file(str(tmp_path / "one" / "preln-smoke" / "model" / "model.safetensors"))
+    summaries = [json.loads((tmp_path / d / "preln-smoke" / "summary.json").read_text()) for d in ("two", "one")]
+    assert [s["world_size"] for s in summaries] == [2, 1] and all(s["optimizer_steps"] == 1 for s in summaries)
+    for name, w in one.items():
+        assert torch.allclose(two[name], w, atol=1e-6, rtol=1e-5), name
+    torch.manual_seed(0)  # the runs' init (train.seed 0): the step must have moved the weights away from it
+    fresh = MaskedLM(arch_config("tiny"), "preln").encoder.state_dict()
+    assert sum(not torch.allclose(fresh[n], one[n]) for n in one) > len(one) // 2
+
+
+def test_a_slowed_rank_stops_at_the_same_microbatch_step(smoke_cache, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = pretrain_args(smoke_cache, tmp_path / "runs", "hours=0.0025", "impl.log_seconds=0.5")
+    check(torchrun(str(SCRIPTS / "slow_rank.py"), str(out), "0.05", "--", *args))
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["microbatch_steps"] == ranks[1]["microbatch_steps"] > 0
+    assert ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"]
+    assert all(r["stop_reason"] == "budget" and r["world_size"] == 2 for r in ranks)
+
+
+def test_a_killed_distributed_run_resumes_from_its_checkpoint(smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    args = pretrain_args(smoke_cache, runs, "hours=0.006", "impl.checkpoint_minutes=0.05", "impl.log_seconds=0.5", block="sas")
+    run = runs / "sas-smoke"
+    proc = subprocess.Popen(torchrun("-m", "cramming_simple", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    proc.wait()
+    saved = load_checkpoint(run / "checkpoint.pt")
+    assert saved["world_size"] == 2 and len(saved["rng"]) == 2
+    out = check(torchrun("-m", "cramming_simple", *args, "--resume"))
+    assert "resuming" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["completed"] and summary["world_size"] == 2
+    assert summary["microbatch_steps"] > saved["state"]["microbatch_steps"]
+    assert summary["elapsed_s"] <= 0.006 * 3600 * 1.05 + 0.5
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_usable(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "slow_checkpoint.py"), str(path)], stdout=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline().strip() == "writing"  # B is half written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    torn = path.with_name(".checkpoint.pt.tmp")
+    assert torn.exists() and torn.read_bytes().startswith(b"partial")
+    state = load_checkpoint(path)
+    assert state["which"] == "A" and torch.equal(state["weights"], torch.arange(10.0))

@@ -1,0 +1,177 @@
+"""Budgeted pretraining: configs, smoke runs of each block family, kill-and-resume, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import smoke_config
+
+from cramming_simple.cli import main
+from cramming_simple.config import ConfigError, list_presets
+from cramming_simple.model import BLOCKS, MaskedLM, load_model
+from cramming_simple.train.checkpoint import load_checkpoint
+from cramming_simple.train.config import load_pretrain_config
+from cramming_simple.train.loop import pretrain
+
+SUMMARY_FIELDS = {
+    "block", "arch", "budget_hours", "params", "microbatch_steps", "tokens", "elapsed_s", "final_loss", "device", "torch",
+    "world_size", "completed", "stop_reason",
+}
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize("budget", ["24h", "1h", "smoke"])
+def test_every_shipped_budget_parses_and_validates(budget):
+    for block in BLOCKS:
+        cfg = load_pretrain_config(budget, block)
+        assert cfg.train.lr == BLOCKS[block].lr and cfg.train.weight_decay == BLOCKS[block].weight_decay
+        assert cfg.name == f"{block}-{budget}"
+    assert set(list_presets("budgets")) >= {"24h", "1h", "smoke"}
+
+
+def test_24h_budget_is_the_spec_recipe():
+    cfg = load_pretrain_config("24h", "sas")
+    assert cfg.hours == 24 and cfg.arch.width == 768 and cfg.arch.depth == 16 and cfg.arch.vocab_size == 32768
+    assert (cfg.train.microbatch, cfg.train.batch_max, cfg.train.ramp_end) == (128, 8192, 0.6)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.betas, cfg.train.eps, cfg.train.grad_clip) == (3e-3, 0.1, [0.9, 0.98], 1e-12, 0.5)
+    assert cfg.data.source == "hub-pretokenized" and cfg.data.column == "input_ids" and cfg.train.mask_prob == 0.25
+    assert load_pretrain_config("1h", "sasp-nonorm").hours == 1 and load_pretrain_config("1h", "sasp-nonorm").train.lr == 2e-3
+
+
+def test_overrides_apply_and_typos_fail_listing_valid_keys():
+    cfg = load_pretrain_config("smoke", "preln", ["hours=0.01", "train.lr=2e-3", "arch.depth=3"])
+    assert cfg.hours == 0.01 and cfg.train.lr == 2e-3 and cfg.arch.depth == 3 and cfg.arch.width == 128  # tiny preset kept
+    assert load_pretrain_config("24h", "preln", ["arch.preset=tiny"]).arch.width == 128
+    with pytest.raises(ConfigError) as err:
+        load_pretrain_config("smoke", "preln", ["train.lrr=1"])
+    assert "train.lrr" in str(err.value) and "microbatch" in str(err.value) and "weight_decay" in str(err.value)
+    with pytest.raises(ConfigError, match="Valid keys under the top level"):
+        load_pretrain_config("smoke", "preln", ["hourz=1"])
+    with pytest.raises(ConfigError, match="heads"):
+        load_pretrain_config("smoke", "preln", ["arch.heads=3"])
+    with pytest.raises(ConfigError, match="Valid blocks"):
+        load_pretrain_config("smoke", "pre-ln")
+    with pytest.raises(ConfigError, match="Available: 1h, 24h, smoke"):
+        load_pretrain_config("2h", "preln")
+
+
+# ------------------------------------------------------------------------------------------ smoke runs
+
+
+@pytest.mark.parametrize("block", ["preln", "sas", "sasp"])
+def test_smoke_run_finishes_within_budget_and_learns(smoke_cache, tmp_path, block):
+    seconds = 12.0
+    cfg = smoke_config(smoke_cache, block, seconds, "impl.log_seconds=1", "train.batch_max=64")
+    summary = pretrain(cfg, tmp_path)
+    run = tmp_path / cfg.name
+    assert SUMMARY_FIELDS <= set(summary) and summary == json.loads((run / "summary.json").read_text())
+    assert summary["completed"] and summary["stop_reason"] == "budget" and summary["block"] == block
+    assert summary["elapsed_s"] <= seconds * 1.05 + 0.5  # stops at the budget, not a step later
+    assert summary["microbatch_steps"] > 10 and summary["tokens"] == summary["microbatch_steps"] * 32 * 128
+    rows = metrics(run)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5  # the loss really goes down
+    assert all(0 <= r["p"] <= 1.05 and r["batch_size"] % 32 == 0 for r in rows)
+    assert rows[-1]["batch_size"] > rows[0]["batch_size"]  # the ramp ran
+    model = load_model(run / "model")
+    assert isinstance(model, MaskedLM) and model.encoder.block == block
+    assert (run / "model" / "tokenizer.json").exists() and (run / "config.yaml").exists()
+
+
+def test_existing_run_needs_resume_and_completed_run_is_skipped(smoke_cache, tmp_path):
+    cfg = smoke_config(smoke_cache, "sas", 2.0)
+    first = pretrain(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="--resume"):
+        pretrain(cfg, tmp_path)
+    assert pretrain(cfg, tmp_path, resume=True) == first  # complete: nothing to do
+
+
+# ------------------------------------------------------------------------------------------ failures
+
+
+def test_nan_loss_stops_with_nonfinite_reason_and_keeps_the_last_good_checkpoint(smoke_cache, tmp_path, monkeypatch):
+    run = tmp_path / "nan-run"
+    real_forward = MaskedLM.forward
+
+    def forward(self, *args, **kwargs):  # NaN once the first checkpoint exists
+        loss = real_forward(self, *args, **kwargs)
+        return loss * float("nan") if (run / "checkpoint.pt").exists() else loss
+
+    monkeypatch.setattr(MaskedLM, "forward", forward)
+    code = main(["pretrain", "--block", "preln", "--budget", "smoke", "--runs-dir", str(tmp_path), "--name", "nan-run", "hours=0.0167",
+                 f"data.cache_dir={smoke_cache}", "impl.device=cpu", "impl.checkpoint_minutes=0.01", "impl.log_seconds=0.3"])
+    assert code == 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stop_reason"] == "nonfinite_loss" and not summary["completed"]
+    assert summary["elapsed_s"] < 30  # stopped soon after the NaN, not at the end of the budget
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert 0 < ckpt["state"]["microbatch_steps"] <= summary["microbatch_steps"]
+    assert not (run / "model").exists()  # no model is published from a diverged run
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cramming_simple", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_cache, tmp_path):
+    budget_s = 20.0
+    args = ["pretrain", "--block", "sasp", "--budget", "smoke", "--runs-dir", str(tmp_path), f"hours={budget_s / 3600}",
+            f"data.cache_dir={smoke_cache}", "impl.device=cpu", "impl.checkpoint_minutes=0.05", "impl.log_seconds=0.5"]
+    run = tmp_path / "sasp-smoke"
+    proc = run_cli(args)
+    wait_for(run / "checkpoint.pt", proc)
+    time.sleep(1.0)  # some work after the checkpoint, which the kill loses
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = load_checkpoint(run / "checkpoint.pt")["state"]
+    assert 0 < saved["elapsed_s"] < budget_s
+    resumed = run_cli([*args, "--resume"])
+    out, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, out
+    assert "resuming" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["completed"] and summary["stop_reason"] == "budget"
+    assert summary["microbatch_steps"] > saved["microbatch_steps"]
+    assert summary["elapsed_s"] <= budget_s * 1.05 + 0.5
+    steps = [r["microbatch_steps"] for r in metrics(run)]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # the lost work's rows were dropped
+    assert any(s <= saved["microbatch_steps"] for s in steps) and steps[-1] > saved["microbatch_steps"]
+
+
+def test_sigterm_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
+    args = ["pretrain", "--block", "preln", "--budget", "smoke", "--runs-dir", str(tmp_path), "hours=1",
+            f"data.cache_dir={smoke_cache}", "impl.device=cpu", "impl.log_seconds=0.3"]
+    run = tmp_path / "preln-smoke"
+    proc = run_cli(args)
+    wait_for(run / "metrics.jsonl", proc)
+    assert not (run / "checkpoint.pt").exists()  # the interval checkpoint (every 30 s) has not come yet
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stop_reason"] == "preempted" and not summary["completed"]
+    state = load_checkpoint(run / "checkpoint.pt")["state"]
+    assert state["microbatch_steps"] == summary["microbatch_steps"] > 0
