@@ -1,0 +1,249 @@
+"""The report stage: numbers in Tables 1 and 2, agreement of Markdown / LaTeX / CSV, figures, warnings, CLI.
+
+Run folders are written here with known values; every expected number is worked out by hand from them.
+"""
+
+import contextlib
+import io
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from cramming_simple.cli import main
+from cramming_simple.glue.score import COLUMNS
+
+LABELS = [c.label for c in COLUMNS]  # MNLI-m, MNLI-mm, SST-2, STS-B, RTE, QNLI, QQP, MRPC, CoLA
+BASE = {  # per-run base scores in percent, in LABELS order; seed k scores base + OFFSET[k]
+    "preln": [80, 81, 90, 86, 60, 88, 87, 88, 50],
+    "sas": [79, 80, 91, 84, 58, 87, 86, 87, 52],
+    "sasp": [78, 79, 92, 85, 61, 86, 85, 86, 51],
+}
+OFFSET = {1: 0.0, 2: 1.0, 3: 5.0}  # mean +2, sample std sqrt(((-2)^2 + (-1)^2 + 3^2) / 2) = sqrt(7)
+STEPS = {"preln": 800, "sas": 900, "sasp": 960}
+PAPER_GLUE = {"preln": 78.9, "sas": 78.4, "sasp": 78.3}
+PAPER_SPEED = {"preln": 1.0, "sas": 1.09, "sasp": 1.16}
+PAPER_T2 = {"preln": [81.2, 81.6, 89.9, 87.6, 56.3, 88.9, 87.1, 88.3, 49.4], "sas": [79.7, 80.1, 90.3, 84.7, 58.4, 87.5, 86.8, 87.5, 50.6]}
+
+
+def make_run(root, name, block, *, device="NVIDIA H100 80GB HBM3", budget="24h", hours=24.0, completed=True,
+             fail=(), skip=(), glue=True, protocol_hash="p1", data_hash="abc", seeds=tuple(OFFSET)):
+    """A run folder as pretraining and GLUE write it. fail/skip: (task, seed) pairs that failed / never ran."""
+    run = root / name
+    (run / "glue").mkdir(parents=True)
+    summary = {
+        "name": name, "block": block, "budget": budget, "budget_hours": hours, "params": 120_000_000 if block == "preln" else 101_000_000,
+        "microbatch": 128, "microbatch_steps": STEPS[block], "final_loss": 2.0 + STEPS[block] / 10_000, "device": device,
+        "world_size": 1, "precision": "bf16", "data": {"source": "hub", "name": "pile", "hash": data_hash},
+        "completed": completed, "stop_reason": "budget" if completed else "preempted",
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "config.yaml").write_text(f"name: {name}\nblock: {block}\nbudget: {budget}\nhours: {hours}\ndata:\n  source: hub\n  name: pile\n")
+    rows = [{"microbatch_steps": 10 * i, "elapsed_s": 60.0 * i, "p": i / 40, "lr": 1e-3 * min(0.25 + i / 40, 4 * (1 - i / 40)),
+             "batch_size": 64 * (1 + i), "loss": 10.0 / (1 + i) + 2 + STEPS[block] / 1000} for i in range(40)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"microbatch_st')  # last row cut short
+    if not glue:
+        return run
+    for seed in seeds:
+        shift, per_task = OFFSET[seed], {}
+        for c, base in zip(COLUMNS, BASE[block]):
+            per_task.setdefault(c.task, {}).setdefault(c.split, {})[c.metric] = (base + shift) / 100
+        for task, metrics in per_task.items():
+            if (task, seed) in skip:
+                continue
+            failed = (task, seed) in fail
+            result = {"task": task, "seed": seed, "protocol": "paper", "protocol_hash": protocol_hash, "model_hash": f"m-{name}", "status": "failed" if failed else "ok",
+                      "reason": "non-finite loss" if failed else None, "metrics": {} if failed else metrics}
+            (run / "glue" / task).mkdir(exist_ok=True)
+            (run / "glue" / task / f"seed{seed}.json").write_text(json.dumps(result))
+    # A stale summary from an earlier GLUE job: the report must recompute, not read this.
+    (run / "glue" / "summary.json").write_text(json.dumps({"glue_average": {"mean": 1.0, "std": 0.0, "n": 3}}))
+    return run
+
+
+def report(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["report", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def paper_like(tmp_path_factory):
+    """preln, sas, sasp on one GPU and budget; sasp: CoLA failed on every seed, RTE seed 3 never ran."""
+    root = tmp_path_factory.mktemp("runs")
+    make_run(root, "preln-24h", "preln")
+    make_run(root, "sas-24h", "sas")
+    make_run(root, "sasp-24h", "sasp", fail=[("cola", s) for s in OFFSET], skip=[("rte", 3)])
+    out = root.parent / "report"
+    code, stdout, stderr = report(["--runs-dir", str(root), "--out", str(out)])
+    assert code == 0, stderr
+    return out, stdout, stderr
+
+
+def md_rows(text):
+    """Markdown table rows (header first) as lists of cells."""
+    lines = [l for l in text.splitlines() if l.startswith("|") and not set(l) <= set("|-: ")]
+    return [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+
+
+def tex_rows(text):
+    """LaTeX tabular rows (header first), turned back into the Markdown spelling."""
+    body = text.split(r"\toprule")[1].split(r"\bottomrule")[0]
+    back = {r"$\pm$": "±", r"$\Delta$": "Δ", r"\_": "_", r"\&": "&", r"\%": "%"}
+    rows = []
+    for line in body.strip().splitlines():
+        if line.strip() == r"\midrule":
+            continue
+        assert line.endswith(r" \\")
+        cells = re.split(r"(?<!\\) & ", line[:-3])  # an escaped \& is text, not a column break
+        for k, v in back.items():
+            cells = [c.replace(k, v) for c in cells]
+        rows.append([re.sub(r"\\textsuperscript\{(\d+)\}", r" [\1]", c).strip() for c in cells])
+    return rows
+
+
+def expected_glue(block):
+    return sum(BASE[block]) / 9 + 2, math.sqrt(7)
+
+
+def test_table1_numbers(paper_like):
+    out, _, _ = paper_like
+    csv = pd.read_csv(out / "table1.csv")
+    runs = csv[csv.kind == "run"].set_index("run")
+    assert list(runs.block) == ["preln", "sas", "sasp"]
+    for name, block in [("preln-24h", "preln"), ("sas-24h", "sas")]:
+        mean, std = expected_glue(block)
+        r = runs.loc[name]
+        assert math.isclose(r.glue_mean, mean, rel_tol=1e-9) and math.isclose(r.glue_std, std, rel_tol=1e-9)
+        assert math.isclose(r.delta_glue, mean - PAPER_GLUE[block], rel_tol=1e-9)
+    assert runs.loc["sas-24h", "speed"] == pytest.approx(900 / 800) and runs.loc["sasp-24h", "speed"] == pytest.approx(960 / 800)
+    assert runs.loc["preln-24h", "speed"] == 1.0
+    assert runs.loc["sas-24h", "delta_speed"] == pytest.approx(900 / 800 - 1.09)
+    assert runs.loc["sasp-24h", "delta_speed"] == pytest.approx(960 / 800 - 1.16)
+    assert runs.loc["sas-24h", "params_m"] == 101.0 and runs.loc["sas-24h", "final_loss"] == pytest.approx(2.09)
+    assert pd.isna(runs.loc["sasp-24h", "glue_mean"]) and pd.isna(runs.loc["sasp-24h", "delta_glue"])
+
+    md = {r[1]: dict(zip(md_rows((out / "table1.md").read_text())[0], r)) for r in md_rows((out / "table1.md").read_text())[1:]}
+    mean, std = expected_glue("preln")
+    assert md["preln-24h"]["GLUE"] == f"{mean:.1f} ± {std:.1f}" == "80.9 ± 2.6"  # (710 / 9 + 2) ± sqrt(7)
+    assert md["sas-24h"]["Speed"] == "1.12" and md["sas-24h"]["Δ speed"] == "+0.03"
+    # sasp's GLUE average is a dash whose footnote names the failed task and the reason
+    cell = md["sasp-24h"]["GLUE"]
+    note = re.fullmatch(r"- \[(\d+)\]", cell).group(1)
+    footnote = re.search(rf"^\[{note}\] (.*)$", (out / "table1.md").read_text(), re.M).group(1)
+    assert footnote == "sasp-24h: no GLUE average (CoLA: seeds 1, 2, 3 failed (non-finite loss); RTE: seed 3 not run)"
+    # published rows are there and labelled as such, SAS-P no norm with its NaN footnote
+    published = csv[csv.kind == "published"]
+    assert len(published) == 7 and published.run.str.contains("published").all()
+    assert published.set_index("block").loc["sas", "glue_mean"] == 78.4
+
+
+def test_table2_numbers_and_failed_task(paper_like):
+    out, _, _ = paper_like
+    csv = pd.read_csv(out / "table2.csv")
+    runs = csv[csv.kind == "run"].set_index("run")
+    for label, base, paper in zip(LABELS, BASE["sas"], PAPER_T2["sas"]):
+        assert math.isclose(runs.loc["sas-24h", label], base + 2, rel_tol=1e-9)
+        assert math.isclose(runs.loc["sas-24h", f"{label} std"], math.sqrt(7), rel_tol=1e-9)
+        delta = csv[(csv.kind == "delta") & csv.run.str.startswith("sas-24h")].iloc[0]
+        assert math.isclose(delta[label], base + 2 - paper, rel_tol=1e-9, abs_tol=1e-9)
+    # sasp RTE: seeds 1 and 2 only -> mean base + 0.5, and a footnote; CoLA failed everywhere -> dash
+    assert math.isclose(runs.loc["sasp-24h", "RTE"], 61 + 0.5, rel_tol=1e-9) and runs.loc["sasp-24h", "RTE n"] == 2
+    text = (out / "table2.md").read_text()
+    rows = {r[1]: dict(zip(md_rows(text)[0], r)) for r in md_rows(text)[1:] if r[1] != "Δ vs published"}
+    cola = re.fullmatch(r"- \[(\d+)\]", rows["sasp-24h"]["CoLA"]).group(1)
+    assert re.search(rf"^\[{cola}\] sasp-24h, CoLA: seeds 1, 2, 3 failed \(non-finite loss\)$", text, re.M)
+    rte = re.fullmatch(r"61\.5 \[(\d+)\]", rows["sasp-24h"]["RTE"]).group(1)
+    assert re.search(rf"^\[{rte}\] sasp-24h, RTE: seed 3 not run; mean of the other 2 seed\(s\)$", text, re.M)
+
+
+@pytest.mark.parametrize("stem", ["table1", "table2"])
+def test_markdown_latex_csv_agree(paper_like, stem):
+    out, _, _ = paper_like
+    md, tex = md_rows((out / f"{stem}.md").read_text()), tex_rows((out / f"{stem}.tex").read_text())
+    assert md == tex
+    latex = (out / f"{stem}.tex").read_text()
+    assert latex.startswith(r"\begin{tabular}") and r"\toprule" in latex and r"\bottomrule" in latex and r"\end{tabular}" in latex
+    assert "&" not in latex.replace(" & ", "").replace(r"\&", "")  # every other ampersand escaped ("He \& Hofmann")
+    csv = pd.read_csv(out / f"{stem}.csv")
+    assert len(csv) == len(md) - 1
+    header = md[0]
+    if stem == "table1":
+        numeric = {"Params (M)": "params_m", "Speed": "speed", "MLM loss": "final_loss", "Δ GLUE": "delta_glue", "Δ speed": "delta_speed"}
+    else:
+        numeric = {label: label for label in LABELS}
+    checked = 0
+    for cells, (_, row) in zip(md[1:], csv.iterrows()):
+        shown = dict(zip(header, cells))
+        for col, csv_col in numeric.items():
+            value = re.sub(r" \[\d+\]$", "", shown[col])
+            if value in ("", "-"):
+                assert pd.isna(row[csv_col]), (col, row.run)
+                continue
+            decimals = len(value.split(".")[1]) if "." in value else 0
+            assert abs(float(value) - row[csv_col]) <= 0.5 * 10**-decimals + 1e-9, (col, row.run, value, row[csv_col])
+            checked += 1
+        if stem == "table1" and row.kind == "run" and not pd.isna(row.glue_mean):
+            assert shown["GLUE"] == f"{row.glue_mean:.1f} ± {row.glue_std:.1f}"
+    assert checked > 20
+
+
+def test_plots_are_images(paper_like):
+    out, stdout, _ = paper_like
+    for stem in ("loss_vs_hours", "loss_vs_steps", "schedule", "glue_tasks"):
+        png = (out / f"{stem}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, stem
+        assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF"), stem
+        assert f"{stem}.png" in (out / "index.md").read_text()
+    assert str(out / "table1.tex") in stdout and str(out / "index.md") in stdout
+
+
+def test_index_lists_every_run_and_no_warning_for_matching_runs(paper_like):
+    out, _, stderr = paper_like
+    index = (out / "index.md").read_text()
+    for name in ("preln-24h", "sas-24h", "sasp-24h"):
+        assert re.search(rf"\*\*{name}\*\*.*NVIDIA H100 80GB HBM3, budget 24h \(24 h\).*hash abc.*world size 1.*paper \(hash p1\)", index)
+    assert "warning" not in stderr and "## Warnings" not in index
+
+
+def test_mixed_runs_warn_and_reference_none(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "preln-cpu", "preln", device="cpu (x86_64, 2 threads)", budget="1h", hours=1.0)
+    make_run(root, "sas-24h", "sas", protocol_hash="p2", data_hash="def")
+    make_run(root, "sasp-24h", "sasp", completed=False, glue=False)
+    stale = root / "sas-24h" / "glue" / "rte" / "seed1.json"  # left over from an earlier model of the same run
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "model_hash": "m-old"}))
+    out = tmp_path / "report"
+    code, _, stderr = report([*(str(root / n) for n in ("sasp-24h", "sas-24h", "preln-cpu")), "--out", str(out), "--reference", "none"])
+    assert code == 0
+    index = (out / "index.md").read_text()
+    for needle in ("differ in budget", "differ in hardware (device)", "differ in GLUE protocol", "differ in pretraining data",
+                   "sasp-24h has not completed", "sas-24h has GLUE results of different models"):
+        assert needle in stderr and needle in index, needle
+    table1 = pd.read_csv(out / "table1.csv")
+    assert table1.run.tolist() == ["preln-cpu", "sas-24h", "sasp-24h"]  # BLOCKS order, whatever the order given
+    assert set(table1.kind) == {"run"} and "delta_glue" not in table1 and table1.speed.isna().tolist() == [False, True, True]
+    md = (out / "table1.md").read_text()
+    assert "published" not in md and "Δ" not in md and "published" not in (out / "table2.md").read_text()
+    rows = {r[1].split(" [")[0]: dict(zip(md_rows(md)[0], r)) for r in md_rows(md)[1:]}
+    # sas: no Pre-LN on its budget and hardware -> no speed; sasp: unfinished and never fine-tuned
+    assert rows["sas-24h"]["Speed"].startswith("- [") and "sas-24h: no Pre-LN run with the same budget, device" in md
+    assert rows["sasp-24h"]["Run"].startswith("sasp-24h [") and rows["sasp-24h"]["GLUE"].startswith("- [")
+    assert "sasp-24h did not complete (stop reason: preempted)" in md and "sasp-24h: GLUE not run" in md
+
+
+def test_no_preln_run_leaves_speed_empty_one_seed_has_no_std_and_unknown_folder_is_an_error(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "sas-24h", "sas", seeds=(1,))
+    out = tmp_path / "report"
+    code, _, _ = report([str(root / "sas-24h"), "--out", str(out)])
+    assert code == 0
+    md = (out / "table1.md").read_text()
+    assert pd.isna(pd.read_csv(out / "table1.csv").speed[0]) and "no Pre-LN run among the compared runs" in md
+    sas = dict(zip(md_rows(md)[0], md_rows(md)[1]))
+    assert re.fullmatch(r"78\.2 \[\d\]", sas["GLUE"]) and "sas-24h: one seed only, no std" in md  # 704 / 9 = 78.2
+    code, _, stderr = report([str(tmp_path), "--out", str(out)])
+    assert code == 2 and "not a run folder" in stderr
