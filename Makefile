@@ -18,6 +18,13 @@ RUN ?=
 GPUS ?= 1
 OUT ?= reports/latest
 ARGS ?=
+# make demo: the smoke budget for three blocks, the smoke GLUE protocol on a few tasks, the report.
+DEMO_BLOCKS ?= preln sas sasp
+DEMO_TASKS ?= sst2,rte,stsb
+DEMO_RUNS ?= runs/demo
+DEMO_OUT ?= reports/demo
+DEMO_ARGS ?=
+GLUE_DIR ?=
 
 ifeq ($(GPUS),1)
 LAUNCH := $(CS)
@@ -45,6 +52,22 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	@set -e; for b in $(DEMO_BLOCKS); do \
+	  $(CS) pretrain --block $$b --budget smoke --runs-dir $(DEMO_RUNS) --resume $(DEMO_ARGS); \
+	done
+	@if [ -n "$(GLUE_DIR)" ]; then glue_data="--data-dir $(GLUE_DIR)"; \
+	elif $(BIN)/python -c "from huggingface_hub import HfApi; HfApi().dataset_info('nyu-mll/glue', timeout=10)" >/dev/null 2>&1; then glue_data=""; \
+	else glue_data=skip; fi; \
+	if [ "$$glue_data" = skip ]; then \
+	  echo "GLUE skipped: the Hugging Face hub is unreachable and GLUE_DIR is not set (make demo GLUE_DIR=path/to/glue)"; \
+	else for b in $(DEMO_BLOCKS); do \
+	  $(CS) glue $(DEMO_RUNS)/$$b-smoke --protocol smoke --tasks $(DEMO_TASKS) $$glue_data || exit 1; \
+	done; fi
+	$(CS) report --runs-dir $(DEMO_RUNS) --out $(DEMO_OUT)
+	@echo ""
+	@echo "Demo done. Tables and plots: $(DEMO_OUT)/index.md (table1.md, table2.md, *.png, *.pdf); runs: $(DEMO_RUNS)/"
 
 params: setup
 	$(CS) params
