@@ -1,0 +1,110 @@
+"""Fine-tune a pretrained encoder on one GLUE task with one seed (SPEC section 4), scoring every epoch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_scheduler
+
+from ..model import load_model, param_groups
+from ..runtime import Progress, autocast, autocast_dtype, seed_everything, timed
+from .config import Protocol, TaskSpec
+from .data import Encoded, TaskData
+from .metrics import compute, predictions
+
+
+def schedule_steps(train_examples: int, protocol: Protocol) -> tuple[int, int]:
+    """(optimiser steps, warmup steps) of one task: both from that task's own size, never another's."""
+    total = protocol.epochs * math.ceil(train_examples / protocol.batch_size)
+    return total, math.ceil(protocol.warmup * total)
+
+
+def make_optimizer(model: torch.nn.Module, protocol: Protocol, train_examples: int, device: torch.device):
+    """AdamW (no decay on biases, norms, gains) and the per-step LR schedule with warmup, for one task."""
+    optimizer = torch.optim.AdamW(
+        param_groups(model, protocol.weight_decay), lr=protocol.lr, betas=protocol.betas, eps=protocol.eps, fused=device.type == "cuda"
+    )
+    total, warmup = schedule_steps(train_examples, protocol)
+    return optimizer, get_scheduler(protocol.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, spec: TaskSpec, split: Encoded, protocol: Protocol, device: torch.device) -> dict[str, float | None]:
+    """Metrics on one split; None where a metric is undefined (e.g. Pearson of constant predictions)."""
+    model.eval()
+    order = np.argsort(split.lengths, kind="stable")  # similar lengths together: little padding. Metrics ignore order.
+    with autocast(device, autocast_dtype(device)):
+        logits = torch.cat([model(ids, mask)[0].float() for ids, mask, _ in split.batches(order, protocol.eval_batch_size)])
+    labels = split.labels[torch.from_numpy(order).to(device)]
+    scores = compute(spec.metrics, predictions(logits.cpu().numpy(), spec.regression), labels.cpu().numpy())
+    return {k: v if math.isfinite(v) else None for k, v in scores.items()}
+
+
+def finetune(model_dir: Path, task: str, spec: TaskSpec, protocol: Protocol, seed: int, data: TaskData, device: torch.device, log_every: int = 50) -> dict:
+    """Train for the protocol's epochs and score the evaluation splits after each; the last epoch's scores count.
+
+    A non-finite training loss ends the run as 'failed'. It is caught without a host sync per step: the step
+    of the first bad loss is kept on the device and read at log points and at the end of every epoch.
+    """
+    seed_everything(seed)  # the fresh head's init, dropout and the data order all follow the seed
+    model = load_model(model_dir, num_labels=spec.num_labels, dropout=protocol.dropout).to(device)
+    optimizer, scheduler = make_optimizer(model, protocol, len(data.train), device)
+    total, warmup = schedule_steps(len(data.train), protocol)
+    per_epoch = total // protocol.epochs
+    dtype, order_rng = autocast_dtype(device), np.random.default_rng(seed)
+    progress = Progress(total, f"{task} seed {seed}", unit="step")
+
+    epochs: list[dict] = []
+    status, reason, step, train_time, eval_time = "ok", None, 0, 0.0, 0.0
+    first_bad = torch.full((), -1, device=device)  # index of the first step with a non-finite loss
+    for epoch in range(1, protocol.epochs + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        with timed() as train_t:
+            for ids, mask, labels in data.train.batches(order_rng.permutation(len(data.train)), protocol.batch_size):
+                with autocast(device, dtype):
+                    _, loss = model(ids, mask, labels)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss.detach()
+                loss_sum += loss
+                first_bad = torch.where((first_bad < 0) & ~loss.isfinite(), step, first_bad)
+                step += 1
+                if step % log_every == 0:  # the only syncs inside an epoch: progress and the non-finite check
+                    bad, mean = torch.stack([first_bad.float(), loss_sum]).tolist()
+                    progress.update(step, loss=mean / (step - (epoch - 1) * per_epoch), lr=scheduler.get_last_lr()[0])
+                    if bad >= 0:
+                        break
+            bad = int(first_bad)
+        train_time += train_t["s"]
+        if bad >= 0:
+            status, reason = "failed", f"non-finite training loss at epoch {epoch}, step {bad - (epoch - 1) * per_epoch + 1} of {per_epoch}"
+            break
+        with timed() as eval_t:
+            scores = {split: evaluate(model, spec, encoded, protocol, device) for split, encoded in data.evals.items()}
+        eval_time += eval_t["s"]
+        epochs.append(
+            {"epoch": epoch, "train_loss": float(loss_sum) / per_epoch, "lr": scheduler.get_last_lr()[0], "metrics": scores, "train_time_s": train_t["s"], "eval_time_s": eval_t["s"]}
+        )
+        progress.update(step, epoch=epoch, loss=epochs[-1]["train_loss"])
+
+    metrics = epochs[-1]["metrics"] if status == "ok" else {}
+    undefined = [f"{split} {name}" for split, values in metrics.items() for name, v in values.items() if v is None]
+    if undefined:
+        status, reason = "failed", f"undefined metric after the last epoch: {', '.join(undefined)} (constant predictions?)"
+    progress.close(status=status)
+    return {
+        "status": status,
+        "reason": reason,
+        "metrics": metrics if status == "ok" else {},
+        "epochs": epochs,
+        "train_time_s": train_time,
+        "eval_time_s": eval_time,
+        "steps": total,
+        "warmup_steps": warmup,
+    }

@@ -1,0 +1,55 @@
+"""Shared fixtures: generic, offline, CPU-fast."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+
+WORDS = (
+    "the a an this that some every one two few many of in on at with from by for to and or but not very quite "
+    "film movie story plot actor scene music ending cast script book day night man woman city house road car "
+    "good great fine lovely superb brilliant wonderful excellent bad awful poor boring dull terrible weak horrible "
+    "is was seems felt looks became remains runs goes makes takes gives sees knows thinks says wants finds"
+).split()
+
+
+def generic_text(n: int, seed: int = 0) -> list[str]:
+    """Random sentences over a small English word list: enough for a tokenizer to learn every word whole."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(4, 12))) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+
+SMOKE_VOCAB = 8192  # the tiny preset's vocabulary, as budgets/smoke.yaml uses it
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    """A data cache with the smoke budget's built-in corpus prepared once per session (tokenizer + shards)."""
+    from cramming_simple.data import DataConfig, prepare
+
+    cache = tmp_path_factory.mktemp("data-cache")
+    prepare(DataConfig(source="builtin", cache_dir=str(cache), shard_sequences=1024), SMOKE_VOCAB, 128, show_progress=False)
+    return cache
+
+
+def smoke_config(cache, block: str, seconds: float, *overrides: str, name: str | None = None):
+    """The smoke budget, shortened to `seconds`, reading the session's prepared data."""
+    from cramming_simple.train.config import load_pretrain_config
+
+    return load_pretrain_config(
+        "smoke", block, [f"hours={seconds / 3600}", f"data.cache_dir={cache}", "impl.device=cpu", *overrides], name=name
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(smoke_cache, tmp_path_factory):
+    """A smoke-pretrained run folder: the tiny Pre-LN encoder after a short `smoke` budget on the built-in corpus."""
+    from cramming_simple.train.loop import pretrain
+
+    runs = tmp_path_factory.mktemp("pretrained")
+    pretrain(smoke_config(smoke_cache, "preln", 8.0, "impl.log_seconds=2", name="tiny-preln"), runs)
+    return runs / "tiny-preln"

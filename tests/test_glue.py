@@ -1,0 +1,427 @@
+"""The GLUE stage: data layouts, metrics, schedules, fine-tuning that learns, reruns, failures, workers."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cramming_simple.cli import main
+from cramming_simple.config import REPO_ROOT, ConfigError, load_yaml, merge_typed
+from cramming_simple.data.tokenizer import load_tokenizer
+from cramming_simple.glue import command, data, finetune
+from cramming_simple.glue.config import Protocol, TaskTable, load_protocol, load_tasks
+from cramming_simple.glue.metrics import compute
+from cramming_simple.glue.score import TASKS
+from cramming_simple.model import MaskedLM, arch_config, save_model
+
+# ----------------------------------------------------------------------------------------------- fixture data
+
+HUB_COLUMNS = {  # the hub's (nyu-mll/glue) text columns
+    "cola": ["sentence"], "sst2": ["sentence"], "mrpc": ["sentence1", "sentence2"], "stsb": ["sentence1", "sentence2"],
+    "qqp": ["question1", "question2"], "mnli": ["premise", "hypothesis"], "qnli": ["question", "sentence"], "rte": ["sentence1", "sentence2"],
+}
+NLI = ["entailment", "neutral", "contradiction"]  # the hub's label ids 0, 1, 2
+QNLI_RTE = ["entailment", "not_entailment"]
+
+
+def sentiment_words(tokenizer) -> tuple[list[str], list[str], list[str]]:
+    """(positive, negative, filler) words that the tokenizer keeps whole, so any tokenizer can learn the task."""
+    vocab = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and len(w) >= 3)
+    return vocab[:4], vocab[4:8], vocab[8:40]
+
+
+def make_glue(n_train: dict[str, int], n_eval: int, words: tuple[list[str], list[str], list[str]], seed: int = 0) -> dict[str, dict[str, pd.DataFrame]]:
+    """Every GLUE task as hub-schema frames. SST-2's label is whether its one sentiment word is positive (learnable);
+    the other tasks have random labels. QQP and MNLI texts carry stray double quotes, as the real files do."""
+    rng = random.Random(seed)
+    positive, negative, filler = words
+
+    def text(k=6):
+        return " ".join(rng.choices(filler, k=k))
+
+    def task_frame(task: str, n: int) -> pd.DataFrame:
+        rows = []
+        for i in range(n):
+            if task == "sst2":
+                label = rng.randint(0, 1)
+                mood = rng.choice(positive if label else negative)
+                words_ = text(5).split()
+                words_.insert(rng.randint(0, 5), mood)
+                row = {"sentence": " ".join(words_), "label": label}
+            elif task == "stsb":
+                row = {"sentence1": text(), "sentence2": text(), "label": round(rng.uniform(0, 5), 2)}
+            else:
+                cols = HUB_COLUMNS[task]
+                row = {c: text() for c in cols}
+                row["label"] = rng.randint(0, 2 if task == "mnli" else 1)
+                if task in ("qqp", "mnli") and i % 3 == 0:
+                    row[cols[0]] = '"' + row[cols[0]]  # an opening quote with no closing one
+                    row[cols[1]] = row[cols[1]] + ' 12" long'
+            rows.append({**row, "idx": i})
+        frame = pd.DataFrame(rows)
+        frame["label"] = frame["label"].astype("float32" if task == "stsb" else "int64")
+        return frame
+
+    out = {}
+    for task in TASKS:
+        splits = ["validation_matched", "validation_mismatched"] if task == "mnli" else ["validation"]
+        out[task] = {"train": task_frame(task, n_train.get(task, n_train["default"])), **{s: task_frame(task, n_eval) for s in splits}}
+    return out
+
+
+def write_parquet(glue: dict, root: Path) -> Path:
+    """The hub's layout: <config>/<split>-0000k-of-0000n.parquet (train in two shards, to test their order)."""
+    for task, splits in glue.items():
+        (root / task).mkdir(parents=True)
+        for split, frame in splits.items():
+            shards = np.array_split(np.arange(len(frame)), 2 if split == "train" else 1)
+            for k, rows in enumerate(shards):
+                frame.iloc[rows].to_parquet(root / task / f"{split}-{k:05d}-of-{len(shards):05d}.parquet", index=False)
+    return root
+
+
+def write_tsv(glue: dict, root: Path) -> Path:
+    """The original GLUE distribution, independent of glue/tasks.yaml: its own folders, columns and quirks."""
+
+    def write(path: Path, header: list[str] | None, rows: list[list]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = ([header] if header else []) + rows
+        path.write_text("".join("\t".join(map(str, line)) + "\n" for line in lines), encoding="utf-8")  # raw: no quoting at all
+
+    files = {"train": "train.tsv", "validation": "dev.tsv", "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"}
+    for task, splits in glue.items():
+        for split, f in splits.items():
+            r = list(f.itertuples(index=False))
+            name = files[split]
+            if task == "cola":  # no header: source, label, original judgement, sentence
+                write(root / "CoLA" / name, None, [["gj04", x.label, "" if x.label else "*", x.sentence] for x in r])
+            elif task == "sst2":
+                write(root / "SST-2" / name, ["sentence", "label"], [[x.sentence, x.label] for x in r])
+            elif task == "mrpc":
+                write(root / "MRPC" / name, ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], [[x.label, 2 * x.idx, 2 * x.idx + 1, x.sentence1, x.sentence2] for x in r])
+            elif task == "stsb":
+                head = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
+                write(root / "STS-B" / name, head, [[x.idx, "main-news", "f", "2012", x.idx, "none", "none", x.sentence1, x.sentence2, f"{x.label:.3f}"] for x in r])
+            elif task == "qqp":
+                write(root / "QQP" / name, ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], [[x.idx, 1, 2, x.question1, x.question2, x.label] for x in r])
+            elif task == "mnli":  # train has one annotator label column, dev five, then gold_label
+                labels = ["label1"] if split == "train" else [f"label{k}" for k in range(1, 6)]
+                head = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", *labels, "gold_label"]
+                write(root / "MNLI" / name, head, [[x.idx, 1, "1e", "fiction", "( a )", "( b )", "(ROOT a)", "(ROOT b)", x.premise, x.hypothesis, *[NLI[x.label]] * len(labels), NLI[x.label]] for x in r])
+            else:  # qnli, rte: labels as words
+                cols = HUB_COLUMNS[task]
+                write(root / task.upper() / name, ["index", *cols, "label"], [[x.idx, getattr(x, cols[0]), getattr(x, cols[1]), QNLI_RTE[x.label]] for x in r])
+    return root
+
+
+@pytest.fixture(scope="module")
+def glue_dir(pretrained_run, tmp_path_factory):
+    """Hub-layout parquet data for every task, learnable SST-2 in the run's own words; small sets elsewhere."""
+    words = sentiment_words(load_tokenizer(pretrained_run / "model"))
+    glue = make_glue({"sst2": 320, "default": 48}, n_eval=64, words=words)
+    return write_parquet(glue, tmp_path_factory.mktemp("glue-parquet"))
+
+
+def run_glue(run: Path, glue_dir: Path, *extra: str) -> int:
+    return main(["glue", str(run), "--data-dir", str(glue_dir), "--protocol", "smoke", *extra])
+
+
+def copy_run(pretrained_run: Path, tmp_path: Path) -> Path:
+    """A fresh run folder sharing the pretrained model (results go to run/glue)."""
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    (run / "model").symlink_to(pretrained_run / "model")
+    return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and CI's two cores are shared with the spawned workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+FAST = ["epochs=2", "max_train_examples=96"]  # sst2: 96 examples -> 12 steps; the other tasks: 48 -> 6 steps
+
+
+def results(run: Path) -> dict[tuple[str, int], dict]:
+    return {(r["task"], r["seed"]): r for r in (pd.read_json(p, typ="series").to_dict() for p in sorted(run.glob("glue/*/seed*.json")))}
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def test_every_shipped_yaml_parses_and_validates():
+    table = load_tasks()
+    assert set(TASKS) <= set(table.tasks)
+    assert table.tasks["mnli"].splits == ["validation_matched", "validation_mismatched"]
+    assert table.tasks["mnli"].tsv.label_map == {"entailment": 0, "neutral": 1, "contradiction": 2}
+    assert table.tasks["stsb"].regression and table.tasks["stsb"].num_labels == 1
+    presets = sorted(p.stem for p in (REPO_ROOT / "glue").glob("*.yaml") if p.stem != "tasks")
+    assert presets == ["cramming", "paper", "smoke"]
+    loaded = {name: load_protocol(name)[1] for name in presets}
+    paper = loaded["paper"]
+    assert paper == Protocol()  # the dataclass defaults are the paper's protocol, so partial presets inherit it
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.betas, paper.eps, paper.weight_decay) == (5, 32, 1.5e-4, (0.9, 0.98), 1e-6, 0.0)
+    assert (paper.schedule, paper.warmup, paper.max_length, paper.dropout, paper.seeds) == ("cosine", 0.1, 128, 0.1, [1, 2, 3])
+    cramming = loaded["cramming"]
+    assert (cramming.batch_size, cramming.lr) == (16, 4e-5) and cramming.epochs == 5 and cramming.betas == paper.betas
+    smoke = loaded["smoke"]
+    assert smoke.max_train_examples and smoke.max_eval_examples
+
+
+def test_unknown_override_key_fails_listing_valid_keys(capsys):
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'.*batch_size.*lr"):
+        load_protocol("paper", ["learning_rate=1e-4"])
+    assert load_protocol("paper", ["lr=1e-4", "epochs=3"])[1].lr == 1e-4
+    with pytest.raises(ConfigError, match="warmup"):
+        load_protocol("smoke", ["warmup=1.5"])
+    with pytest.raises(ConfigError, match="task table lacks"):
+        merge_typed(TaskTable, None, [("t", {"tasks": {"cola": {"texts": ["sentence"], "metrics": ["accuracy"]}}})])
+    assert main(["glue", "somewhere", "--protocol", "smoke", "epoch=3"]) == 2
+    assert "Valid keys" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+LAYOUT_WORDS = (["good", "great"], ["bad", "dull"], "the a film story plot was is very quite long short".split())
+
+
+def test_hub_parquet_and_tsv_layouts_load_the_same_examples(tmp_path, monkeypatch):
+    import datasets
+
+    glue = make_glue({"default": 12}, n_eval=9, words=LAYOUT_WORDS)
+    table = load_tasks()
+    hub_calls = []
+
+    def fake_hub(path, name):  # what datasets.load_dataset("nyu-mll/glue", name) returns, built from the same frames
+        hub_calls.append((path, name))
+        return datasets.DatasetDict({split: datasets.Dataset.from_pandas(frame) for split, frame in glue[name].items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    hub = data.open_source(None, table, list(TASKS))
+    parquet = data.open_source(write_parquet(glue, tmp_path / "parquet"), table, list(TASKS))
+    tsv = data.open_source(write_tsv(glue, tmp_path / "tsv"), table, list(TASKS))
+    assert (hub.kind, parquet.kind, tsv.kind) == ("hub", "parquet", "tsv")
+    assert hub_calls == [("nyu-mll/glue", t) for t in TASKS]  # every task fetched up front
+    for task in TASKS:
+        spec = table.tasks[task]
+        loaded = [data.load_task(source, task, spec) for source in (hub, parquet, tsv)]
+        for split in ["train", *spec.splits]:
+            frame = glue[task][split]
+            for source in loaded:
+                assert source[split].texts == [frame[c].tolist() for c in HUB_COLUMNS[task]], (task, split)
+                np.testing.assert_allclose(source[split].labels, frame["label"].to_numpy(), rtol=1e-6)
+                assert source[split].labels.dtype == (np.float32 if task == "stsb" else np.int64)
+    # the quirks really were there: stray quotes in QQP and MNLI, CoLA without a header row, MNLI labels as words
+    qqp = data.load_task(tsv, "qqp", table.tasks["qqp"])["train"]
+    assert qqp.texts[0][0].startswith('"') and qqp.texts[1][0].endswith('12" long')
+    assert (tmp_path / "tsv/CoLA/train.tsv").read_text().startswith("gj04\t")
+    assert "\tcontradiction\n" in (tmp_path / "tsv/MNLI/dev_mismatched.tsv").read_text() or "\tneutral\n" in (tmp_path / "tsv/MNLI/dev_mismatched.tsv").read_text()
+
+
+def test_batches_pad_to_the_longest_in_the_batch_only():
+    ids = [[2, 7, 3], [2, 8, 9, 10, 3], [2, 3]]
+    enc = data.Encoded(ids, np.array([0, 1, 0]), torch.device("cpu"))
+    (x, mask, y), (x2, mask2, y2) = enc.batches(np.array([2, 0, 1]), 2)
+    assert x.tolist() == [[2, 3, 0], [2, 7, 3]] and mask.tolist() == [[True, True, False], [True, True, True]] and y.tolist() == [0, 0]
+    assert x2.tolist() == [[2, 8, 9, 10, 3]] and mask2.all() and y2.tolist() == [1]
+
+
+def test_sentence_pairs_are_tokenised_as_pairs(pretrained_run):
+    tokenizer = load_tokenizer(pretrained_run / "model")
+    pair = data.Examples([["the film"], ["was good"]], np.array([1]))
+    ids = data.tokenize(tokenizer, pair, max_length=128)[0]
+    expected = ["[CLS]", *tokenizer.tokenize("the film"), "[SEP]", *tokenizer.tokenize("was good"), "[SEP]"]
+    assert tokenizer.convert_ids_to_tokens(ids) == expected and expected.count("[SEP]") == 2
+    long = data.Examples([["the film " * 100], ["was good " * 100]], np.array([1]))
+    assert len(data.tokenize(tokenizer, long, max_length=128)[0]) == 128
+
+
+# ----------------------------------------------------------------------------------------------- metrics, schedule
+
+
+def test_metrics_match_hand_computed_values():
+    preds, labels = np.array([1, 0, 1, 1, 0, 1]), np.array([1, 0, 0, 1, 0, 1])
+    # TP 3, TN 2, FP 1, FN 0
+    got = compute(["accuracy", "f1", "matthews"], preds, labels)
+    assert got["accuracy"] == pytest.approx(5 / 6)
+    assert got["f1"] == pytest.approx(2 * 0.75 * 1.0 / 1.75)
+    assert got["matthews"] == pytest.approx((3 * 2 - 1 * 0) / math.sqrt(4 * 3 * 3 * 2))
+    got = compute(["pearson", "spearman"], np.array([1.0, 2.0, 3.0, 10.0]), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert got["pearson"] == pytest.approx(14 / math.sqrt(50 * 5)) and got["spearman"] == pytest.approx(1.0)
+
+
+def test_each_task_schedule_comes_from_its_own_step_count():
+    paper = Protocol()
+    assert finetune.schedule_steps(1000, paper) == (5 * 32, 16)  # ceil(1000 / 32) = 32 steps per epoch
+    assert finetune.schedule_steps(100, paper) == (5 * 4, 2)
+
+    def lr_trace(examples: int) -> list[float]:
+        model = torch.nn.Linear(2, 2)
+        optimizer, scheduler = finetune.make_optimizer(model, paper, examples, torch.device("cpu"))
+        trace = []
+        for _ in range(finetune.schedule_steps(examples, paper)[0]):
+            trace.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return trace
+
+    small_alone = lr_trace(100)
+    big = lr_trace(1000)
+    small_after_big = lr_trace(100)
+    assert small_after_big == small_alone
+    assert np.argmax(big) == 16 and np.argmax(small_alone) == 2  # warmup ends at each task's own 10 %
+    assert max(big) == max(small_alone) == pytest.approx(paper.lr)
+    assert big[-1] < 0.01 * paper.lr and small_alone[-1] < 0.05 * paper.lr  # cosine down to ~0 at each task's end
+
+
+# ----------------------------------------------------------------------------------------------- the command
+
+
+def test_finetuning_learns_a_learnable_task(pretrained_run, glue_dir, tmp_path):
+    run = copy_run(pretrained_run, tmp_path)
+    assert run_glue(run, glue_dir, "--tasks", "sst2") == 0  # the shipped smoke protocol as it is
+    record = results(run)[("sst2", 1)]
+    assert record["status"] == "ok" and record["examples"] == {"train": 320, "validation": 64}
+    accuracy = record["metrics"]["validation"]["accuracy"]
+    assert accuracy >= 0.8, record["epochs"]  # chance is 0.5
+    assert record["epochs"][0]["train_loss"] > record["epochs"][-1]["train_loss"]
+    assert len(record["epochs"]) == 5 and record["metrics"] == record["epochs"][-1]["metrics"]
+    summary = pd.read_json(run / "glue/summary.json", typ="series")
+    assert summary["columns"]["SST-2"]["mean"] == pytest.approx(100 * accuracy)
+
+
+@pytest.fixture(scope="module")
+def two_tasks(pretrained_run, glue_dir, tmp_path_factory):
+    """sst2 (96 training examples) and rte (48) fine-tuned in one single-process call."""
+    run = copy_run(pretrained_run, tmp_path_factory.mktemp("two-tasks"))
+    assert run_glue(run, glue_dir, "--tasks", "rte,sst2", *FAST) == 0
+    return run
+
+
+def test_result_files_have_the_documented_format(two_tasks):
+    got = results(two_tasks)
+    assert set(got) == {("sst2", 1), ("rte", 1)}
+    for (task, seed), r in got.items():
+        assert {"task", "seed", "protocol", "protocol_hash", "status", "reason", "metrics", "epochs", "train_time_s", "eval_time_s", "examples"} <= set(r)
+        assert r["protocol"] == "smoke" and r["status"] == "ok" and r["reason"] is None
+        assert list(r["metrics"]) == ["validation"] and 0 <= r["metrics"]["validation"]["accuracy"] <= 1
+        assert [e["epoch"] for e in r["epochs"]] == [1, 2] and all(math.isfinite(e["train_loss"]) for e in r["epochs"])
+    summary = pd.read_json(two_tasks / "glue/summary.json", typ="series")
+    assert summary["tasks"] == ["sst2", "rte"] and summary["glue_average"] is None
+
+
+def test_each_task_warms_up_over_its_own_steps_end_to_end(two_tasks, pretrained_run, glue_dir, tmp_path):
+    both = results(two_tasks)
+    assert (both[("sst2", 1)]["steps"], both[("sst2", 1)]["warmup_steps"]) == (2 * 6, 2)  # 96 / 16 = 6 steps an epoch
+    assert (both[("rte", 1)]["steps"], both[("rte", 1)]["warmup_steps"]) == (2 * 3, 1)  # 48 / 16 = 3
+    alone = copy_run(pretrained_run, tmp_path)
+    assert run_glue(alone, glue_dir, "--tasks", "rte", *FAST) == 0
+    rte_alone, rte_after_sst2 = results(alone)[("rte", 1)], both[("rte", 1)]
+    for a, b in zip(rte_alone["epochs"], rte_after_sst2["epochs"]):
+        assert a["lr"] == b["lr"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+
+
+def test_gpus_2_on_cpu_writes_the_same_results(two_tasks, pretrained_run, glue_dir, tmp_path):
+    run = copy_run(pretrained_run, tmp_path)
+    assert run_glue(run, glue_dir, "--tasks", "rte,sst2", "--gpus", "2", *FAST) == 0
+    multi, single = results(run), results(two_tasks)
+    assert set(multi) == set(single)
+    assert sorted(p.relative_to(run) for p in run.glob("glue/**/*.json")) == sorted(p.relative_to(two_tasks) for p in two_tasks.glob("glue/**/*.json"))
+    for key in single:
+        assert set(multi[key]) == set(single[key])
+        assert multi[key]["protocol_hash"] == single[key]["protocol_hash"] and multi[key]["steps"] == single[key]["steps"]
+        assert multi[key]["epochs"][-1]["train_loss"] == pytest.approx(single[key]["epochs"][-1]["train_loss"], rel=1e-4)
+    assert sorted(p.name for p in (run / "glue/logs").iterdir()) == ["worker0.log", "worker1.log"]
+
+
+def test_rerun_skips_done_seeds_and_force_redoes_them(pretrained_run, glue_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    run = copy_run(pretrained_run, runs)
+    (run / "summary.json").write_text('{"block": "preln"}')
+    args = ["glue", "--block", "preln", "--runs-dir", str(runs), "--data-dir", str(glue_dir), "--protocol", "smoke", "--tasks", "rte,mrpc", *FAST]
+    assert main(args) == 0
+    files = {p: p.stat().st_mtime_ns for p in run.glob("glue/*/seed*.json")}
+    assert len(files) == 2
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 of 2 task/seed runs to do" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    assert main([*args, "--force", "--tasks", "rte"]) == 0
+    assert "1 of 1 task/seed runs to do" in capsys.readouterr().out
+    rte, mrpc = run / "glue/rte/seed1.json", run / "glue/mrpc/seed1.json"
+    assert rte.stat().st_mtime_ns != files[rte] and mrpc.stat().st_mtime_ns == files[mrpc]
+    # another protocol is not "done": it reruns, and the earlier result is kept aside
+    assert main([*args, "--tasks", "rte", "lr=5e-4"]) == 0
+    assert "1 of 1 task/seed runs to do" in capsys.readouterr().out
+    assert len(list((run / "glue/rte/previous").glob("seed1-*.json"))) == 1
+
+
+def test_nan_in_one_task_fails_that_task_and_the_others_complete(pretrained_run, glue_dir, tmp_path, monkeypatch):
+    real_load = finetune.load_model
+
+    def load_poisoned(path, num_labels=None, **kw):
+        model = real_load(path, num_labels=num_labels, **kw)
+        if num_labels == 1:  # STS-B, the regression task, gets a NaN loss from its third step on
+            forward, calls = model.forward, []
+
+            def nan_forward(*args, **kwargs):
+                logits, loss = forward(*args, **kwargs)
+                calls.append(1)
+                return logits, (loss * float("nan") if len(calls) >= 3 and loss is not None else loss)
+
+            model.forward = nan_forward
+        return model
+
+    monkeypatch.setattr(finetune, "load_model", load_poisoned)
+    run = copy_run(pretrained_run, tmp_path)
+    assert run_glue(run, glue_dir, "--tasks", "stsb,sst2,cola", *FAST) == 0
+    got = results(run)
+    assert got[("stsb", 1)]["status"] == "failed" and "epoch 1, step 3" in got[("stsb", 1)]["reason"]
+    assert got[("sst2", 1)]["status"] == got[("cola", 1)]["status"] == "ok"
+    summary = pd.read_json(run / "glue/summary.json", typ="series")
+    assert summary["glue_average"] is None and "stsb seed 1" in summary["average_missing_reason"]
+    assert summary["failed"] == [{"task": "stsb", "seed": 1, "reason": got[("stsb", 1)]["reason"]}]
+
+
+def test_missing_data_fails_before_training(pretrained_run, glue_dir, tmp_path, capsys, monkeypatch):
+    run = copy_run(pretrained_run, tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert run_glue(run, tmp_path / "empty", "--tasks", "rte") == 2
+    assert "--data-dir" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    (partial / "rte").mkdir(parents=True)
+    for f in (glue_dir / "rte").glob("train-*.parquet"):
+        (partial / "rte" / f.name).symlink_to(f)
+    assert run_glue(run, partial, "--tasks", "rte") == 2
+    assert "rte/validation-*.parquet" in capsys.readouterr().err
+
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("the hub is unreachable")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    assert main(["glue", str(run), "--protocol", "smoke", "--tasks", "rte"]) == 2
+    err = capsys.readouterr().err
+    assert "nyu-mll/glue" in err and "--data-dir" in err
+    assert not (run / "glue").exists()  # nothing ran
+
+
+def test_tokenizer_that_does_not_fit_the_model_fails_early(pretrained_run, glue_dir, tmp_path, capsys):
+    tokenizer = load_tokenizer(pretrained_run / "model")
+    run = tmp_path / "run"
+    save_model(MaskedLM(arch_config("tiny", vocab_size=len(tokenizer) - 50), "preln"), run / "model", tokenizer)
+    assert run_glue(run, glue_dir, "--tasks", "rte") == 2
+    assert "do not match" in capsys.readouterr().err
+    assert not (run / "glue").exists()
