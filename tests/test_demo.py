@@ -1,0 +1,38 @@
+"""`make demo`, the newcomer's first command, end to end and offline (GLUE from a TSV fixture via GLUE_DIR)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import WORDS
+from test_glue import make_glue, write_tsv
+
+from cramming_simple.config import REPO_ROOT
+
+BLOCKS = ("preln", "sas", "sasp")
+
+
+def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
+    glue_dir = write_tsv(make_glue({"default": 48, "sst2": 96}, n_eval=32, words=(WORDS[:4], WORDS[4:8], WORDS[8:])), tmp_path / "glue")
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    venv = Path(sys.prefix)
+    cmd = [
+        "make", "--no-print-directory", "-o", str(venv / ".installed"), "demo", f"VENV={venv}",  # the test's own environment
+        f"DEMO_RUNS={runs}", f"DEMO_OUT={out}", f"GLUE_DIR={glue_dir}", "DEMO_TASKS=sst2,rte",
+        f"DEMO_ARGS=hours=0.0015 data.cache_dir={smoke_cache} impl.device=cpu",  # a few seconds per block
+    ]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Tables and plots: {out}/index.md" in done.stdout
+    for block in BLOCKS:
+        summary = json.loads((runs / f"{block}-smoke" / "summary.json").read_text())
+        assert summary["completed"] and summary["block"] == block
+        glue = json.loads((runs / f"{block}-smoke" / "glue" / "summary.json").read_text())
+        assert glue["protocol"] == "smoke" and glue["columns"]["SST-2"]["n"] == 1 and glue["columns"]["RTE"]["n"] == 1
+    table1 = (out / "table1.md").read_text()
+    assert all(title in table1 for title in ("Pre-LN", "SAS", "SAS-P"))
+    for name in ("table1.tex", "table1.csv", "table2.md", "loss_vs_hours.png", "loss_vs_steps.pdf", "glue_tasks.png"):
+        assert (out / name).stat().st_size > 0, name
