@@ -12,12 +12,13 @@ BLOCKS ?= preln sas sasp
 BUDGET ?= 24h
 PROTOCOL ?= paper
 TASKS ?= all
-SEEDS ?= 1,2,3
+SEEDS ?=
 RUNS ?= runs
 RUN ?=
 GPUS ?= 1
 OUT ?= reports/latest
 ARGS ?=
+GLUE_ARGS ?=
 # make demo: the smoke budget for three blocks, the smoke GLUE protocol on a few tasks, the report.
 DEMO_BLOCKS ?= preln sas sasp
 DEMO_TASKS ?= sst2,rte,stsb
@@ -79,7 +80,8 @@ pretrain: setup
 	$(LAUNCH) pretrain --block $(BLOCK) --budget $(BUDGET) --runs-dir $(RUNS) --resume $(ARGS)
 
 glue: setup
-	$(CS) glue $(if $(RUN),$(RUN),--block $(BLOCK) --runs-dir $(RUNS)) --protocol $(PROTOCOL) --tasks $(TASKS) --seeds $(SEEDS) --gpus $(GPUS) $(ARGS)
+	$(CS) glue $(if $(RUN),$(RUN),--block $(BLOCK) --runs-dir $(RUNS)) --protocol $(PROTOCOL) --tasks $(TASKS) \
+	  $(if $(SEEDS),--seeds $(SEEDS)) $(if $(GLUE_DIR),--data-dir $(GLUE_DIR)) --gpus $(GPUS) $(GLUE_ARGS)
 
 report: setup
 	$(CS) report --runs-dir $(RUNS) --out $(OUT)
@@ -87,13 +89,18 @@ report: setup
 bench: setup
 	$(CS) bench --arch crammed-bert --out reports/bench $(ARGS)
 
+# Pretrain every block, fine-tune every block, report. A block that fails (e.g. a non-finite loss) does not
+# stop the others; the report shows what is missing and why. Rerunning resumes and skips what is done.
 all: setup
-	@set -e; for b in $(BLOCKS); do \
-	  $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) ARGS="$(ARGS)"; \
+	@failed=""; for b in $(BLOCKS); do \
+	  $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) ARGS="$(ARGS)" || failed="$$failed pretrain:$$b"; \
 	done; for b in $(BLOCKS); do \
-	  $(MAKE) --no-print-directory glue BLOCK=$$b RUNS=$(RUNS) PROTOCOL=$(PROTOCOL) TASKS=$(TASKS) SEEDS=$(SEEDS) GPUS=$(GPUS) RUN=$(RUNS)/$$b-$(BUDGET) ARGS=; \
-	done
-	$(MAKE) --no-print-directory report RUNS=$(RUNS) OUT=$(OUT)
+	  if [ -f $(RUNS)/$$b-$(BUDGET)/model/config.json ]; then \
+	    $(MAKE) --no-print-directory glue RUN=$(RUNS)/$$b-$(BUDGET) PROTOCOL=$(PROTOCOL) TASKS=$(TASKS) SEEDS=$(SEEDS) GPUS=$(GPUS) GLUE_DIR=$(GLUE_DIR) GLUE_ARGS="$(GLUE_ARGS)" || failed="$$failed glue:$$b"; \
+	  fi; \
+	done; \
+	$(MAKE) --no-print-directory report RUNS=$(RUNS) OUT=$(OUT); \
+	if [ -n "$$failed" ]; then echo "make all: these steps did not finish:$$failed (rerun to resume)"; exit 1; fi
 
 clean-venv:
 	rm -rf $(VENV)

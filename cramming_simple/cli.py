@@ -47,7 +47,8 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s stage module is imported (the others' imports cost seconds of startup)."""
     from .model import PRESETS
 
     parser = argparse.ArgumentParser(prog="cramming-simple", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,20 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     for name, (module_name, help_line) in COMMANDS.items():
-        try:
+        p = sub.add_parser(name, help=help_line, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == command:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if not module_name.startswith(err.name or "?"):
-                raise
-            continue  # a stage not built yet
-        p = sub.add_parser(name, help=help_line, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
-        p.set_defaults(func=module.run)
+            p.description = module.__doc__
+            module.add_arguments(p)
+            p.set_defaults(func=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     # key=value overrides may come anywhere, also after options that follow a positional (`glue RUN --tasks
     # rte lr=1e-3`), which plain argparse would reject: collect the strays into args.overrides.
     args, extra = parser.parse_known_args(argv)

@@ -15,17 +15,25 @@ from cramming_simple.config import REPO_ROOT
 BLOCKS = ("preln", "sas", "sasp")
 
 
-def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
-    glue_dir = write_tsv(make_glue({"default": 48, "sst2": 96}, n_eval=32, words=(WORDS[:4], WORDS[4:8], WORDS[8:])), tmp_path / "glue")
-    runs, out = tmp_path / "runs", tmp_path / "report"
+def glue_fixture(root: Path) -> Path:
+    return write_tsv(make_glue({"default": 48, "sst2": 96}, n_eval=32, words=(WORDS[:4], WORDS[4:8], WORDS[8:])), root)
+
+
+def make(target: str, *variables: str) -> subprocess.CompletedProcess:
+    """`make TARGET` in the repository, with the test's own environment standing in for .venv."""
     venv = Path(sys.prefix)
-    cmd = [
-        "make", "--no-print-directory", "-o", str(venv / ".installed"), "demo", f"VENV={venv}",  # the test's own environment
-        f"DEMO_RUNS={runs}", f"DEMO_OUT={out}", f"GLUE_DIR={glue_dir}", "DEMO_TASKS=sst2,rte",
-        f"DEMO_ARGS=hours=0.0015 data.cache_dir={smoke_cache} impl.device=cpu",  # a few seconds per block
-    ]
+    cmd = ["make", "--no-print-directory", "-o", str(venv / ".installed"), target, f"VENV={venv}", *variables]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    done = make(
+        "demo", f"DEMO_RUNS={runs}", f"DEMO_OUT={out}", f"GLUE_DIR={glue_fixture(tmp_path / 'glue')}", "DEMO_TASKS=sst2,rte",
+        f"DEMO_ARGS=hours=0.0015 data.cache_dir={smoke_cache} impl.device=cpu",  # a few seconds per block
+    )
     assert f"Tables and plots: {out}/index.md" in done.stdout
     for block in BLOCKS:
         summary = json.loads((runs / f"{block}-smoke" / "summary.json").read_text())
@@ -36,3 +44,18 @@ def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
     assert all(title in table1 for title in ("Pre-LN", "SAS", "SAS-P"))
     for name in ("table1.tex", "table1.csv", "table2.md", "loss_vs_hours.png", "loss_vs_steps.pdf", "glue_tasks.png"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_make_all_runs_every_stage_and_a_rerun_skips_what_is_done(smoke_cache, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    variables = [
+        'BLOCKS=preln sasp', "BUDGET=smoke", "PROTOCOL=smoke", "TASKS=rte", f"RUNS={runs}", f"OUT={out}",
+        f"GLUE_DIR={glue_fixture(tmp_path / 'glue')}", f"ARGS=hours=0.001 data.cache_dir={smoke_cache} impl.device=cpu",
+    ]
+    make("all", *variables)
+    for block in ("preln", "sasp"):
+        assert json.loads((runs / f"{block}-smoke" / "summary.json").read_text())["completed"]
+        assert (runs / f"{block}-smoke" / "glue" / "rte" / "seed1.json").exists()
+    assert "SAS-P" in (out / "table1.md").read_text()
+    again = make("all", *variables).stdout
+    assert again.count("is complete; nothing to do") == 2 and again.count("0 of 1 task/seed runs to do") == 2

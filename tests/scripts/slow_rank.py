@@ -25,6 +25,6 @@ if rank == 1:
 
     MaskedLM.forward = slow_forward
 
-parsed = build_parser().parse_args(args)
+parsed = build_parser("pretrain").parse_args(args)
 summary = loop.pretrain(resolve(parsed), parsed.runs_dir, resume=parsed.resume)
 (out / f"rank{rank}.json").write_text(json.dumps(summary))
