@@ -66,10 +66,10 @@ class Parallel(nn.Module):
         q, k, v, h = project(self.norm(x), self.w_in.weight, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
         a = merge_heads(attend(*(split_heads(t, self.heads) for t in (q, k, v)), mask, self.fused))  # (B, T, d)
         if self.fused:
-            out = self.w_out(torch.cat([a, glu(h)], dim=-1))
+            out = self.w_out(torch.cat([a, glu(h, self.fused)], dim=-1))
         else:
             w_proj, w_down = self.w_out.weight.split([d, self.w_out.in_features - d], dim=1)
-            out = a @ w_proj.T + glu(h) @ w_down.T
+            out = a @ w_proj.T + glu(h, fused=False) @ w_down.T
         return x + self.drop(out)
 
 
@@ -88,8 +88,8 @@ class SAS(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
-        x = self.beta_sa * self.attn(self.norm1(x), mask)
-        return self.alpha_ff * x + self.beta_ff * self.drop(self.mlp(self.norm2(x)))
+        x = self.attn(self.norm1(x), mask, gain=self.beta_sa)
+        return torch.addcmul(self.alpha_ff * x, self.beta_ff, self.drop(self.mlp(self.norm2(x))))  # a + b * c, one pass
 
 
 class SASP(nn.Module):
@@ -114,7 +114,7 @@ class SASP(nn.Module):
         x = self.norm(x)
         d = x.shape[-1]
         q, k, h = project(x, self.w_in.weight, [d, d, self.w_in.out_features - 2 * d], self.fused)
-        return self.beta_sa * self.attn.mix(q, k, x, mask) + self.beta_ff * self.drop(self.down(glu(h)))
+        return torch.addcmul(self.attn.mix(q, k, x, mask, gain=self.beta_sa), self.beta_ff, self.drop(self.down(glu(h, self.fused))))
 
 
 @dataclass(frozen=True)
