@@ -82,12 +82,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, help=f"untimed steps per block first (default: 10 on CUDA, 2 on CPU; at least {COMPILE_WARMUP} with --compile)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every model (warm-up absorbs compile time)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile every model, as pretraining does (default: on for CUDA, off for CPU; warm-up absorbs compile time)")
     parser.add_argument("--peer", choices=["hf"], help="also time Hugging Face BertForMaskedLM of the same size (row 'hf-bert')")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help='print {"rows": [...], "device": ..., ...} instead of the table')
-    parser.add_argument("--out", default="reports/bench", help="folder for bench.md and bench.json")
-    # `--data` (time on real batches of a prepared budget) plugs in at `make_batch`.
+    parser.add_argument("--out", default="reports/bench", help="folder for bench.md and bench.json (bench_data.* with --data)")
+    parser.add_argument("--data", action="store_true", help="instead: time the data path of --budget (shards -> masking -> device) against its training step")
+    parser.add_argument("--budget", default="smoke", help="with --data: the budget whose data, arch and microbatch are used (default: smoke)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="with --data: budget overrides, e.g. train.microbatch=128")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -361,7 +364,12 @@ def render(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data:
+        return run_data(args)
+    if args.overrides:
+        raise ConfigError(f"key=value overrides ({' '.join(args.overrides)}) only apply with --data")
     device = pick_device(args.device)
+    args.compile = device.type == "cuda" if args.compile is None else args.compile
     cfg = arch_config(args.arch)
     names = list(BLOCKS) if args.blocks == "all" else [b.strip() for b in args.blocks.split(",") if b.strip()]
     for name in names:
@@ -440,4 +448,100 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(result))
         print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- --data
+
+
+def run_data(args: argparse.Namespace) -> int:
+    """The data path of a budget against its training step, measured one after the other in one process.
+
+    Rows: the producer alone (one microbatch read from the memory-mapped shards, shuffled and masked, as the
+    background thread makes it); the whole path through the prefetcher onto the device with an idle
+    consumer (its throughput); and the training step of `preln` at the budget's arch and microbatch on those
+    batches. The path keeps up when its batches/s is well above the step's (the target is 10x).
+    """
+    from .data import MicrobatchStream, MLMCollator, PackedData, Prefetcher, load_tokenizer, prepare
+    from .train.config import load_pretrain_config
+
+    cfg = load_pretrain_config(args.budget, REFERENCE, args.overrides)
+    device = pick_device(args.device)
+    dtype = autocast_dtype(device, args.precision)
+    prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
+    tok = load_tokenizer(prepared.tokenizer_dir)
+    collate = MLMCollator(cfg.arch.seq_len, cfg.train.mask_prob, tok.mask_token_id, tok.all_special_ids, len(tok), cfg.train.seed)
+    stream = MicrobatchStream(PackedData(prepared.path, verify=False), collate, cfg.train.microbatch, cfg.train.seed)
+    n = args.steps or 200  # data batches per measurement
+    steps = args.steps or DEFAULTS[device.type][1]
+    warmup = args.warmup if args.warmup is not None else DEFAULTS[device.type][2]
+
+    def per_item(times: list[float]) -> float:
+        return statistics.median(times)
+
+    produce = []
+    for b in range(n):
+        start = time.perf_counter()
+        stream(b)
+        produce.append(time.perf_counter() - start)
+
+    prefetch = Prefetcher(stream, n, device, cfg.impl.prefetch)
+    next(prefetch)  # the thread has started and filled its queue once
+    start = time.perf_counter()
+    for _ in range(n):
+        batch = next(prefetch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    delivered = (time.perf_counter() - start) / n
+    prefetch.close()
+
+    seed_everything(cfg.train.seed)
+    with torch.device(device):
+        model = MaskedLM(cfg.arch, REFERENCE).train()
+    compiled_model, compiled = compile_model(model, device.type == "cuda" if args.compile is None else args.compile)
+    spec = block_spec(REFERENCE)
+    contender = Contender(REFERENCE, spec.title, model, lambda m: m(**batch), make_optimizer(model, spec.lr, spec.weight_decay, device=device), 0.0, compiled_model, compiled)
+    train_times = []
+    for r in range(warmup + steps):
+        seconds, _ = first_step(contender, dtype, device) if r == 0 else timed_step(contender, dtype, device)
+        if r >= warmup:
+            train_times.append(seconds)
+
+    step = per_item(train_times)
+    tokens = cfg.train.microbatch * cfg.arch.seq_len
+    rows = [
+        {"name": "produce", "what": "one microbatch from the shards: shuffle, read, mask (the background thread's work)", "seconds": per_item(produce)},
+        {"name": "deliver", "what": "through the prefetcher onto the device, consumer idle (the path's throughput)", "seconds": delivered},
+        {"name": "train", "what": f"one {spec.title} training step at {cfg.arch.preset}, microbatch {cfg.train.microbatch}", "seconds": step},
+    ]
+    for r in rows:
+        r["batches_per_s"] = 1.0 / r["seconds"]
+        r["tokens_per_s"] = tokens / r["seconds"]
+        r["x_train_step"] = step / r["seconds"]
+    result = {
+        "rows": rows,
+        "device": environment(device)["device"],
+        "device_type": device.type,
+        "date": now_iso(),
+        "settings": {"budget": args.budget, "overrides": list(args.overrides), "arch": cfg.arch.preset, "microbatch": cfg.train.microbatch,
+                     "seq_len": cfg.arch.seq_len, "data": str(prepared.path), "batches": n, "train_steps": steps, "compile": compiled,
+                     "precision": str(dtype).removeprefix("torch.") if dtype else "fp32", "threads": torch.get_num_threads()},
+        "environment": environment(device),
+    }
+    out = Path(args.out)
+    write_json(out / "bench_data.json", result)
+    columns = {
+        "stage": lambda r: r["name"], "what": lambda r: r["what"], "ms/batch": lambda r: f"{1e3 * r['seconds']:.2f}",
+        "batches/s": lambda r: f"{r['batches_per_s']:,.1f}", "tokens/s": lambda r: f"{r['tokens_per_s']:,.0f}",
+        "x the training step": lambda r: f"{r['x_train_step']:.1f}",
+    }
+    s = result["settings"]
+    text = "\n".join([
+        f"# Data path vs training step, budget {args.budget}", "", markdown_table(rows, columns),
+        f"- device: {result['device']}; torch {result['environment']['torch']}; {s['threads']} CPU threads; {result['date']}",
+        f"- data {s['data']}; microbatch {s['microbatch']} x {s['seq_len']}; medians of {n} batches and {steps} steps; precision {s['precision']}; compile {s['compile']}",
+        "- the path keeps up when 'deliver' is well above 1x the training step (target: 10x); on a CPU the producer thread shares cores with the step.",
+    ]) + "\n"
+    (out / "bench_data.md").write_text(text)
+    print(json.dumps(result, indent=2) if args.json else text)
     return 0

@@ -233,3 +233,23 @@ def test_compiled_model_equals_eager_on_cpu():
     assert torch.allclose(compiled_loss, eager_loss, atol=1e-5)
     for a, b in zip(compiled_grads, eager_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bench_data_times_the_data_path_against_the_training_step(smoke_cache, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["bench", "--data", "--budget", "smoke", f"data.cache_dir={smoke_cache}", "train.microbatch=8",
+                 "--device", "cpu", "--steps", "2", "--warmup", "0", "--json", "--out", str(out)])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads((out / "bench_data.json").read_text()) and (out / "bench_data.md").exists()
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["produce", "deliver", "train"] and rows["train"]["x_train_step"] == 1.0
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["tokens_per_s"] == pytest.approx(8 * 128 / r["seconds"])
+        assert r["x_train_step"] == pytest.approx(rows["train"]["seconds"] / r["seconds"])
+    assert result["settings"]["microbatch"] == 8 and result["settings"]["arch"] == "tiny"
+
+
+def test_overrides_without_data_are_a_user_error(tmp_path, capsys):
+    assert main(["bench", "--arch", "tiny", "train.microbatch=8", "--out", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err

@@ -268,7 +268,7 @@ def test_each_task_schedule_comes_from_its_own_step_count():
 
     def lr_trace(examples: int) -> list[float]:
         model = torch.nn.Linear(2, 2)
-        optimizer, scheduler = finetune.make_optimizer(model, paper, examples, torch.device("cpu"))
+        optimizer, scheduler = finetune.optimizer_and_schedule(model, paper, examples, torch.device("cpu"))
         trace = []
         for _ in range(finetune.schedule_steps(examples, paper)[0]):
             trace.append(scheduler.get_last_lr()[0])

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
-from ..model import load_model, param_groups
+from ..model import load_model
+from ..optim import make_optimizer
 from ..runtime import Progress, autocast, autocast_dtype, seed_everything, timed
 from .config import Protocol, TaskSpec
 from .data import Encoded, TaskData
@@ -22,11 +23,9 @@ def schedule_steps(train_examples: int, protocol: Protocol) -> tuple[int, int]:
     return total, math.ceil(protocol.warmup * total)
 
 
-def make_optimizer(model: torch.nn.Module, protocol: Protocol, train_examples: int, device: torch.device):
+def optimizer_and_schedule(model: torch.nn.Module, protocol: Protocol, train_examples: int, device: torch.device):
     """AdamW (no decay on biases, norms, gains) and the per-step LR schedule with warmup, for one task."""
-    optimizer = torch.optim.AdamW(
-        param_groups(model, protocol.weight_decay), lr=protocol.lr, betas=protocol.betas, eps=protocol.eps, fused=device.type == "cuda"
-    )
+    optimizer = make_optimizer(model, protocol.lr, protocol.weight_decay, protocol.betas, protocol.eps, device)
     total, warmup = schedule_steps(train_examples, protocol)
     return optimizer, get_scheduler(protocol.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
@@ -51,7 +50,7 @@ def finetune(model_dir: Path, task: str, spec: TaskSpec, protocol: Protocol, see
     """
     seed_everything(seed)  # the fresh head's init, dropout and the data order all follow the seed
     model = load_model(model_dir, num_labels=spec.num_labels, dropout=protocol.dropout).to(device)
-    optimizer, scheduler = make_optimizer(model, protocol, len(data.train), device)
+    optimizer, scheduler = optimizer_and_schedule(model, protocol, len(data.train), device)
     total, warmup = schedule_steps(len(data.train), protocol)
     per_epoch = total // protocol.epochs
     dtype, order_rng = autocast_dtype(device), np.random.default_rng(seed)

@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, to_yaml
 from ..data import MicrobatchStream, MLMCollator, PackedData, Prefetcher, check_tokenizer, load_tokenizer, prepare
-from ..model import MaskedLM, count_params, param_groups, save_model, unwrap
+from ..model import MaskedLM, count_params, save_model, unwrap
+from ..optim import make_optimizer
 from ..runs import CHECKPOINT, CONFIG, METRICS, MODEL, SUMMARY
 from ..runtime import Progress, append_jsonl, atomic_write_bytes, autocast, autocast_dtype, compile_model, environment, now_iso, pick_device, read_json, rng_state, seed_everything, set_rng_state, write_json
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -128,9 +129,7 @@ class Trainer:
 
         seed_everything(cfg.train.seed)
         self.model = MaskedLM(cfg.arch, cfg.block).to(device)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.train.weight_decay), lr=lr_at(0.0, cfg.train.lr), betas=tuple(cfg.train.betas), eps=cfg.train.eps, fused=device.type == "cuda"
-        )
+        self.optimizer = make_optimizer(self.model, lr_at(0.0, cfg.train.lr), cfg.train.weight_decay, tuple(cfg.train.betas), cfg.train.eps, device)
         self.dtype = autocast_dtype(device, cfg.impl.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.state = TrainState()
