@@ -270,8 +270,9 @@ class Trainer:
                 window_start, next_log = now, elapsed + cfg.impl.log_seconds
 
             if elapsed >= next_ckpt and accumulated == 0 and not nonfinite:
-                # Never write a checkpoint with a non-finite loss or gradient behind it (a sync every few minutes).
-                nonfinite = not bool(torch.isfinite(loss_sum + norm_sum).item())
+                # Never write a checkpoint with a non-finite loss or gradient behind it (a sync every few minutes;
+                # averaged over ranks, so that a NaN on any rank stops all of them alike).
+                nonfinite = not bool(torch.isfinite(dist.mean(torch.stack([loss_sum, norm_sum]))).all().item())
                 if not nonfinite:
                     with clock.paused():
                         st.elapsed_s = clock.elapsed()
@@ -284,8 +285,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         st.elapsed_s = clock.elapsed()
-        if stop_reason != "nonfinite_loss" and window_steps:
-            loss_total, norm_total = torch.stack([loss_sum, norm_sum]).tolist()
+        if stop_reason != "nonfinite_loss" and window_steps:  # the steps since the last log (same count on every rank)
+            loss_total, norm_total = dist.mean(torch.stack([loss_sum, norm_sum])).tolist()
             if math.isfinite(loss_total) and math.isfinite(norm_total):
                 final_loss = loss_total / window_steps
             else:
