@@ -53,6 +53,7 @@ MASK_PROB = 0.25  # SPEC section 3: exactly round(0.25 T) masked positions per s
 PUBLISHED = REPO_ROOT / "reports" / "reference" / "he2023_table1.csv"  # the paper's speed column
 # (batch, timed steps, warm-up steps) by device type: a few minutes for all blocks on either.
 DEFAULTS = {"cuda": (128, 50, 10), "cpu": (8, 5, 2)}
+DATA_BATCHES = 200  # --data: microbatches per data-path measurement (milliseconds each)
 COMPILE_WARMUP = 3  # the first compiled step compiles forward and backward; give it a few more
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), matched as substrings of the CUDA device name in this
 # order. "H100 80GB HBM3" is how the SXM card names itself.
@@ -472,7 +473,7 @@ def run_data(args: argparse.Namespace) -> int:
     tok = load_tokenizer(prepared.tokenizer_dir)
     collate = MLMCollator(cfg.arch.seq_len, cfg.train.mask_prob, tok.mask_token_id, tok.all_special_ids, len(tok), cfg.train.seed)
     stream = MicrobatchStream(PackedData(prepared.path, verify=False), collate, cfg.train.microbatch, cfg.train.seed)
-    n = args.steps or 200  # data batches per measurement
+    n = DATA_BATCHES
     steps = args.steps or DEFAULTS[device.type][1]
     warmup = args.warmup if args.warmup is not None else DEFAULTS[device.type][2]
 
