@@ -87,7 +87,7 @@ report: setup
 	$(CS) report --runs-dir $(RUNS) --out $(OUT)
 
 bench: setup
-	$(CS) bench --arch crammed-bert --peer hf --out reports/bench $(ARGS)
+	$(CS) bench --arch crammed-bert --peer hf --compile --out reports/bench $(ARGS)
 
 # Pretrain every block, fine-tune every block, report. A block that fails (e.g. a non-finite loss) does not
 # stop the others; the report shows what is missing and why. Rerunning resumes and skips what is done.
