@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    bad = [o for o in getattr(args, "overrides", []) if "=" not in o]
+    if bad:
+        parser.error(f"overrides must be key=value, got {' '.join(bad)}")
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:

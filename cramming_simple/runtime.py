@@ -6,6 +6,7 @@ torchtitan-style: a model is built plain, then execution concerns are applied to
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -101,6 +102,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 4 MiB chunks (shards and weights are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

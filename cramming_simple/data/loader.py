@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..model import IGNORE
-from ..runtime import read_json
-from .packing import MANIFEST, file_sha256
+from ..runtime import file_sha256, read_json
+from .packing import MANIFEST
 from .sources import DataError
 
 # ----------------------------------------------------------------------------------------------- hashing

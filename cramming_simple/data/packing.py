@@ -11,7 +11,6 @@ tokens) is dropped. Memory stays flat: text streams in, one shard at a time is h
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import config_hash
-from ..runtime import now_iso, read_json, write_json
+from ..runtime import file_sha256, now_iso, read_json, write_json
 from .sources import DataConfig, DataError, document_batches, pretokenized_tokenizer_dir, token_batches
 from .tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
 
@@ -54,14 +53,6 @@ def data_key(cfg: DataConfig, vocab_size: int, seq_len: int) -> str:
 
 def prepared_path(cfg: DataConfig, vocab_size: int, seq_len: int) -> Path:
     return Path(cfg.cache_dir) / data_key(cfg, vocab_size, seq_len)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ShardWriter:

@@ -13,7 +13,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing as mp
 import os
 import queue
@@ -31,7 +30,7 @@ from ..config import list_presets, require
 from ..data.tokenizer import check_tokenizer, load_tokenizer
 from ..model import read_model_config
 from ..runs import GLUE, MODEL, latest_run
-from ..runtime import Progress, environment, now_iso, pick_device, read_json, write_json
+from ..runtime import Progress, environment, file_sha256, now_iso, pick_device, read_json, write_json
 from .config import Protocol, TaskTable, load_protocol, load_tasks, protocol_hash, protocol_values
 from .data import Source, load_task, open_source, prepare
 from .finetune import finetune
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     arch, block = read_model_config(model_dir)
     check_tokenizer(load_tokenizer(model_dir), arch.vocab_size, where=f"the tokenizer in {model_dir}")
     source = open_source(args.data_dir, table, tasks)
-    job = Job(run_dir, name, protocol, protocol_hash(protocol), file_hash(model_dir / "model.safetensors"), table, source)
+    job = Job(run_dir, name, protocol, protocol_hash(protocol), file_sha256(model_dir / "model.safetensors")[:12], table, source)
 
     plan = [(t, s) for t in tasks for s in protocol.seeds]
     todo = [item for item in plan if args.force or not job.is_done(*item)]
@@ -132,14 +131,6 @@ def parse_tasks(value: str, table: TaskTable) -> list[str]:
     unknown = sorted(set(wanted) - set(table.tasks))
     require(bool(wanted) and not unknown, f"unknown GLUE task(s) {unknown or value!r}. Valid: all, {', '.join(table.tasks)}")
     return [t for t in table.tasks if t in wanted]
-
-
-def file_hash(path: Path, length: int = 12) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
 
 
 # ----------------------------------------------------------------------------------------------- running

@@ -30,9 +30,6 @@ def resolve(args: argparse.Namespace):
     """The run's config: its saved config.yaml when resuming, else the budget preset; overrides on top."""
     from .config import PretrainConfig, load_pretrain_config
 
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must be key=value, got {bad}")
     cfg = load_pretrain_config(args.budget, args.block, args.overrides, args.name)
     saved = Path(args.runs_dir) / cfg.name / CONFIG
     if args.resume and saved.exists():
