@@ -167,22 +167,32 @@ def environment(device: torch.device) -> dict:
 class Progress:
     """A tqdm bar on a terminal; when stdout is not a terminal, a log line every `log_every` seconds.
 
-    `update(position, **stats)` sets the absolute position (steps done, seconds spent, ...).
+    `update(position, **stats)` sets the absolute position (steps done, seconds spent, ...); with unit "s"
+    the position and total read as h:mm:ss (a budget).
     """
 
     def __init__(self, total: float, desc: str, unit: str = "it", log_every: float = 30.0, file=None):
         self.file = file or sys.stdout
         self.total, self.desc, self.unit, self.log_every = total, desc, unit, log_every
         self.interactive = hasattr(self.file, "isatty") and self.file.isatty()
-        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.file, dynamic_ncols=True) if self.interactive else None
+        self.bar = None
+        if self.interactive:
+            fmt = "{desc}: {percentage:3.0f}%|{bar}| {postfix[0]}"  # our text after the bar: position and stats
+            self.bar = tqdm(total=total, desc=desc, file=self.file, dynamic_ncols=True, bar_format=fmt, postfix=[""])
         self.last_log = -float("inf")
         self.position = 0.0
+
+    def where(self) -> str:
+        if self.unit == "s":
+            return f"{tqdm.format_interval(self.position)}/{tqdm.format_interval(self.total)}"
+        return f"{self.position:.0f}/{self.total:.0f} {self.unit}"
 
     def update(self, position: float, **stats: Any) -> None:
         self.position = position
         if self.bar is not None:
             self.bar.n = min(position, self.total)
-            self.bar.set_postfix({k: _fmt(v) for k, v in stats.items()}, refresh=True)
+            self.bar.postfix = [" ".join([self.where(), *(f"{k} {_fmt(v)}" for k, v in stats.items())])]
+            self.bar.refresh()
         elif time.monotonic() - self.last_log >= self.log_every:
             self.log(**stats)
 
@@ -190,10 +200,12 @@ class Progress:
         self.last_log = time.monotonic()
         share = 100.0 * self.position / self.total if self.total else 0.0
         fields = " ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
-        print(f"[{self.desc}] {share:5.1f}% {self.position:.0f}/{self.total:.0f} {self.unit} {fields}", file=self.file, flush=True)
+        print(f"[{self.desc}] {share:5.1f}% {self.where()} {fields}".rstrip(), file=self.file, flush=True)
 
     def close(self, **stats: Any) -> None:
         if self.bar is not None:
+            if stats:
+                self.update(self.position, **stats)
             self.bar.close()
         else:
             self.log(**stats)

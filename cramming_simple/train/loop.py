@@ -263,7 +263,8 @@ class Trainer:
                 }
                 if dist.main:
                     append_jsonl(self.run_dir / METRICS, row)
-                    progress.update(min(now, budget), loss=mean_loss, step=st.microbatch_steps, tok_s=round(row["tokens_per_s"]))
+                    steps_s = window_steps / max(now - window_start, 1e-9)
+                    progress.update(min(now, budget), loss=mean_loss, step=st.microbatch_steps, steps_s=round(steps_s, 2), tok_s=round(row["tokens_per_s"]))
                 loss_sum.zero_()
                 norm_sum.zero_()
                 window_steps = window_updates = window_tokens = 0
