@@ -10,8 +10,10 @@ import argparse
 import importlib
 import json
 import sys
+import traceback
 
-from .config import ConfigError
+from . import __version__
+from .errors import EXIT_CODES_HELP, EXIT_DISK_FULL, EXIT_INTERRUPTED, UserError, debug_enabled, is_disk_full
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -51,16 +53,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s stage module is imported (the others' imports cost seconds of startup)."""
     from .model import PRESETS
 
-    parser = argparse.ArgumentParser(prog="cramming-simple", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="cramming-simple", description=__doc__, epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cramming-simple {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also CRAMMING_SIMPLE_DEBUG=1)")
+    # --debug is accepted after the subcommand too; SUPPRESS keeps the top-level value when it is not given there
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("params", help="parameter count of every block")
+    def add_parser(name: str, help_line: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_line, parents=[common], epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add_parser("params", "parameter count of every block")
     p.add_argument("--arch", default="crammed-bert", choices=sorted(PRESETS))
     p.add_argument("--json", action="store_true", help='print {"<block>": {"params": int, "non_embedding": int}}')
     p.set_defaults(func=cmd_params)
 
     for name, (module_name, help_line) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_line, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = add_parser(name, help_line)
         if name == command:
             module = importlib.import_module(module_name)
             p.description = module.__doc__
@@ -83,8 +93,28 @@ def main(argv: list[str] | None = None) -> int:
     bad = [o for o in getattr(args, "overrides", []) if "=" not in o]
     if bad:
         parser.error(f"overrides must be key=value, got {' '.join(bad)}")
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The one path every user-facing error takes: one line on stderr and its exit code (traceback with --debug)."""
+    debug = args.debug or debug_enabled()
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"cramming-simple {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except UserError as err:
+        return _report(args, err, err.exit_code, debug, quiet=getattr(err, "quiet", False))
+    except KeyboardInterrupt as err:
+        return _report(args, err, EXIT_INTERRUPTED, debug, message="interrupted")
+    except Exception as err:
+        if not is_disk_full(err):
+            raise  # a bug: the traceback is what is needed
+        return _report(args, err, EXIT_DISK_FULL, debug, message=f"disk full: {err}. Free space, then rerun (with --resume for pretraining)")
+
+
+def _report(args: argparse.Namespace, err: BaseException, code: int, debug: bool, message: str | None = None, quiet: bool = False) -> int:
+    if debug:
+        traceback.print_exception(err)
+    if not quiet:
+        text = " ".join((message or str(err) or type(err).__name__).split())  # one line, whatever the message held
+        print(f"cramming-simple {args.command}: error: {text}", file=sys.stderr, flush=True)
+    return code

@@ -17,13 +17,11 @@ from typing import Any, Iterable, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from .errors import ConfigError as ConfigError  # re-exported: configs are where most user errors come from
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit its schema."""
 
 
 def valid_keys(schema: type, dotted: str) -> list[str]:

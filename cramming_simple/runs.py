@@ -6,18 +6,24 @@ runs/<name>/
   summary.json     block, arch, budget_hours, params, microbatch_steps, tokens, elapsed_s, final_loss, device,
                    torch, world_size, completed, stop_reason, ...
   checkpoint.pt    full training state for --resume
+  checkpoint.prev.pt  the checkpoint before it: --resume falls back to it when checkpoint.pt is damaged
+  .lock            held (flock) by the process pretraining in this folder; a second one exits with code 2
   model/           model.safetensors, config.json, tokenizer files
   glue/<task>/seed<k>.json, glue/summary.json
+  glue/.locks/<task>-seed<k>.lock   held while a process fine-tunes that task/seed
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .config import ConfigError
+from .errors import CorruptFileError
 from .runtime import read_json
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "model", "glue"
+PREV_CHECKPOINT, LOCK = "checkpoint.prev.pt", ".lock"
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:
@@ -26,9 +32,18 @@ def find_runs(runs_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: (p / SUMMARY).stat().st_mtime)
 
 
+def read_summary(run_dir: str | Path) -> dict | None:
+    """A run's summary.json, or None (with a warning naming the file) when it is damaged."""
+    try:
+        return read_json(Path(run_dir) / SUMMARY)
+    except CorruptFileError as err:
+        print(f"warning: {err}; skipping that run's summary", file=sys.stderr)
+        return None
+
+
 def latest_run(runs_dir: str | Path, block: str) -> Path:
-    """The most recent run of `block` that has a saved model."""
-    runs = [r for r in find_runs(runs_dir) if read_json(r / SUMMARY).get("block") == block and (r / MODEL / "config.json").exists()]
+    """The most recent run of `block` that has a saved model (runs with a damaged summary.json are skipped)."""
+    runs = [r for r in find_runs(runs_dir) if (read_summary(r) or {}).get("block") == block and (r / MODEL / "config.json").exists()]
     if not runs:
         raise ConfigError(f"no pretrained run of block '{block}' under {runs_dir}/ (run `make pretrain BLOCK={block}` first)")
     return runs[-1]

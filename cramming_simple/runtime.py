@@ -6,21 +6,31 @@ torchtitan-style: a model is built plain, then execution concerns are applied to
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
 import random
+import secrets
+import signal
 import sys
 import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from .errors import CorruptFileError, DiskFullError, LockedError, is_disk_full
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -92,16 +102,52 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers see the old or the new file."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], size_hint: int | None = None) -> None:
+    """Write `path` through `write(f)`: a uniquely named temporary file beside it, fsync, rename, fsync the folder.
+
+    Readers (and a process killed at any moment) see the old file or the new one, never a torn one. Names are
+    unique per process, so two writers never rename each other's file. On any failure the temporary file is
+    removed; a full disk becomes `DiskFullError` (`size_hint`: the bytes the file needs, for the message).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if is_disk_full(err):
+            raise DiskFullError(path, size_hint) from None
+        raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: str | Path) -> None:
+    """Make renames in `folder` durable (a power cut after a rename must not bring the old name back)."""
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files killed writers left in `folder`. Only call this while holding the folder's lock."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return stale
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data), size_hint=len(data))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -118,12 +164,102 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; a damaged one (truncated, not JSON, not UTF-8) raises `CorruptFileError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(path, f"not valid JSON ({err})") from None
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row, default=_jsonable) + "\n")
+    """Append one JSON line. On a full disk the partial line is cut off again and `DiskFullError` raised."""
+    line = (json.dumps(row, default=_jsonable) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.fstat(fd).st_size
+        view = memoryview(line)
+        while view:  # unbuffered: a short write is continued, a failed one is seen here, not at close
+            view = view[os.write(fd, view) :]
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise DiskFullError(path, len(line)) from None
+    finally:
+        os.close(fd)
+
+
+class FileLock:
+    """An exclusive `flock` on a lock file, for the life of a process's work on a folder.
+
+    The kernel drops the lock when the holder dies, however it dies, so there is never a stale lock to clean
+    up; the file keeps the holder's PID for the message the next process prints. Lock files are never
+    deleted (deleting one while another process waits on it would let two processes hold "the" lock).
+    """
+
+    def __init__(self, path: str | Path, what: str, purpose: str, advice: str = "wait for it to finish, or stop it"):
+        self.path, self.what, self.purpose, self.advice = Path(path), what, purpose, advice
+        self.fd: int | None = None
+
+    def acquire(self) -> FileLock:
+        if fcntl is None:  # pragma: no cover - no flock on this platform: no protection, but no failure either
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = self._holder(fd)
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise LockedError(f"{self.what} is in use by {holder}: {self.advice}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {platform.node()} {self.purpose}\n".encode())
+        self.fd = fd
+        return self
+
+    def _holder(self, fd: int) -> str:
+        for _ in range(20):  # the holder writes its PID right after locking: give it a moment
+            text = os.pread(fd, 4096, 0).decode(errors="replace").split()
+            if text:
+                pid, host, *command = text
+                where = "" if host == platform.node() else f" on {host}"
+                return f"PID {pid}{where}" + (f" ({' '.join(command)})" if command else "")
+            time.sleep(0.05)
+        return "another process (PID unknown)"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def die_with_parent(sig: int = signal.SIGKILL, parent_pid: int | None = None) -> bool:
+    """Have Linux send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG); False elsewhere.
+
+    `parent_pid`: the parent that started us; if it already died before this call, `sig` is sent at once.
+    """
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) != 0:
+        return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
+    return True
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,31 @@ def pretrained_run(smoke_cache, tmp_path_factory):
     runs = tmp_path_factory.mktemp("pretrained")
     pretrain(smoke_config(smoke_cache, "preln", 8.0, "impl.log_seconds=2", name="tiny-preln"), runs)
     return runs / "tiny-preln"
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def children(pid: int) -> list[int]:
+    """Every live descendant of `pid` (Linux /proc), children before grandchildren."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its new parent, counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

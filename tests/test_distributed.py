@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import alive, children
 from safetensors.torch import load_file
 
 from cramming_simple.model import MaskedLM, arch_config
@@ -74,7 +75,10 @@ def test_a_killed_distributed_run_resumes_from_its_checkpoint(smoke_cache, tmp_p
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    workers = children(proc.pid)  # torchrun starts each rank in a session of its own: killpg would miss them
+    assert len(workers) >= 2
+    for pid in [proc.pid, *workers]:  # the launcher and both ranks, at once
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     saved = load_checkpoint(run / "checkpoint.pt")
     assert saved["world_size"] == 2 and len(saved["rng"]) == 2
@@ -92,7 +96,35 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_usable(tmp_pa
     assert proc.stdout.readline().strip() == "writing"  # B is half written
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    torn = path.with_name(".checkpoint.pt.tmp")
-    assert torn.exists() and torn.read_bytes().startswith(b"partial")
+    torn = list(path.parent.glob(".checkpoint.pt.*.tmp"))  # a name of its own: no other writer can rename it
+    assert len(torn) == 1 and torn[0].read_bytes().startswith(b"partial")
     state = load_checkpoint(path)
     assert state["which"] == "A" and torch.equal(state["weights"], torch.arange(10.0))
+
+
+def test_ranks_whose_launcher_is_killed_checkpoint_and_exit(smoke_cache, tmp_path):
+    """SIGKILL of torchrun alone: its ranks (in sessions of their own) would train on, holding the GPUs and the
+    run folder. They get SIGTERM instead, write a checkpoint together and exit; the run then resumes."""
+    runs = tmp_path / "runs"
+    args = pretrain_args(smoke_cache, runs, "hours=0.006", "impl.log_seconds=0.5", block="preln")
+    run = runs / "preln-smoke"
+    proc = subprocess.Popen(torchrun("-m", "cramming_simple", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.monotonic() + 180
+    while not (run / "metrics.jsonl").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(alive(p) for p in workers):
+        assert time.monotonic() < deadline, "ranks outlived their launcher"
+        time.sleep(0.1)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stop_reason"] == "preempted" and not summary["completed"]
+    saved = load_checkpoint(run / "checkpoint.pt")
+    assert saved["state"]["microbatch_steps"] == summary["microbatch_steps"] > 0
+    check(torchrun("-m", "cramming_simple", *args, "--resume"))
+    assert json.loads((run / "summary.json").read_text())["completed"]

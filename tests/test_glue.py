@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import alive, children
 
 from cramming_simple.cli import main
 from cramming_simple.config import REPO_ROOT, ConfigError, load_yaml, merge_typed
@@ -425,3 +431,193 @@ def test_tokenizer_that_does_not_fit_the_model_fails_early(pretrained_run, glue_
     assert run_glue(run, glue_dir, "--tasks", "rte") == 2
     assert "do not match" in capsys.readouterr().err
     assert not (run / "glue").exists()
+
+
+# ----------------------------------------------------------------------------------------------- bad inputs, early
+
+
+def set_line(path: Path, line: int, edit) -> None:
+    """Apply `edit(cells) -> cells` to one line (1-based) of a TSV file."""
+    lines = path.read_text().split("\n")
+    lines[line - 1] = "\t".join(edit(lines[line - 1].split("\t")))
+    path.write_text("\n".join(lines))
+
+
+def rename_header(path: Path, old: str, new: str) -> None:
+    set_line(path, 1, lambda cells: [new if c == old else c for c in cells])
+
+
+def non_utf8(path: Path, line: int) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = lines[line - 1].replace(b" ", b" \xff", 1)
+    path.write_bytes(b"\n".join(lines))
+
+
+# (layout, what, damage on the written folder, expected in the one error line). The damaged task is trained
+# after sst2 in the table's order, so without the up-front check sst2 would have trained first.
+BAD_TSV = {
+    "missing column": (lambda d: rename_header(d / "RTE/dev.tsv", "sentence2", "sentence_2"), ["RTE/dev.tsv, line 1", "missing column(s) ['sentence2']"]),
+    "empty file": (lambda d: (d / "RTE/train.tsv").write_text(""), ["RTE/train.tsv", "empty file"]),
+    "header only": (lambda d: (d / "RTE/train.tsv").write_text((d / "RTE/train.tsv").read_text().split("\n")[0] + "\n"), ["RTE/train.tsv", "only a header line"]),
+    "non-UTF-8": (lambda d: non_utf8(d / "RTE/train.tsv", 4), ["RTE/train.tsv, line 4", "not UTF-8"]),
+    "label out of range": (lambda d: set_line(d / "MRPC/train.tsv", 3, lambda c: ["5", *c[1:]]), ["MRPC/train.tsv, line 3", "label '5'", "0..1"]),
+    "unknown label": (lambda d: set_line(d / "RTE/dev.tsv", 2, lambda c: [*c[:-1], "maybe"]), ["RTE/dev.tsv, line 2", "label 'maybe'", "not_entailment"]),
+}
+
+
+def damage_frames(glue: dict, what: str) -> None:
+    """The same defects in the hub's schema (for parquet files and hub datasets)."""
+    if what == "missing column":
+        glue["rte"]["validation"] = glue["rte"]["validation"].drop(columns=["sentence2"])
+    elif what == "header only":
+        glue["rte"]["validation"] = glue["rte"]["validation"].iloc[:0]
+    elif what == "non-UTF-8":  # parquet strings are UTF-8 by definition: undecodable text arrives as bytes
+        frame = glue["rte"]["train"]
+        frame["sentence1"] = [s.encode() if i != 3 else b"\xff" + s.encode() for i, s in enumerate(frame["sentence1"])]
+    elif what == "label out of range":
+        glue["mrpc"]["train"].loc[2, "label"] = 5
+    elif what == "unknown label":
+        frame = glue["rte"]["validation"]
+        frame["label"] = ["maybe" if i == 1 else str(v) for i, v in enumerate(frame["label"])]
+
+
+BAD_PARQUET = {
+    "missing column": ["rte/validation-00000-of-00001.parquet", "missing column(s) ['sentence2']"],
+    "empty file": ["rte/train-00000-of-00002.parquet", "cannot read it as parquet"],
+    "header only": ["rte/validation-00000-of-00001.parquet", "no rows"],
+    "non-UTF-8": ["rte/train-00000-of-00002.parquet", "row 0: column 'sentence1'", "expected a string"],
+    "label out of range": ["mrpc/train-00000-of-00002.parquet", "row 2: label 5", "0..1"],
+    "unknown label": ["rte/validation-00000-of-00001.parquet", "row 1: label 'maybe'", "0..1"],
+}
+
+
+@pytest.fixture(scope="module")
+def small_glue(pretrained_run):
+    return make_glue({"default": 24}, n_eval=8, words=sentiment_words(load_tokenizer(pretrained_run / "model")))
+
+
+def assert_fails_before_training(run: Path, glue_dir: Path | None, expected: list[str], capsys) -> None:
+    capsys.readouterr()
+    args = ["glue", str(run), "--protocol", "smoke", "--tasks", "sst2,mrpc,rte", *(["--data-dir", str(glue_dir)] if glue_dir else [])]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert all(e in lines[0] for e in expected), lines[0]
+    assert not list(run.glob("glue/*/seed*.json"))  # no task was trained
+
+
+@pytest.mark.parametrize("what", list(BAD_TSV))
+def test_bad_tsv_files_fail_before_any_training(what, small_glue, pretrained_run, tmp_path, capsys):
+    damage, expected = BAD_TSV[what]
+    glue_dir = write_tsv(small_glue, tmp_path / "tsv")
+    damage(glue_dir)
+    assert_fails_before_training(copy_run(pretrained_run, tmp_path), glue_dir, expected, capsys)
+
+
+@pytest.mark.parametrize("what", list(BAD_PARQUET))
+def test_bad_parquet_files_fail_before_any_training(what, small_glue, pretrained_run, tmp_path, capsys):
+    glue = {task: {split: frame.copy() for split, frame in splits.items()} for task, splits in small_glue.items()}
+    damage_frames(glue, what)
+    glue_dir = write_parquet(glue, tmp_path / "parquet")
+    if what == "empty file":
+        (glue_dir / "rte/train-00000-of-00002.parquet").write_bytes(b"")
+    assert_fails_before_training(copy_run(pretrained_run, tmp_path), glue_dir, BAD_PARQUET[what], capsys)
+
+
+@pytest.mark.parametrize("what", ["missing column", "label out of range", "unknown label"])
+def test_bad_hub_data_fails_before_any_training(what, small_glue, pretrained_run, tmp_path, capsys, monkeypatch):
+    import datasets
+
+    glue = {task: {split: frame.copy() for split, frame in splits.items()} for task, splits in small_glue.items()}
+    damage_frames(glue, what)
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name: datasets.DatasetDict({s: datasets.Dataset.from_pandas(f) for s, f in glue[name].items()}))
+    task = "mrpc" if what == "label out of range" else "rte"
+    expected = {"missing column": "missing column(s) ['sentence2']", "label out of range": "row 2: label 5", "unknown label": "row 1: label 'maybe'"}[what]
+    assert_fails_before_training(copy_run(pretrained_run, tmp_path), None, [f"nyu-mll/glue ({task}", expected], capsys)
+
+
+def test_no_examples_left_after_the_protocols_subsets_is_an_error_not_a_division_by_zero(small_glue, pretrained_run, tmp_path):
+    from cramming_simple.glue.data import Examples, check_counts
+
+    empty = Examples([[]], np.zeros(0, dtype=np.int64))
+    with pytest.raises(ConfigError, match="GLUE task rte: no train examples"):
+        check_counts("rte", {"train": empty, "validation": empty}, Protocol())
+    with pytest.raises(ConfigError, match="no validation examples to evaluate"):
+        data.prepare({"train": data.Examples([["a b"]], np.array([1])), "validation": empty}, None, Protocol(), torch.device("cpu"), "rte")
+
+
+def test_a_damaged_model_is_found_before_any_training(pretrained_run, glue_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run / "model", run / "model")
+    weights = run / "model/model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:8] + b"{not json at all" + good[24:])  # the header's JSON, damaged
+    assert run_glue(run, glue_dir, "--tasks", "rte") == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "damaged safetensors file" in err and "Traceback" not in err
+    weights.write_bytes(good[: len(good) - 1000])  # truncated: the header no longer covers the file
+    assert run_glue(run, glue_dir, "--tasks", "rte") == 2
+    assert str(weights) in capsys.readouterr().err
+    weights.write_bytes(good)
+    (run / "model/config.json").write_text('{"block": "preln", "arch": {"width": 1')
+    assert run_glue(run, glue_dir, "--tasks", "rte") == 2
+    assert f"{run / 'model/config.json'}: not valid JSON" in capsys.readouterr().err
+    assert not (run / "glue").exists()
+
+
+def test_a_task_seed_that_another_process_trains_is_refused(pretrained_run, glue_dir, tmp_path, capsys):
+    run = copy_run(pretrained_run, tmp_path)
+    lock = run / "glue/.locks/rte-seed1.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from cramming_simple.runtime import FileLock; FileLock({str(lock)!r}, 'x', 'cramming-simple glue').acquire(); print('held', flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_glue(run, glue_dir, "--tasks", "rte,mrpc", *FAST) == 2
+        err = capsys.readouterr().err
+        assert f"GLUE rte seed 1 of {run} is in use by PID {holder.pid}" in err and "Traceback" not in err
+        assert not list(run.glob("glue/*/seed*.json"))
+        assert run_glue(run, glue_dir, "--tasks", "mrpc", *FAST) == 0  # another task of the same run may go on
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_glue(run, glue_dir, "--tasks", "rte", *FAST) == 0  # free once its holder is gone
+
+
+def test_a_damaged_result_file_is_run_again(pretrained_run, glue_dir, tmp_path, capsys):
+    run = copy_run(pretrained_run, tmp_path)
+    assert run_glue(run, glue_dir, "--tasks", "rte", *FAST) == 0
+    (run / "glue/rte/seed1.json").write_text('{"task": "rte", "se')
+    capsys.readouterr()
+    assert run_glue(run, glue_dir, "--tasks", "rte", *FAST) == 0
+    captured = capsys.readouterr()
+    assert "seed1.json: not valid JSON" in captured.err and "1 of 1 task/seed runs to do" in captured.out
+    assert results(run)[("rte", 1)]["status"] == "ok"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc (Linux)")
+def test_glue_workers_die_with_their_parent(pretrained_run, glue_dir, tmp_path):
+    run = copy_run(pretrained_run, tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # enough work that the workers cannot simply finish the queue within the 10 s below
+    args = ["glue", str(run), "--data-dir", str(glue_dir), "--protocol", "smoke", "--tasks", "all", "--gpus", "2", "--seeds", "1,2,3", "epochs=40"]
+    parent = subprocess.Popen([sys.executable, "-m", "cramming_simple", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    logs = [run / "glue/logs/worker0.log", run / "glue/logs/worker1.log"]
+    deadline = time.monotonic() + 120
+    while not all(log.exists() and log.stat().st_size > 0 for log in logs):  # both workers are at work
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    workers = children(parent.pid)
+    assert len(workers) >= 2
+    parent.kill()
+    parent.wait()
+    killed_at = time.monotonic()
+    while any(alive(p) for p in workers) and time.monotonic() - killed_at < 10:
+        time.sleep(0.1)
+    assert not [p for p in workers if alive(p)], "GLUE workers outlived their parent"
+    done = len(list(run.glob("glue/*/seed*.json")))
+    assert done < 3 * 8  # the queue was not simply worked off
+    time.sleep(2)
+    assert len(list(run.glob("glue/*/seed*.json"))) == done  # nobody is taking pairs any more

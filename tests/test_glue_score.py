@@ -61,3 +61,16 @@ def test_a_task_not_run_makes_the_average_missing(drop):
     summary = summarize(results)
     assert summary["glue_average"] is None and drop in summary["average_missing_reason"]
     assert {"task": drop, "seed": 1} in summary["missing"]
+
+
+def test_one_seed_has_no_std():
+    from cramming_simple.glue.command import results_table
+    from cramming_simple.glue.score import format_mean_std, mean_std
+
+    assert mean_std([81.5]) == {"mean": 81.5, "std": None, "n": 1}
+    summary = summarize(fake_results([1]))
+    assert all(summary["columns"][c.label]["std"] is None for c in COLUMNS)
+    assert summary["glue_average"]["std"] is None and summary["glue_average"]["n"] == 1
+    assert format_mean_std(summary["glue_average"]) == "78.9 +- -"
+    table = results_table(summary, [c.task for c in COLUMNS])
+    assert "+- 0.0" not in table and "81.2 +- -" in table

@@ -245,5 +245,31 @@ def test_no_preln_run_leaves_speed_empty_one_seed_has_no_std_and_unknown_folder_
     assert pd.isna(pd.read_csv(out / "table1.csv").speed[0]) and "no Pre-LN run among the compared runs" in md
     sas = dict(zip(md_rows(md)[0], md_rows(md)[1]))
     assert re.fullmatch(r"78\.2 \[\d\]", sas["GLUE"]) and "sas-24h: one seed only, no std" in md  # 704 / 9 = 78.2
+    # the std of one value is undefined: missing in the CSVs (never 0.0, which reads as perfectly stable)
+    assert pd.isna(pd.read_csv(out / "table1.csv").glue_std[0]) and pd.isna(pd.read_csv(out / "table2.csv")["RTE std"][0])
     code, _, stderr = report([str(tmp_path), "--out", str(out)])
     assert code == 2 and "not a run folder" in stderr
+
+
+def test_a_damaged_summary_or_result_file_leaves_a_marked_row_and_the_rest_of_the_report(tmp_path):
+    root = tmp_path / "runs"
+    for name, block in [("preln-24h", "preln"), ("sas-24h", "sas"), ("sasp-24h", "sasp")]:
+        make_run(root, name, block)
+    (root / "sasp-24h/summary.json").write_text('{"name": "sasp-24h", "blo')  # cut short
+    (root / "sas-24h/glue/rte/seed2.json").write_text("\x00\x00 not json")
+    out = tmp_path / "report"
+    code, _, stderr = report(["--runs-dir", str(root), "--out", str(out)])
+    assert code == 0, stderr
+    assert f"{root / 'sasp-24h/summary.json'}: not valid JSON" in stderr and f"{root / 'sas-24h/glue/rte/seed2.json'}: not valid JSON" in stderr
+    t1 = pd.read_csv(out / "table1.csv")
+    runs = t1[t1.kind == "run"].set_index("run")
+    assert list(runs.index) == ["preln-24h", "sas-24h", "sasp-24h"]  # the damaged run is still a row (block from config.yaml)
+    assert runs.loc["sas-24h", "speed"] == pytest.approx(900 / 800) and runs.loc["preln-24h", "microbatch_steps"] == 800
+    assert pd.isna(runs.loc["sasp-24h", "microbatch_steps"]) and "summary.json is unreadable" in runs.loc["sasp-24h", "notes"]
+    md = (out / "table1.md").read_text()
+    rows = {r[1].split(" [")[0]: dict(zip(md_rows(md)[0], r)) for r in md_rows(md)[1:]}
+    assert re.fullmatch(r"sasp-24h \[\d\]", rows["sasp-24h"]["Run"]) and rows["sasp-24h"]["Speed"].startswith("- [")
+    t2 = pd.read_csv(out / "table2.csv")
+    sas = t2[(t2.kind == "run") & (t2.run == "sas-24h")].iloc[0]
+    assert sas["RTE n"] == 2 and "RTE: seed 2 unreadable (seed2.json: not valid JSON" in sas["notes"]
+    assert "## Warnings" in (out / "index.md").read_text()

@@ -122,7 +122,20 @@ def prepare(cfg: DataConfig, vocab_size: int, seq_len: int, show_progress: bool 
     work = root.with_name(root.name + f".partial{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    try:
+        build(cfg, work, root.name, vocab_size, seq_len, show_progress, start)
+    except BaseException:  # a full disk, an interrupt, bad data: no half-prepared folder is left behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if root.exists():  # a concurrent preparation finished first: keep theirs
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        os.replace(work, root)
+    return Prepared(root, read_json(root / MANIFEST), reused=False)
 
+
+def build(cfg: DataConfig, work: Path, key: str, vocab_size: int, seq_len: int, show_progress: bool, start: float) -> None:
+    """Train (or load) the tokenizer, pack the shards and write the manifest (named `key`) into the folder `work`."""
     if cfg.source == "hub-pretokenized":
         tokenizer = load_tokenizer(pretokenized_tokenizer_dir(cfg))
     else:
@@ -153,12 +166,11 @@ def prepare(cfg: DataConfig, vocab_size: int, seq_len: int, show_progress: bool 
     bar.close()
     dropped = writer.close()
     if writer.rows == 0:
-        shutil.rmtree(work, ignore_errors=True)
         raise DataError(f"data source '{cfg.source}' gave no complete sequence of {seq_len} tokens ({documents} documents read)")
 
     manifest = {
         "format": FORMAT,
-        "key": root.name,
+        "key": key,
         "config": asdict(cfg),
         "description": cfg.describe(),
         "vocab_size": vocab_size,
@@ -178,8 +190,3 @@ def prepare(cfg: DataConfig, vocab_size: int, seq_len: int, show_progress: bool 
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(work / MANIFEST, manifest)
-    if root.exists():  # a concurrent preparation finished first: keep theirs
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        os.replace(work, root)
-    return Prepared(root, read_json(root / MANIFEST), reused=False)

@@ -16,6 +16,7 @@ import argparse
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -28,13 +29,14 @@ from tqdm import tqdm
 
 from ..config import list_presets, require
 from ..data.tokenizer import check_tokenizer, load_tokenizer
-from ..model import read_model_config
+from ..errors import CorruptFileError, LockedError, UserError
+from ..model import check_model
 from ..runs import GLUE, MODEL, latest_run
-from ..runtime import Progress, environment, file_sha256, now_iso, pick_device, read_json, write_json
+from ..runtime import FileLock, Progress, die_with_parent, environment, file_sha256, now_iso, pick_device, read_json, write_json
 from .config import Protocol, TaskTable, load_protocol, load_tasks, protocol_hash, protocol_values
-from .data import Source, load_task, open_source, prepare
+from .data import Source, check_counts, load_task, open_source, prepare
 from .finetune import finetune
-from .score import COLUMNS, load_results, summarize
+from .score import COLUMNS, format_mean_std, load_results, summarize
 
 Item = tuple[str, int]  # (task, seed)
 
@@ -63,17 +65,36 @@ class Job:
     model_hash: str
     table: TaskTable
     source: Source
+    force: bool = False  # redo pairs that already have a result
 
     def result_path(self, task: str, seed: int) -> Path:
         return self.run_dir / GLUE / task / f"seed{seed}.json"
 
-    def is_done(self, task: str, seed: int) -> bool:
-        """A result (ok, or failed with a non-finite loss) of this protocol on this model exists."""
+    def lock(self, task: str, seed: int) -> FileLock:
+        """Held while a process fine-tunes this task/seed: two processes never train the same pair."""
+        return FileLock(
+            self.run_dir / GLUE / ".locks" / f"{task}-seed{seed}.lock",
+            f"GLUE {task} seed {seed} of {self.run_dir}",
+            purpose="cramming-simple glue",
+            advice="wait for it to finish, or leave that task/seed out (--tasks, --seeds)",
+        )
+
+    def read_result(self, task: str, seed: int, warn: bool = False) -> dict | None:
+        """The stored result of a task/seed, or None (none yet, or a damaged file that a new run replaces)."""
         path = self.result_path(task, seed)
         if not path.exists():
-            return False
-        old = read_json(path)
-        return old.get("protocol_hash") == self.protocol_hash and old.get("model_hash") == self.model_hash
+            return None
+        try:
+            return read_json(path)
+        except CorruptFileError as err:
+            if warn:
+                print(f"warning: {err}; that task/seed is run again", file=sys.stderr)
+            return None
+
+    def is_done(self, task: str, seed: int, warn: bool = False) -> bool:
+        """A result (ok, or failed with a non-finite loss) of this protocol on this model exists."""
+        old = self.read_result(task, seed, warn)
+        return old is not None and old.get("protocol_hash") == self.protocol_hash and old.get("model_hash") == self.model_hash
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,15 +107,19 @@ def run(args: argparse.Namespace) -> int:
     tasks = parse_tasks(args.tasks, table)
     require(args.gpus >= 1, f"--gpus must be at least 1, got {args.gpus}")
 
-    # Everything that can be wrong is checked before the first step: model, tokenizer, data.
+    # Everything that can be wrong is checked before the first step of any task: model, tokenizer, every
+    # task's data, and that no other process is fine-tuning the same task/seed pairs.
     model_dir = run_dir / MODEL
-    arch, block = read_model_config(model_dir)
+    arch, block = check_model(model_dir)
     check_tokenizer(load_tokenizer(model_dir), arch.vocab_size, where=f"the tokenizer in {model_dir}")
     source = open_source(args.data_dir, table, tasks)
-    job = Job(run_dir, name, protocol, protocol_hash(protocol), file_sha256(model_dir / "model.safetensors")[:12], table, source)
+    for task in tasks:
+        check_counts(task, load_task(source, task, table.tasks[task]), protocol)
+    job = Job(run_dir, name, protocol, protocol_hash(protocol), file_sha256(model_dir / "model.safetensors")[:12], table, source, args.force)
 
     plan = [(t, s) for t in tasks for s in protocol.seeds]
-    todo = [item for item in plan if args.force or not job.is_done(*item)]
+    todo = [item for item in plan if args.force or not job.is_done(*item, warn=True)]
+    check_not_in_use(job, todo)
     print(f"GLUE on {run_dir} ({block}): protocol {name} [{job.protocol_hash}], data from {source.describe()}")
     print(f"{len(todo)} of {len(plan)} task/seed runs to do" + (f" ({len(plan) - len(todo)} done before; --force redoes them)" if len(todo) < len(plan) else ""))
 
@@ -136,17 +161,47 @@ def parse_tasks(value: str, table: TaskTable) -> list[str]:
 # ----------------------------------------------------------------------------------------------- running
 
 
-def work(job: Job, items: Iterable[Item], device: torch.device, on_result: Callable[[dict], None], on_error: Callable[[str, int, str], None]) -> None:
+def check_not_in_use(job: Job, todo: list[Item]) -> None:
+    """Exit (code 2) before any training when another live process is fine-tuning one of the pairs to do."""
+    busy: list[LockedError] = []
+    for task, seed in todo:
+        lock = job.lock(task, seed)
+        try:
+            lock.acquire()
+        except LockedError as err:
+            busy.append(err)
+        else:
+            lock.release()
+    if busy:
+        more = f" (and {len(busy) - 1} more task/seed pair(s))" if len(busy) > 1 else ""
+        raise LockedError(f"{busy[0]}{more}")
+
+
+def work(
+    job: Job, items: Iterable[Item], device: torch.device, on_result: Callable[[dict], None], on_error: Callable[[str, int, str], None], parent: int | None = None
+) -> None:
     """Run task/seed pairs one after another on `device`. A run that fails (non-finite loss) is a result;
-    an exception is an error, reported with its traceback, and the next pair goes on."""
+    an exception is an error, reported (with its traceback unless it is a user error), and the next pair goes on.
+
+    Each pair is locked while it trains; a pair that another process finished meanwhile is not trained again.
+    `parent`: stop when that process (the one that started this worker) is gone.
+    """
     tokenizer = load_tokenizer(job.run_dir / MODEL)
     loaded = (None, None)
     for task, seed in items:
+        if parent is not None and os.getppid() != parent:
+            return
         try:
-            if loaded[0] != task:  # tokenise each task once for all its seeds
-                loaded = (None, None)  # free the previous task's device copy first
-                loaded = (task, prepare(load_task(job.source, task, job.table.tasks[task]), tokenizer, job.protocol, device))
-            on_result(run_one(job, task, seed, loaded[1], device))
+            with job.lock(task, seed):
+                if not job.force and job.is_done(task, seed):  # done by another process since the plan was made
+                    on_result(read_json(job.result_path(task, seed)))
+                    continue
+                if loaded[0] != task:  # tokenise each task once for all its seeds
+                    loaded = (None, None)  # free the previous task's device copy first
+                    loaded = (task, prepare(load_task(job.source, task, job.table.tasks[task]), tokenizer, job.protocol, device, task))
+                on_result(run_one(job, task, seed, loaded[1], device))
+        except UserError as err:
+            on_error(task, seed, str(err))
         except Exception:  # noqa: BLE001
             on_error(task, seed, traceback.format_exc())
 
@@ -169,8 +224,8 @@ def run_one(job: Job, task: str, seed: int, data, device: torch.device) -> dict:
         "finished_at": now_iso(),
     }
     path = job.result_path(task, seed)
-    if path.exists() and not job.is_done(task, seed):  # a result of another protocol or model: keep it
-        old = read_json(path)
+    old = job.read_result(task, seed)
+    if old is not None and not job.is_done(task, seed):  # a result of another protocol or model: keep it
         aside = path.parent / "previous" / f"{path.stem}-{old.get('protocol_hash')}-{old.get('model_hash')}.json"
         aside.parent.mkdir(exist_ok=True)
         path.replace(aside)
@@ -197,7 +252,8 @@ def run_workers(job: Job, todo: list[Item], workers: int, on_result: Callable[[d
     tasks_q, results_q = ctx.Queue(), ctx.Queue()
     for item in [*todo, *[None] * workers]:
         tasks_q.put(item)
-    procs = [ctx.Process(target=_worker, args=(workers, job, tasks_q, results_q, logs / f"worker{k}.log"), name=f"glue-worker{k}") for k in range(workers)]
+    args = (workers, job, tasks_q, results_q, os.getpid())
+    procs = [ctx.Process(target=_worker, args=(*args, logs / f"worker{k}.log"), name=f"glue-worker{k}") for k in range(workers)]
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:  # a spawned process inherits the environment at start: its one GPU is set before torch can see others
         for p, device in zip(procs, devices):
@@ -237,7 +293,10 @@ def run_workers(job: Job, todo: list[Item], workers: int, on_result: Callable[[d
     return errors
 
 
-def _worker(workers: int, job: Job, tasks_q, results_q, log_path: Path) -> None:
+def _worker(workers: int, job: Job, tasks_q, results_q, parent: int, log_path: Path) -> None:
+    # A worker must not outlive its parent: it would go on taking task/seed pairs (duplicating a rerun's work)
+    # and hold its GPU. Linux kills it with the parent; elsewhere `work` checks the parent between pairs.
+    die_with_parent(signal.SIGKILL, parent)
     if not torch.cuda.is_available():  # CPU workers share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     sys.stdout = sys.stderr = open(log_path, "a", buffering=1)
@@ -247,6 +306,7 @@ def _worker(workers: int, job: Job, tasks_q, results_q, log_path: Path) -> None:
         pick_device("auto"),
         on_result=lambda record: results_q.put(("result", record["task"], record["seed"], record)),
         on_error=lambda task, seed, error: results_q.put(("error", task, seed, error)),
+        parent=parent,
     )
 
 
@@ -256,7 +316,7 @@ def _worker(workers: int, job: Job, tasks_q, results_q, log_path: Path) -> None:
 def write_summary(job: Job, tasks: list[str], seeds: list[int]) -> dict:
     """glue/summary.json over the requested tasks and seeds, from results of this protocol on this model only."""
     results = [
-        r for r in load_results(job.run_dir)
+        r for r in load_results(job.run_dir, unreadable=[])  # damaged files: warned about when planning
         if r["task"] in tasks and r["seed"] in seeds and r.get("protocol_hash") == job.protocol_hash and r.get("model_hash") == job.model_hash
     ]
     summary = summarize(results, tasks, seeds)
@@ -278,8 +338,8 @@ def results_table(summary: dict, tasks: list[str]) -> str:
     for c in COLUMNS:
         if c.task in tasks:
             col = summary["columns"][c.label]
-            score = "-" if col["mean"] is None else f"{col['mean']:.1f} +- {col['std']:.1f}"
+            score = format_mean_std(col)
             rows.append({"column": c.label, "metric": c.metric, "score": score, "seeds": col["n"]})
     average = summary["glue_average"]
-    tail = f"GLUE average: {average['mean']:.1f} +- {average['std']:.1f} ({average['n']} seeds)" if average else f"GLUE average: missing ({summary['average_missing_reason']})"
+    tail = f"GLUE average: {format_mean_std(average)} ({average['n']} seeds)" if average else f"GLUE average: missing ({summary['average_missing_reason']})"
     return f"{pd.DataFrame(rows).to_string(index=False)}\n{tail}"

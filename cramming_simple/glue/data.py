@@ -8,6 +8,8 @@ padding to the longest sequence of each batch.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import warnings
 from dataclasses import dataclass
 from itertools import chain
@@ -80,52 +82,134 @@ def open_source(data_dir: str | Path | None, table: TaskTable, tasks: list[str])
 
 
 def load_task(source: Source, name: str, spec: TaskSpec) -> dict[str, Examples]:
-    """The training split ('train') and every evaluation split of one task."""
+    """The training split ('train') and every evaluation split of one task, checked as they are read.
+
+    Every split must have the task's columns, at least one row, string texts and labels in the task's label
+    set (a finite number for regression); otherwise a `ConfigError` names the file and the line or row.
+    """
     splits = ["train", *spec.splits]
     if source.kind == "tsv":
         return {s: read_tsv(source.root / spec.tsv.folder / spec.tsv.files[s], spec) for s in splits}
     if source.kind == "parquet":
-        import pandas as pd
+        return {s: read_parquet(_parquet_files(source, name, s), spec) for s in splits}
+    dataset = _hub_dataset(source, name)
+    return {s: examples_from_frame(dataset[s].to_pandas(), spec, f"{source.hub} ({name}, split {s}, from the hub)") for s in splits}
 
-        frames = {s: pd.concat([pd.read_parquet(f) for f in _parquet_files(source, name, s)], ignore_index=True) for s in splits}
-    else:
-        dataset = _hub_dataset(source, name)
-        frames = {s: dataset[s].to_pandas() for s in splits}
-    dtype = np.float32 if spec.regression else np.int64
-    return {s: Examples([f[c].fillna("").astype(str).tolist() for c in spec.texts], f["label"].to_numpy(dtype)) for s, f in frames.items()}
+
+def read_parquet(files: list[Path], spec: TaskSpec) -> Examples:
+    """One split from its parquet shards, in order; each shard is checked on its own (errors name the shard)."""
+    import pandas as pd
+
+    parts = []
+    for f in files:
+        try:
+            frame = pd.read_parquet(f)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+            _fail(f"{f}: cannot read it as parquet ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        parts.append(examples_from_frame(frame, spec, str(f), allow_empty=len(files) > 1))
+    examples = Examples([sum((p.texts[c] for p in parts), []) for c in range(len(spec.texts))], np.concatenate([p.labels for p in parts]))
+    if not len(examples):
+        _fail(f"{', '.join(map(str, files))}: no rows")
+    return examples
+
+
+def examples_from_frame(frame, spec: TaskSpec, where: str, allow_empty: bool = False) -> Examples:
+    """Checked `Examples` from a frame in the hub's schema (text columns and 'label'); rows are 0-based."""
+    expected = [*spec.texts, "label"]
+    missing = [c for c in expected if c not in frame.columns]
+    if missing:
+        _fail(f"{where}: missing column(s) {missing}; expected {expected}, found {list(frame.columns)}")
+    if not len(frame) and not allow_empty:
+        _fail(f"{where}: no rows")
+    for c in spec.texts:
+        not_text = ~frame[c].map(lambda v: isinstance(v, str)).to_numpy(bool)
+        if not_text.any():
+            row = int(np.argmax(not_text))
+            _fail(f"{where}, row {row}: column {c!r} holds {_plain(frame[c].iloc[row])!r}, expected a string")
+    labels = frame["label"].to_numpy()
+    values = pd_numeric(labels)
+    bad = ~np.isfinite(values)
+    expected_labels = "a finite number"
+    if not spec.regression:
+        bad |= (values != np.round(values)) | (values < 0) | (values >= spec.num_labels)
+        expected_labels = f"one of the label ids 0..{spec.num_labels - 1}"
+    if bad.any():
+        row = int(np.argmax(bad))
+        _fail(f"{where}, row {row}: label {_plain(labels[row])!r} is not {expected_labels}")
+    texts = [frame[c].tolist() for c in spec.texts]
+    return Examples(texts, values.astype(np.float32 if spec.regression else np.int64))
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds (messages say 5, not np.int64(5))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def pd_numeric(values: np.ndarray) -> np.ndarray:
+    """Labels as floats; anything that is not a number (a string, None) becomes NaN and fails the check."""
+    import pandas as pd
+
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
 
 
 def read_tsv(path: Path, spec: TaskSpec) -> Examples:
-    """One GLUE TSV file. Quote characters are text (QUOTE_NONE); rows too short to hold the columns are skipped."""
+    """One GLUE TSV file, checked: UTF-8, the task's columns, at least one row, every label in the task's set.
+
+    Quote characters are text (QUOTE_NONE); rows too short to hold the columns are skipped with a warning
+    (the original QQP has a few). Errors name the file and the line.
+    """
     tsv = spec.tsv
-    with open(path, encoding="utf-8-sig", newline="") as f:  # MRPC's files start with a byte-order mark
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        names = next(rows) if tsv.header else tsv.names
-        try:
-            columns = [names.index(c) for c in (*tsv.texts, tsv.label)]
-        except ValueError:
-            _fail(f"{path}: expected columns {[*tsv.texts, tsv.label]}, found {names}")
-        texts: list[list[str]] = [[] for _ in tsv.texts]
-        labels, skipped = [], 0
-        for row in rows:
-            if len(row) <= max(columns):
-                skipped += 1  # a few malformed QQP lines in the original distribution
-                continue
-            for text, c in zip(texts, columns):
-                text.append(row[c])
-            labels.append(_label(row[columns[-1]], spec, path))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # MRPC's files start with a byte-order mark
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        _fail(f"{path}, line {line}: not UTF-8 (byte offset {err.start}: {err.reason})")
+    expected = [*tsv.texts, tsv.label]
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    if tsv.header:
+        names = next(rows, None)
+        if names is None:
+            _fail(f"{path}: empty file; expected a header line with the columns {expected}")
+    else:
+        names = tsv.names
+    missing = [c for c in expected if c not in names]
+    if missing:
+        _fail(f"{path}, line 1: missing column(s) {missing}; expected {expected}, found {names}")
+    columns = [names.index(c) for c in expected]
+    texts: list[list[str]] = [[] for _ in tsv.texts]
+    labels, skipped = [], 0
+    for row in rows:
+        if len(row) <= max(columns):
+            skipped += 1  # a few malformed QQP lines in the original distribution
+            continue
+        for out, c in zip(texts, columns):
+            out.append(row[c])
+        labels.append(_label(row[columns[-1]], spec, path, rows.line_num))
+    if not labels:
+        what = "only a header line" if tsv.header and not skipped else f"{skipped} row(s), all too short for the columns {expected}" if skipped else "no lines"
+        _fail(f"{path}: no data rows ({what})")
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} malformed row(s)", stacklevel=2)
     return Examples(texts, np.asarray(labels, dtype=np.float32 if spec.regression else np.int64))
 
 
-def _label(value: str, spec: TaskSpec, path: Path) -> float | int:
+def _label(value: str, spec: TaskSpec, path: Path, line: int) -> float | int:
+    label_map = spec.tsv.label_map
+    if label_map:
+        if value in label_map:
+            return label_map[value]
+        _fail(f"{path}, line {line}: label {value!r} is not one of {list(label_map)}")
     try:
-        if spec.tsv.label_map:
-            return spec.tsv.label_map[value]
-        return float(value) if spec.regression else int(value)
-    except (KeyError, ValueError):
-        _fail(f"{path}: unexpected label {value!r}" + (f" (expected one of {list(spec.tsv.label_map)})" if spec.tsv.label_map else ""))
+        number = float(value) if spec.regression else int(value)
+    except ValueError:
+        number = None
+    if spec.regression and number is not None and math.isfinite(number):
+        return number
+    if not spec.regression and number is not None and 0 <= number < spec.num_labels:
+        return number
+    expected = "a finite number" if spec.regression else f"one of the label ids 0..{spec.num_labels - 1}"
+    _fail(f"{path}, line {line}: label {value!r} is not {expected}")
 
 
 def _parquet_files(source: Source, name: str, split: str) -> list[Path]:
@@ -196,8 +280,17 @@ def tokenize(tokenizer, examples: Examples, max_length: int, chunk: int = 8192) 
     return ids
 
 
-def prepare(splits: dict[str, Examples], tokenizer, protocol: Protocol, device: torch.device) -> TaskData:
+def check_counts(task: str, splits: dict[str, Examples], protocol: Protocol) -> None:
+    """A task must keep at least one training and one evaluation example after the protocol's subsets."""
+    for split, examples in splits.items():
+        n = min(len(examples), (protocol.max_train_examples if split == "train" else protocol.max_eval_examples) or len(examples))
+        if n == 0:
+            _fail(f"GLUE task {task}: no {split} examples to {'train on' if split == 'train' else 'evaluate'} after the protocol's subsets")
+
+
+def prepare(splits: dict[str, Examples], tokenizer, protocol: Protocol, device: torch.device, task: str = "task") -> TaskData:
     """Apply the protocol's subsets, tokenise every split once and move it to `device`."""
+    check_counts(task, splits, protocol)
     train = subset(splits["train"], protocol.max_train_examples)
     evals = {s: subset(e, protocol.max_eval_examples) for s, e in splits.items() if s != "train"}
 

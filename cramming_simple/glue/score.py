@@ -9,12 +9,14 @@ Per-seed results live in `RUN_DIR/glue/<task>/seed<k>.json` (written by the GLUE
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from ..errors import CorruptFileError
 from ..runtime import read_json
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
@@ -43,12 +45,21 @@ COLUMNS = (
 
 
 def mean_std(values: Iterable[float]) -> dict:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value) over seeds."""
+    """Mean and sample standard deviation (ddof=1) over seeds. With one seed the std is undefined: None,
+    never 0.0 (which would read as a perfectly stable result)."""
     arr = np.asarray(list(values), dtype=float)
     if arr.size == 0:
         return {"mean": None, "std": None, "n": 0}
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    std = float(arr.std(ddof=1)) if arr.size > 1 else None
     return {"mean": float(arr.mean()), "std": std, "n": int(arr.size)}
+
+
+def format_mean_std(stats: dict, sep: str = "+-") -> str:
+    """'61.2 +- 0.4'; '61.2 +- -' for one seed; '-' without any."""
+    if stats.get("mean") is None:
+        return "-"
+    std = "-" if stats.get("std") is None else f"{stats['std']:.1f}"
+    return f"{stats['mean']:.1f} {sep} {std}"
 
 
 def glue_average(scores: dict[str, float]) -> float | None:
@@ -59,10 +70,25 @@ def glue_average(scores: dict[str, float]) -> float | None:
     return float(np.mean(values))
 
 
-def load_results(run_dir: str | Path) -> list[dict]:
-    """Every `glue/<task>/seed<k>.json` of a run, sorted by task then seed."""
-    files = sorted(Path(run_dir, "glue").glob("*/seed*.json"))
-    return sorted((read_json(f) for f in files), key=lambda r: (r["task"], r["seed"]))
+def load_results(run_dir: str | Path, unreadable: list[CorruptFileError] | None = None) -> list[dict]:
+    """Every `glue/<task>/seed<k>.json` of a run, sorted by task then seed.
+
+    A damaged file is left out: appended to `unreadable` when given, else reported as a warning on stderr.
+    """
+    results = []
+    for f in sorted(Path(run_dir, "glue").glob("*/seed*.json")):
+        try:
+            result = read_json(f)
+            if not isinstance(result, dict) or not {"task", "seed"} <= set(result):
+                raise CorruptFileError(f, "not a GLUE result (no task and seed)")
+        except CorruptFileError as err:
+            if unreadable is None:
+                print(f"warning: {err}; left out", file=sys.stderr)
+            else:
+                unreadable.append(err)
+            continue
+        results.append(result)
+    return sorted(results, key=lambda r: (r["task"], r["seed"]))
 
 
 def column_scores(result: dict) -> dict[str, float]:

@@ -1,19 +1,31 @@
-"""The `model/` folder: `model.safetensors` (encoder weights), `config.json` (arch + block), tokenizer files."""
+"""The `model/` folder: `model.safetensors` (encoder weights), `config.json` (arch + block), tokenizer files.
+
+The folder is published whole: written beside its final name and renamed into place, so a reader never sees
+half a model. `check_model` finds a damaged one before any fine-tuning starts.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ConfigError
+from ..errors import CorruptFileError, DiskFullError, is_disk_full
+from ..runtime import fsync_folder, read_json
 from .bert import MaskedLM, SequenceClassifier
 from .config import ArchConfig
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 FORMAT = 1
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel
@@ -21,12 +33,18 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDat
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip the prefixes that compiled and DDP-wrapped models add, wherever they appear in a key."""
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in WRAPPER_PREFIXES:
-            key = key.replace(prefix, "")
-        cleaned[key] = value
-    return cleaned
+    return {_unwrapped_key(k): v for k, v in state.items()}
+
+
+def _unwrapped_key(key: str) -> str:
+    for prefix in WRAPPER_PREFIXES:
+        key = key.replace(prefix, "")
+    return key
+
+
+def _encoder_key(key: str) -> str:
+    """A weight name as the encoder's own state dict has it: no wrapper prefixes, no 'encoder.' prefix."""
+    return _unwrapped_key(key).removeprefix("encoder.")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -39,28 +57,83 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None) -> Path:
-    """Write `path/model.safetensors` + `path/config.json` (+ the tokenizer when given)."""
+    """Write `path/model.safetensors` + `path/config.json` (+ the tokenizer when given), all or nothing.
+
+    The tokenizer is saved with `model_max_length` = the model's `seq_len`, so `tokenizer(text, truncation=True)`
+    outside the harness cuts where the model's positions end.
+    """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     encoder = unwrap(model).encoder
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    save_file(state, str(path / "model.safetensors"))
-    config = {"format": FORMAT, "block": encoder.block, "arch": asdict(encoder.cfg)}
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
+    try:
+        tmp.mkdir(parents=True)
+        save_file(state, str(tmp / WEIGHTS))
+        config = {"format": FORMAT, "block": encoder.block, "arch": asdict(encoder.cfg)}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.model_max_length = encoder.cfg.seq_len
+            tokenizer.save_pretrained(str(tmp))
+        for f in tmp.iterdir():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err):
+            raise DiskFullError(path / WEIGHTS, sum(v.numel() * v.element_size() for v in state.values())) from None
+        raise
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    fsync_folder(path.parent)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(old)
     return path
 
 
 def read_model_config(path: str | Path) -> tuple[ArchConfig, str]:
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise ConfigError(f"no model at {path}: expected {path / 'config.json'} and {path / 'model.safetensors'}")
-    config = json.loads((path / "config.json").read_text())
+    if not (path / CONFIG).exists():
+        raise ConfigError(f"no model at {path}: expected {path / CONFIG} and {path / WEIGHTS}")
+    config = read_json(path / CONFIG)
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict) or "block" not in config:
+        raise CorruptFileError(path / CONFIG, "not a model config (expected the keys 'block' and 'arch')")
     known = {f.name for f in fields(ArchConfig)}
-    arch = ArchConfig(**{k: v for k, v in config["arch"].items() if k in known})
-    arch.validate()
+    try:
+        arch = ArchConfig(**{k: v for k, v in config["arch"].items() if k in known})
+        arch.validate()
+    except (TypeError, ConfigError) as err:
+        raise CorruptFileError(path / CONFIG, f"invalid arch ({err})") from None
     return arch, config["block"]
+
+
+def check_model(path: str | Path) -> tuple[ArchConfig, str]:
+    """Check a saved model without loading its weights: config.json parses, model.safetensors has an intact
+    header that covers the whole file, and its tensors are exactly the encoder's names and shapes.
+
+    Raises `CorruptFileError` (or `ConfigError` for an unknown block) naming the file.
+    """
+    path = Path(path)
+    arch, block = read_model_config(path)
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise ConfigError(f"no model weights at {weights}")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - SafetensorError and OS errors: the file cannot be used either way
+        raise CorruptFileError(weights, f"damaged safetensors file ({str(err).splitlines()[0]})") from None
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in MaskedLM(arch, block).encoder.state_dict().items()}
+    shapes = {_encoder_key(k): v for k, v in shapes.items()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
+    if missing or unexpected or wrong:
+        detail = ", ".join(f"{what} {keys[:3]}" for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        raise CorruptFileError(weights, f"does not fit the {block} encoder its {CONFIG} describes ({detail})")
+    return arch, block
 
 
 def load_model(path: str | Path, num_labels: int | None = None, **arch_overrides: Any) -> nn.Module:
@@ -74,14 +147,13 @@ def load_model(path: str | Path, num_labels: int | None = None, **arch_overrides
         setattr(arch, key, value)
     arch.validate()
     model = MaskedLM(arch, block) if num_labels is None else SequenceClassifier(arch, block, num_labels)
-    load_encoder_state(model, load_file(str(path / "model.safetensors")))
+    load_encoder_state(model, load_file(str(path / WEIGHTS)))
     return model
 
 
 def load_encoder_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load encoder weights (any wrapper prefixes, with or without an 'encoder.' prefix); strict on keys."""
-    state = clean_state_dict(state)
-    state = {k.removeprefix("encoder."): v for k, v in state.items()}
+    state = {_encoder_key(k): v for k, v in state.items()}
     missing, unexpected = unwrap(model).encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

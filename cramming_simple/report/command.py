@@ -44,6 +44,8 @@ def comparison_warnings(runs) -> list[str]:
             listed = ", ".join(f"{name}: {v}" for name, v in values.items())
             out.append(f"runs differ in {what} ({listed}): {consequence}")
     for name, r in runs.iterrows():
+        if r.summary_problem:
+            continue  # warned about when loading
         if not r.completed:
             out.append(f"run {name} has not completed (stop reason: {r.stop_reason}): its numbers are not the full budget's")
         if " + " in str(r.glue_protocol_hash):
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    warnings = comparison_warnings(loaded.runs)
+    warnings = loaded.warnings + comparison_warnings(loaded.runs)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
 

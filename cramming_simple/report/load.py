@@ -7,7 +7,7 @@ from a glue/summary.json that may predate the last fine-tuning job.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from .. import runs as contract
 from ..config import REPO_ROOT, ConfigError, load_yaml
+from ..errors import CorruptFileError
 from ..glue.score import COLUMNS, load_results, summarize
 from ..model import BLOCKS
 from ..runtime import read_json
@@ -27,19 +28,29 @@ class Runs:
     runs: pd.DataFrame  # one row per run (index: run name), in BLOCKS order, then in the order given
     metrics: pd.DataFrame  # every metrics.jsonl row, with a `run` column
     glue: pd.DataFrame  # one row per (run, column label): mean, std, n in percent
-    problems: pd.DataFrame  # one row per (run, task, seed) that failed or was not run: status, reason
+    problems: pd.DataFrame  # one row per (run, task, seed) that failed, was not run or is unreadable: status, reason
+    warnings: list[str] = field(default_factory=list)  # damaged files that were left out, each named
 
 
 def load_runs(run_dirs: list[Path]) -> Runs:
-    rows, metrics, glue, problems = [], [], [], []
+    """Every run's facts, metrics and GLUE results. A damaged summary.json, config.yaml or seed file is left
+    out with a warning naming it (its run stays a row, marked); it never stops the other runs' report."""
+    rows, metrics, glue, problems, warnings = [], [], [], [], []
     for run_dir in map(Path, run_dirs):
         if not (run_dir / contract.SUMMARY).exists():
             raise ConfigError(f"{run_dir} is not a run folder (no {contract.SUMMARY})")
         row = read_run(run_dir)
+        if row["summary_problem"]:
+            warnings.append(f"{row['summary_problem']}: run {row['name']} is shown without its pretraining numbers")
         if row["name"] in {r["name"] for r in rows}:
             raise ConfigError(f"two run folders are both named '{row['name']}': compare runs with distinct names")
-        results = load_results(run_dir)
+        unreadable: list[CorruptFileError] = []
+        results = load_results(run_dir, unreadable)
         glue_summary = summarize(results)
+        damaged = {_task_seed(err.path): err for err in unreadable}
+        for err in unreadable:
+            warnings.append(f"{err}: left out of run {row['name']}'s GLUE scores")
+        glue_summary["missing"] = [m for m in glue_summary["missing"] if (m["task"], m["seed"]) not in damaged]
         row.update(glue_fields(glue_summary))
         row["glue_models"] = " + ".join(sorted({r["model_hash"] for r in results if r.get("model_hash")}))
         rows.append(row)
@@ -51,6 +62,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
             glue.append({"run": row["name"], "column": c.label, "task": c.task, "mean": stats["mean"], "std": stats["std"], "n": stats["n"]})
         problems += [{"run": row["name"], **f, "status": "failed"} for f in glue_summary["failed"]]
         problems += [{"run": row["name"], **x, "status": "not run", "reason": None} for x in glue_summary["missing"]]
+        problems += [{"run": row["name"], "task": t, "seed": s, "status": "unreadable", "reason": f"{err.path.name}: {err.reason}"} for (t, s), err in damaged.items()]
 
     runs = pd.DataFrame(rows).set_index("name", drop=False)
     rank = runs.block.map({name: i for i, name in enumerate(BLOCKS)}).fillna(len(BLOCKS))
@@ -63,14 +75,30 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         metrics=pd.concat(metrics, ignore_index=True),
         glue=pd.DataFrame(glue),
         problems=pd.DataFrame(problems, columns=["run", "task", "seed", "status", "reason"]),
+        warnings=warnings,
     )
 
 
+def _task_seed(path: Path) -> tuple[str, int | None]:
+    """glue/<task>/seed<k>.json -> (task, k)"""
+    seed = path.stem.removeprefix("seed")
+    return path.parent.name, int(seed) if seed.isdigit() else None
+
+
 def read_run(run_dir: Path) -> dict:
-    """One run's summary.json, with config.yaml filling what an older summary lacks."""
-    s = read_json(run_dir / contract.SUMMARY)
+    """One run's summary.json, with config.yaml filling what the summary lacks (all of it when it is damaged)."""
+    problem = ""  # why summary.json could not be read ("" when it could)
+    try:
+        s = read_json(run_dir / contract.SUMMARY)
+        if not isinstance(s, dict):
+            raise CorruptFileError(run_dir / contract.SUMMARY, "not a run summary (not a JSON object)")
+    except CorruptFileError as err:
+        s, problem = {}, str(err)
     config_path = run_dir / contract.CONFIG
-    cfg = OmegaConf.to_container(load_yaml(config_path)) if config_path.exists() else {}
+    try:
+        cfg = OmegaConf.to_container(load_yaml(config_path)) if config_path.exists() else {}
+    except ConfigError:
+        cfg = {}
     data = s.get("data") or cfg.get("data") or {}
     block = s.get("block") or cfg.get("block")
     return {
@@ -94,6 +122,7 @@ def read_run(run_dir: Path) -> dict:
         "data_hash": data.get("hash"),
         "completed": bool(s.get("completed", False)),
         "stop_reason": s.get("stop_reason"),
+        "summary_problem": problem,
     }
 
 

@@ -81,7 +81,8 @@ def glue_plot(runs: pd.DataFrame, glue: pd.DataFrame, out: Path, published: dict
         color, offset = COLORS[i % len(COLORS)], (i - (len(runs) - 1) / 2) * width
         scores = glue[glue.run == name].set_index("column").reindex(labels)
         xs = np.arange(len(labels)) + offset
-        ax.errorbar(xs, scores["mean"], yerr=scores["std"], fmt="o", ms=4, capsize=2.5, color=color, label=r.label)
+        std = pd.to_numeric(scores["std"]).to_numpy(float)  # None (one seed: no std) -> NaN: no error bar drawn
+        ax.errorbar(xs, pd.to_numeric(scores["mean"]).to_numpy(float), yerr=std, fmt="o", ms=4, capsize=2.5, color=color, label=r.label)
         if r.block in published:
             ax.plot(xs, [published[r.block][c] for c in labels], "x", color=color, ms=5)
     handles, names = ax.get_legend_handles_labels()

@@ -63,7 +63,9 @@ def published_rows(reference: pd.DataFrame | None) -> dict[str, pd.Series]:
 
 def speed_baseline(run: pd.Series, runs: pd.DataFrame) -> tuple[str | None, str | None]:
     """The Pre-LN run whose microbatch steps this run's are divided by (or None), and a note (or None)."""
-    prelns = runs[runs.block == "preln"]
+    if run.summary_problem:
+        return None, summary_note(run)
+    prelns = runs[(runs.block == "preln") & (runs.summary_problem == "")]
     if prelns.empty:
         return None, "no Pre-LN run among the compared runs: speed is relative to Pre-LN on the same budget and hardware"
     if not run.completed:
@@ -77,6 +79,10 @@ def speed_baseline(run: pd.Series, runs: pd.DataFrame) -> tuple[str | None, str 
     if len(matching) > 1:
         return base.name, f"{run.name}: several Pre-LN runs share its budget and hardware; speed is relative to the last listed, {base.name}"
     return base.name, None
+
+
+def summary_note(run: pd.Series) -> str:
+    return f"{run.name}: summary.json is unreadable, pretraining numbers missing ({run.summary_problem})"
 
 
 def glue_note(run: pd.Series, problems: pd.DataFrame) -> str:
@@ -119,7 +125,7 @@ def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame |
         }
         s = {
             "Block": r.title,
-            "Run": name + ("" if r.completed else notes.mark(f"{name} did not complete (stop reason: {r.stop_reason})", row_notes)),
+            "Run": name + (notes.mark(summary_note(r), row_notes) if r.summary_problem else "" if r.completed else notes.mark(f"{name} did not complete (stop reason: {r.stop_reason})", row_notes)),
             "GLUE": glue_cell(r, problems, notes, row_notes),
             "Params (M)": fmt(d["params_m"], ".1f"),
             "Microbatch steps": fmt(r.microbatch_steps, ".0f"),

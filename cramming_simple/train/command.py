@@ -4,7 +4,7 @@ Examples:
   cramming-simple pretrain --block sas --budget 24h
   cramming-simple pretrain --block preln --budget smoke hours=0.01 train.microbatch=16
   torchrun --nproc_per_node=8 -m cramming_simple pretrain --block sasp --budget 24h
-Exit codes: 0 completed, 3 non-finite loss (last good checkpoint kept), 4 preempted (checkpoint written).
+One process per run folder: a second start on the same folder exits with code 2 naming the PID that holds it.
 """
 
 from __future__ import annotations

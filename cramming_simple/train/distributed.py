@@ -14,6 +14,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..errors import EXIT_FAILED, UserError
+
+
+class RankFailed(UserError):
+    """Another rank failed (e.g. rank 0 found the disk full); this one leaves quietly with the same exit code."""
+
+    quiet = True  # the failing rank prints the message
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"another rank failed (exit code {exit_code}); its output says why")
+        self.exit_code = exit_code
+
 
 @dataclass
 class Dist:
@@ -32,6 +44,19 @@ class Dist:
         t = torch.tensor([elapsed, *map(float, flags)], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return float(t[0]), [bool(v) for v in t[1:]]
+
+    def max(self, value: float) -> float:
+        """The largest `value` over ranks (host side, e.g. an error's exit code that only rank 0 knows)."""
+        return self.vote(value)[0]
+
+    def fail_together(self, error: Exception | None) -> None:
+        """Call on every rank after work that only some ranks did: if any failed, all raise (the failing rank its
+        own error, the others `RankFailed` with its exit code), so no rank is left waiting in a collective."""
+        code = self.max(float(getattr(error, "exit_code", EXIT_FAILED)) if error is not None else 0.0)
+        if error is not None:
+            raise error
+        if code:
+            raise RankFailed(int(code))
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of a device tensor over ranks (default group: NCCL on GPUs), in place."""

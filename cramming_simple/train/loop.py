@@ -5,7 +5,12 @@ checkpoint is written. Learning rate and batch size are pure functions of p = el
 the start of every optimiser step. The hot loop makes no host-device syncs except at log points (every
 `impl.log_seconds`), where the loss is read and checked for NaN/inf.
 Resuming restores weights, optimiser, counters, elapsed time and the data position; work done after the
-last checkpoint of a killed run is redone, and its time is not charged twice.
+last checkpoint of a killed run is redone, and its time is not charged twice. A damaged `checkpoint.pt`
+falls back to `checkpoint.prev.pt`.
+
+One process owns a run folder: rank 0 holds `runs/<name>/.lock` (flock) for the whole run, and a second
+start on the same folder exits with code 2 naming the holder. A full disk stops the run with exit code 5
+and `stop_reason: "disk_full"`, the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -24,17 +30,35 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, to_yaml
+from ..errors import EXIT_DISK_FULL, DiskFullError, UserError
 from ..data import MicrobatchStream, MLMCollator, PackedData, Prefetcher, check_tokenizer, load_tokenizer, prepare
 from ..model import MaskedLM, count_params, save_model, unwrap
 from ..optim import make_optimizer
-from ..runs import CHECKPOINT, CONFIG, METRICS, MODEL, SUMMARY
-from ..runtime import Progress, append_jsonl, atomic_write_bytes, autocast, autocast_dtype, compile_model, environment, now_iso, pick_device, read_json, rng_state, seed_everything, set_rng_state, write_json
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..runs import CHECKPOINT, CONFIG, LOCK, METRICS, MODEL, PREV_CHECKPOINT, SUMMARY, read_summary
+from ..runtime import (
+    FileLock,
+    Progress,
+    append_jsonl,
+    atomic_write_bytes,
+    autocast,
+    autocast_dtype,
+    compile_model,
+    die_with_parent,
+    environment,
+    now_iso,
+    pick_device,
+    remove_stale_temporaries,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_json,
+)
+from .checkpoint import UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
-from .distributed import Dist, init_distributed
+from .distributed import Dist, RankFailed, init_distributed
 from .schedules import accumulation_at, lr_at
 
-EXIT_CODES = {"budget": 0, "max_steps": 0, "nonfinite_loss": 3, "preempted": 4}
+EXIT_CODES = {"budget": 0, "max_steps": 0, "nonfinite_loss": 3, "preempted": 4, "disk_full": 5}
 
 
 @dataclass
@@ -43,6 +67,9 @@ class TrainState:
     optimizer_steps: int = 0
     tokens: int = 0  # all ranks
     elapsed_s: float = 0.0  # training time spent, all sessions
+    step_time_s: float = 0.0  # recent seconds per microbatch: a resumed run must not start a step it cannot finish
+    last_loss: float | None = None  # mean loss of the last log window, and over how many microbatches
+    last_loss_steps: int = 0
 
 
 class Clock:
@@ -92,22 +119,52 @@ class StopSignals:
 def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = False) -> dict:
     """Run (or resume) one pretraining run into `runs_dir/cfg.name`; returns its summary."""
     run_dir = Path(runs_dir) / cfg.name
-    has_state = (run_dir / CHECKPOINT).exists() or (run_dir / SUMMARY).exists()
-    if has_state and not resume:
-        raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or --name to start another")
-    if resume and (run_dir / SUMMARY).exists() and read_json(run_dir / SUMMARY).get("completed"):
-        print(f"{run_dir} is complete; nothing to do", flush=True)
-        return read_json(run_dir / SUMMARY)
-
     device = pick_device(cfg.impl.device)
     if cfg.impl.threads:
         torch.set_num_threads(cfg.impl.threads)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun starts ranks in sessions of their own: if the launcher is killed they would train on, holding
+        # the GPUs and the run folder. SIGTERM instead: they write a checkpoint together and exit (code 4).
+        die_with_parent(signal.SIGTERM)
     dist = init_distributed(device)
     try:
-        with StopSignals() as signals:
-            return Trainer(cfg, run_dir, device, dist, signals).run()
+        with run_lock(run_dir, dist):
+            has_state = any((run_dir / f).exists() for f in (CHECKPOINT, PREV_CHECKPOINT, SUMMARY))
+            if has_state and not resume:
+                raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or --name to start another")
+            summary = read_summary(run_dir) if resume and (run_dir / SUMMARY).exists() else None
+            if summary and summary.get("completed"):
+                print(f"{run_dir} is complete; nothing to do", flush=True)
+                return summary
+            with StopSignals() as signals:
+                return Trainer(cfg, run_dir, device, dist, signals).run()
     finally:
         dist.close()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, dist: Dist):
+    """Rank 0 holds `run_dir/.lock` for the whole run; every rank learns whether it got it (a second start
+    exits within seconds, before data preparation). Temporary files that killed writers left are removed."""
+    lock = FileLock(
+        run_dir / LOCK,
+        f"run folder {run_dir}",
+        purpose="cramming-simple pretrain",
+        advice="wait for it to finish, stop it (SIGTERM writes a checkpoint), or pass --name to start another run",
+    )
+    error = None
+    if dist.main:
+        try:
+            lock.acquire()
+        except Exception as err:  # noqa: BLE001 - raised on every rank by fail_together
+            error = err
+    dist.fail_together(error)
+    try:
+        if dist.main:
+            remove_stale_temporaries(run_dir)
+        yield
+    finally:
+        lock.release()
 
 
 class Trainer:
@@ -133,8 +190,10 @@ class Trainer:
         self.dtype = autocast_dtype(device, cfg.impl.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.state = TrainState()
-        if (run_dir / CHECKPOINT).exists():
-            self.restore(load_checkpoint(run_dir / CHECKPOINT))
+        self.keep_previous = True  # False while checkpoint.pt is known to be damaged: the good prev must stay
+        self.clock: Clock | None = None
+        self.saved_step = -1  # microbatch step of the checkpoint on disk
+        self.resume_from_checkpoint()
 
         self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) if dist.world > 1 else None
         want_compile = cfg.impl.compile if cfg.impl.compile is not None else device.type == "cuda"
@@ -143,51 +202,98 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ state
 
-    def restore(self, ckpt: dict) -> None:
+    def resume_from_checkpoint(self) -> None:
+        """Restore from checkpoint.pt, or from checkpoint.prev.pt when that one cannot be read; nothing if neither exists."""
+        tried: list[UnreadableCheckpoint] = []
+        for path in (self.run_dir / CHECKPOINT, self.run_dir / PREV_CHECKPOINT):
+            if not path.exists():
+                continue
+            try:
+                self.restore(load_checkpoint(path), path)
+            except UnreadableCheckpoint as err:
+                tried.append(err)
+                continue
+            for err in tried:
+                self.log(f"warning: cannot resume from {err}; resumed from {path.name} instead (the work since it is redone, not charged twice)", file=sys.stderr, flush=True)
+                self.keep_previous = False  # the next checkpoint replaces the damaged file; the good prev stays
+            return
+        if tried:
+            raise UserError(
+                f"cannot resume {self.run_dir}: " + "; ".join(f"{e.path.name} {e.reason}" for e in tried)
+                + ". Start over with --name NEW (or move the folder away)"
+            )
+
+    def restore(self, ckpt: dict, path: Path) -> None:
+        if not isinstance(ckpt, dict) or "world_size" not in ckpt:
+            raise UnreadableCheckpoint(path, "is not a pretraining checkpoint (no world_size)")
         if ckpt["world_size"] != self.dist.world:
             raise ConfigError(f"checkpoint was written by {ckpt['world_size']} processes, this run has {self.dist.world}: resume with the same number")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"][self.dist.rank] if self.dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            state = TrainState(**ckpt["state"])
+            rng = ckpt["rng"][self.dist.rank] if self.dist.rank < len(ckpt["rng"]) else ckpt["rng"][0]
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UnreadableCheckpoint(path, f"does not fit this run ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        self.state, self.saved_step = state, state.microbatch_steps
+        set_rng_state(rng)
         metrics = self.run_dir / METRICS
         if self.dist.main and metrics.exists():  # rows logged after the checkpoint describe work that is redone now
-            rows = [line for line in metrics.read_text().splitlines() if line.strip()]
-            kept = [line for line in rows if json.loads(line)["microbatch_steps"] <= self.state.microbatch_steps]
+            kept = [line for line in metrics.read_text(errors="replace").splitlines() if _row_steps(line) <= self.state.microbatch_steps]
             atomic_write_bytes(metrics, "".join(line + "\n" for line in kept).encode())
         self.log(f"resuming {self.run_dir} at microbatch step {self.state.microbatch_steps} ({self.state.elapsed_s / 3600:.3f} h spent)", flush=True)
 
-    def checkpoint(self) -> None:
-        """Every rank pauses its clock; rank 0 writes; all continue together."""
+    def checkpoint(self, stop_reason: str | None = None) -> None:
+        """Every rank pauses its clock; rank 0 writes the checkpoint and, with it, a summary that agrees with it.
+
+        Nothing new since the last good checkpoint (e.g. preempted right after one): only the summary. Every
+        rank learns whether rank 0's writes succeeded (a full disk stops them all alike, never one alone).
+        """
+        unchanged = self.saved_step == self.state.microbatch_steps and self.keep_previous
         rngs = [rng_state()]
-        if self.dist.world > 1:
+        if self.dist.world > 1 and not unchanged:
             rngs = [None] * self.dist.world
             torch.distributed.all_gather_object(rngs, rng_state(), group=self.dist.group)
+        error = None
         if self.dist.main:
-            save_checkpoint(
-                self.run_dir / CHECKPOINT,
-                {
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "state": asdict(self.state),
-                    "rng": rngs,
-                    "world_size": self.dist.world,
-                    "block": self.cfg.block,
-                },
-            )
-        self.dist.barrier()
+            try:
+                if not unchanged:
+                    state = {
+                        "model": self.model.state_dict(),
+                        "optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict(),
+                        "state": asdict(self.state),
+                        "rng": rngs,
+                        "world_size": self.dist.world,
+                        "block": self.cfg.block,
+                    }
+                    save_checkpoint(self.run_dir / CHECKPOINT, state, previous=self.run_dir / PREV_CHECKPOINT if self.keep_previous else None)
+                self.write_summary(completed=False, stop_reason=stop_reason)
+            except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
+                error = err
+        self.dist.fail_together(error)
+        self.keep_previous, self.saved_step = True, self.state.microbatch_steps
 
     # ------------------------------------------------------------------------------------------ loop
 
     def run(self) -> dict:
+        """Train until the budget is spent (or a stop); a full disk ends the run with stop_reason "disk_full"."""
+        self.started_at = now_iso()
+        try:
+            return self.train()
+        except DiskFullError:
+            self.state.elapsed_s = self.clock.elapsed() if self.clock else self.state.elapsed_s
+            if self.dist.main:
+                with contextlib.suppress(Exception):  # a small file: it may still fit
+                    self.write_summary(completed=False, stop_reason="disk_full")
+            raise
+
+    def train(self) -> dict:
         cfg, st, dist = self.cfg, self.state, self.dist
         micro, budget = cfg.train.microbatch, cfg.budget_s
         if dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / CONFIG).write_text(to_yaml(cfg))
-        self.started_at = now_iso()
+            atomic_write_bytes(self.run_dir / CONFIG, to_yaml(cfg).encode())
         prefetch = Prefetcher(self.stream, st.microbatch_steps, self.device, cfg.impl.prefetch)
         progress = Progress(budget, f"pretrain {cfg.block}", unit="s", log_every=cfg.impl.log_seconds) if dist.main else None
         self.log(f"pretraining {cfg.block} ({count_params(self.model)['params'] / 1e6:.1f}M params) for {cfg.hours:g} h on {environment(self.device)['device']}"
@@ -197,25 +303,27 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         norm_sum = torch.zeros((), device=self.device)
         window_steps = window_updates = window_tokens = 0
-        clock = Clock(st.elapsed_s)
+        self.clock = clock = Clock(st.elapsed_s)
         next_log = st.elapsed_s + cfg.impl.log_seconds
         next_ckpt = st.elapsed_s + cfg.impl.checkpoint_minutes * 60
-        step_time, last = 0.0, None  # EMA of seconds per microbatch, to stop before overrunning the budget
+        last = None  # st.step_time_s: EMA of seconds per microbatch (carried over a resume), to stop before the budget
         accumulated, n_acc, lr = 0, 1, 0.0
-        nonfinite, stop_reason, final_loss = False, None, float("nan")
+        nonfinite, disk_full, stop_reason = False, None, None
         clock.start()
         window_start = clock.elapsed()
         while True:
             now = clock.elapsed()
             if last is not None:
-                step_time = now - last if step_time == 0.0 else 0.9 * step_time + 0.1 * (now - last)
+                st.step_time_s = now - last if st.step_time_s == 0.0 else 0.9 * st.step_time_s + 0.1 * (now - last)
             last = now
             # One vote per microbatch: every rank sees the same elapsed time and the same stop decision.
             at_boundary = accumulated == 0
-            elapsed, (preempt, bad) = dist.vote(now, self.signals.requested and at_boundary, nonfinite)
+            elapsed, (preempt, bad, no_space) = dist.vote(now, self.signals.requested and at_boundary, nonfinite, disk_full is not None)
+            if no_space:
+                raise disk_full or RankFailed(EXIT_DISK_FULL)
             if bad:
                 stop_reason = "nonfinite_loss"
-            elif elapsed + step_time >= budget:
+            elif elapsed + st.step_time_s >= budget:
                 stop_reason = "budget"
             elif preempt:
                 stop_reason = "preempted"
@@ -253,7 +361,8 @@ class Trainer:
                 loss_total, norm_total = dist.mean(torch.stack([loss_sum, norm_sum])).tolist()
                 mean_loss = loss_total / window_steps
                 nonfinite = not (math.isfinite(loss_total) and math.isfinite(norm_total))
-                final_loss = mean_loss if not nonfinite else final_loss
+                if not nonfinite:
+                    st.last_loss, st.last_loss_steps = mean_loss, window_steps
                 now = clock.elapsed()
                 row = {
                     "microbatch_steps": st.microbatch_steps, "optimizer_steps": st.optimizer_steps, "tokens": st.tokens,
@@ -262,7 +371,10 @@ class Trainer:
                     "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                 }
                 if dist.main:
-                    append_jsonl(self.run_dir / METRICS, row)
+                    try:
+                        append_jsonl(self.run_dir / METRICS, row)
+                    except DiskFullError as err:  # every rank stops at the next vote
+                        disk_full = err
                     steps_s = window_steps / max(now - window_start, 1e-9)
                     progress.update(min(now, budget), loss=mean_loss, step=st.microbatch_steps, steps_s=round(steps_s, 2), tok_s=round(row["tokens_per_s"]))
                 loss_sum.zero_()
@@ -278,8 +390,6 @@ class Trainer:
                     with clock.paused():
                         st.elapsed_s = clock.elapsed()
                         self.checkpoint()
-                        if dist.main:
-                            self.write_summary(completed=False, stop_reason=None, final_loss=final_loss)
                     next_ckpt = elapsed + cfg.impl.checkpoint_minutes * 60
 
         prefetch.close()
@@ -288,18 +398,22 @@ class Trainer:
         st.elapsed_s = clock.elapsed()
         if stop_reason != "nonfinite_loss" and window_steps:  # the steps since the last log (same count on every rank)
             loss_total, norm_total = dist.mean(torch.stack([loss_sum, norm_sum])).tolist()
-            if math.isfinite(loss_total) and math.isfinite(norm_total):
-                final_loss = loss_total / window_steps
-            else:
+            if not (math.isfinite(loss_total) and math.isfinite(norm_total)):
                 stop_reason = "nonfinite_loss"
+            elif window_steps >= st.last_loss_steps:
+                st.last_loss, st.last_loss_steps = loss_total / window_steps, window_steps
+            else:  # a short tail after the last log joins that window: never a loss over a handful of microbatches
+                n = st.last_loss_steps + window_steps
+                st.last_loss, st.last_loss_steps = (st.last_loss * st.last_loss_steps + loss_total) / n, n
         completed = stop_reason in ("budget", "max_steps")
         if stop_reason == "nonfinite_loss":
             self.log(f"non-finite loss or gradient: stopped at microbatch step {st.microbatch_steps}; the last good checkpoint is kept", file=sys.stderr, flush=True)
         else:
-            self.checkpoint()
+            self.checkpoint(stop_reason=None if completed else stop_reason)  # completed only once model/ is published
             if completed and dist.main:
                 save_model(self.model, self.run_dir / MODEL, self.tokenizer)
-        summary = self.write_summary(completed, stop_reason, final_loss) if dist.main else self.summary(completed, stop_reason, final_loss)
+        summary = self.write_summary(completed, stop_reason) if dist.main else self.summary(completed, stop_reason)
+        final_loss = float("nan") if st.last_loss is None else st.last_loss
         if progress is not None:
             progress.update(min(st.elapsed_s, budget))
             progress.close(loss=final_loss, step=st.microbatch_steps)
@@ -334,7 +448,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ summary
 
-    def summary(self, completed: bool, stop_reason: str | None, final_loss: float) -> dict:
+    def summary(self, completed: bool, stop_reason: str | None) -> dict:
         cfg, st = self.cfg, self.state
         counts = count_params(unwrap(self.model))
         return {
@@ -350,7 +464,7 @@ class Trainer:
             "optimizer_steps": st.optimizer_steps,
             "tokens": st.tokens,
             "elapsed_s": st.elapsed_s,
-            "final_loss": final_loss if final_loss == final_loss else None,
+            "final_loss": st.last_loss,  # mean loss of the last log window (a short tail joins the window before it)
             **environment(self.device),
             "world_size": self.dist.world,
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype],
@@ -363,7 +477,15 @@ class Trainer:
             "finished_at": now_iso(),
         }
 
-    def write_summary(self, completed: bool, stop_reason: str | None, final_loss: float) -> dict:
-        summary = self.summary(completed, stop_reason, final_loss)
+    def write_summary(self, completed: bool, stop_reason: str | None) -> dict:
+        summary = self.summary(completed, stop_reason)
         write_json(self.run_dir / SUMMARY, summary)
         return summary
+
+
+def _row_steps(line: str) -> float:
+    """The microbatch step of a metrics.jsonl row; a row cut short (a crash, a full disk) counts as redone work."""
+    try:
+        return json.loads(line)["microbatch_steps"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
