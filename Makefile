@@ -33,10 +33,11 @@ else
 LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m cramming_simple
 endif
 
-.PHONY: help setup test demo data pretrain glue report bench all params clean-venv
+.PHONY: help setup test format demo data pretrain glue report bench all params clean-venv
 
 help:
 	@echo "make demo | make test                 first two commands on a fresh machine"
+	@echo "make format                           ruff: fix what it can, format the code"
 	@echo "make pretrain BLOCK=sas BUDGET=24h    pretrain one block (resumes if the run exists)"
 	@echo "make glue BLOCK=sas [RUN=runs/..]     fine-tune the latest run of BLOCK on GLUE"
 	@echo "make report                           tables and plots from every run in $(RUNS)/"
@@ -52,7 +53,13 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: setup
+	$(BIN)/ruff check cramming_simple tests
+	$(BIN)/ruff format --check cramming_simple tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+format: setup
+	$(BIN)/ruff check --fix cramming_simple tests
+	$(BIN)/ruff format cramming_simple tests
 
 demo: setup
 	@set -e; for b in $(DEMO_BLOCKS); do \

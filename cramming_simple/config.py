@@ -21,8 +21,6 @@ from .errors import ConfigError as ConfigError  # re-exported: configs are where
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def valid_keys(schema: type, dotted: str) -> list[str]:
     """The field names of the dataclass that `dotted` (e.g. 'train.lr') would live in."""
@@ -80,25 +78,6 @@ def load_yaml(path: Path) -> DictConfig:
         return OmegaConf.load(path)  # type: ignore[return-value]
     except Exception as err:  # yaml syntax errors come in many types
         raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
-
-
-def find_preset(folder: str, name: str) -> Path:
-    """A preset by name (`24h` -> budgets/24h.yaml) or an explicit path to a YAML file."""
-    as_path = Path(name)
-    if as_path.suffix in (".yaml", ".yml") and as_path.exists():
-        return as_path
-    for root in (Path.cwd(), REPO_ROOT):
-        candidate = root / folder / f"{name}.yaml"
-        if candidate.exists():
-            return candidate
-    raise ConfigError(f"unknown {folder} preset '{name}'. Available: {', '.join(list_presets(folder))}")
-
-
-def list_presets(folder: str) -> list[str]:
-    names: set[str] = set()
-    for root in (Path.cwd(), REPO_ROOT):
-        names.update(p.stem for p in (root / folder).glob("*.yaml"))
-    return sorted(names)
 
 
 def to_dict(obj: Any) -> dict:

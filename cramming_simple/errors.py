@@ -77,7 +77,9 @@ def is_disk_full(err: BaseException | None) -> bool:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if any(text in str(err) for text in ("No space left on device", f"os error {errno.ENOSPC}", "Disk quota exceeded")):
+        if any(
+            text in str(err) for text in ("No space left on device", f"os error {errno.ENOSPC}", "Disk quota exceeded")
+        ):
             return True
         err = err.__cause__ or err.__context__
     return False

@@ -22,7 +22,14 @@ from .config import ConfigError
 from .errors import CorruptFileError
 from .runtime import read_json
 
-CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "model", "glue"
+CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = (
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoint.pt",
+    "model",
+    "glue",
+)
 PREV_CHECKPOINT, LOCK = "checkpoint.prev.pt", ".lock"
 
 
@@ -43,7 +50,13 @@ def read_summary(run_dir: str | Path) -> dict | None:
 
 def latest_run(runs_dir: str | Path, block: str) -> Path:
     """The most recent run of `block` that has a saved model (runs with a damaged summary.json are skipped)."""
-    runs = [r for r in find_runs(runs_dir) if (read_summary(r) or {}).get("block") == block and (r / MODEL / "config.json").exists()]
+    runs = [
+        r
+        for r in find_runs(runs_dir)
+        if (read_summary(r) or {}).get("block") == block and (r / MODEL / "config.json").exists()
+    ]
     if not runs:
-        raise ConfigError(f"no pretrained run of block '{block}' under {runs_dir}/ (run `make pretrain BLOCK={block}` first)")
+        raise ConfigError(
+            f"no pretrained run of block '{block}' under {runs_dir}/ (run `make pretrain BLOCK={block}` first)"
+        )
     return runs[-1]

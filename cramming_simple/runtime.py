@@ -63,12 +63,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def compile_model(model: torch.nn.Module, enabled: bool, **kwargs: Any) -> tuple[torch.nn.Module, bool]:
-    """torch.compile when enabled; if compile itself fails, warn and return the eager model.
+def compile_default(device: str | torch.device) -> bool:
+    """Whether to compile when not told: on for CUDA (where inductor pays off), off for CPU."""
+    kind = device.type if isinstance(device, torch.device) else device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return kind == "cuda"
 
-    Errors that only show at the first call are the caller's to catch (see `train.loop`), since the
-    first forward and backward are where inductor really compiles.
-    """
+
+def compile_model(model: torch.nn.Module, enabled: bool, **kwargs: Any) -> tuple[torch.nn.Module, bool]:
+    """torch.compile when enabled; if wrapping fails, warn and return the eager model. (The first call can
+    still fail: `CompiledModule` handles that.)"""
     if not enabled:
         return model, False
     try:
@@ -76,6 +81,36 @@ def compile_model(model: torch.nn.Module, enabled: bool, **kwargs: Any) -> tuple
     except Exception as err:  # noqa: BLE001 - any compile failure means: run eager
         warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); running eager", stacklevel=2)
         return model, False
+
+
+class CompiledModule:
+    """A module under torch.compile that falls back to eager once, if compiling fails: when wrapping, or at the
+    first call, where inductor really compiles forward and backward. Every user of compile goes through it."""
+
+    def __init__(self, eager: torch.nn.Module, enabled: bool, name: str = "model"):
+        self.eager, self.name = eager, name
+        self.module, self.compiled = compile_model(eager, enabled)
+        self.unproven = self.compiled  # the first call has yet to show that the compiled module runs
+
+    def run(self, step: Callable[[torch.nn.Module], Any], reset: Callable[[], None] | None = None) -> Any:
+        """`step(module)` with the module that runs. If the first call of the compiled module fails: warn,
+        `reset()` (e.g. drop half-made gradients) and do the step eagerly, as every later one."""
+        if not self.unproven:
+            return step(self.module)
+        try:
+            return step(self.module)
+        except Exception as err:  # noqa: BLE001 - any compile failure means: run eager
+            warnings.warn(
+                f"{self.name}: torch.compile failed at the first step ({type(err).__name__}: {str(err)[:300]}); "
+                "running eager",
+                stacklevel=2,
+            )
+            self.module, self.compiled = self.eager, False
+            if reset is not None:
+                reset()
+            return step(self.module)
+        finally:
+            self.unproven = False
 
 
 def seed_everything(seed: int) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
 
 WORDS = (
     "the a an this that some every one two few many of in on at with from by for to and or but not very quite "
@@ -33,17 +34,35 @@ def smoke_cache(tmp_path_factory):
     from cramming_simple.data import DataConfig, prepare
 
     cache = tmp_path_factory.mktemp("data-cache")
-    prepare(DataConfig(source="builtin", cache_dir=str(cache), shard_sequences=1024), SMOKE_VOCAB, 128, show_progress=False)
+    prepare(
+        DataConfig(source="builtin", cache_dir=str(cache), shard_sequences=1024), SMOKE_VOCAB, 128, show_progress=False
+    )
     return cache
 
 
 def smoke_config(cache, block: str, seconds: float, *overrides: str, name: str | None = None):
     """The smoke budget, shortened to `seconds`, reading the session's prepared data."""
-    from cramming_simple.train.config import load_pretrain_config
+    from cramming_simple.train.config import PretrainConfig
 
-    return load_pretrain_config(
+    return PretrainConfig.from_budget(
         "smoke", block, [f"hours={seconds / 3600}", f"data.cache_dir={cache}", "impl.device=cpu", *overrides], name=name
     )
+
+
+def pretrain_args(cache, runs: Path, *extra: str, block: str = "preln") -> list[str]:
+    """The command line of a smoke-budget pretraining run on CPU, reading the session's prepared data."""
+    return [
+        "pretrain",
+        "--block",
+        block,
+        "--budget",
+        "smoke",
+        "--runs-dir",
+        str(runs),
+        f"data.cache_dir={cache}",
+        "impl.device=cpu",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +101,11 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+def hold_lock(path: Path, purpose: str) -> subprocess.Popen:
+    """Another process that takes the lock at `path` and holds it until killed; returns once it holds it."""
+    script = Path(__file__).parent / "scripts" / "hold_lock.py"
+    holder = subprocess.Popen([sys.executable, str(script), str(path), purpose], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -8,10 +8,19 @@ import shutil
 import pytest
 import torch
 
-from cramming_simple.bench import Contender, block_contender, hf_config, hf_contender, make_batch, peak_tflops, render, result_row
+from cramming_simple.bench import (
+    Contender,
+    block_contender,
+    hf_config,
+    hf_contender,
+    make_batch,
+    peak_tflops,
+    render,
+    result_row,
+)
 from cramming_simple.cli import main
-from cramming_simple.model import BLOCKS, IGNORE, MaskedLM, arch_config, count_params, param_groups, set_fused
-from cramming_simple.optim import make_optimizer
+from cramming_simple.model import BLOCKS, IGNORE, MaskedLM, arch_config, count_params, set_fused
+from cramming_simple.optim import make_optimizer, param_groups
 from cramming_simple.runtime import compile_model
 
 TINY = arch_config("tiny", vocab_size=512)
@@ -41,8 +50,28 @@ def mlm_batch(B=3, T=16, M=4, seed=0):
 
 def test_bench_runs_end_to_end_and_writes_its_reports(tmp_path, capsys):
     out = tmp_path / "bench"
-    code = main(["bench", "--arch", "tiny", "--blocks", "sasp,parallel", "--batch", "2", "--steps", "2", "--warmup", "1",
-                 "--device", "cpu", "--peer", "hf", "--json", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--arch",
+            "tiny",
+            "--blocks",
+            "sasp,parallel",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--peer",
+            "hf",
+            "--json",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads((out / "bench.json").read_text())
@@ -62,7 +91,16 @@ def test_bench_runs_end_to_end_and_writes_its_reports(tmp_path, capsys):
     assert rows["sasp"]["flops_per_step"] < rows["preln"]["flops_per_step"] < rows["hf-bert"]["flops_per_step"]
     assert result["settings"]["batch"] == 2 and result["settings"]["masked"] == 32 and result["device_type"] == "cpu"
     md = (out / "bench.md").read_text()
-    for text in ("| block |", "Pre-LN", "SAS-P", "Parallel", "Hugging Face BERT", "FLOPs per step", "batch 2 x 128", "torch"):
+    for text in (
+        "| block |",
+        "Pre-LN",
+        "SAS-P",
+        "Parallel",
+        "Hugging Face BERT",
+        "FLOPs per step",
+        "batch 2 x 128",
+        "torch",
+    ):
         assert text in md, text
 
 
@@ -119,7 +157,10 @@ def test_hf_peer_has_our_parameter_count():
     # FFN sized to our GLU exactly (weights); the rest differs only by BERT's biases, learned positions,
     # token types and MLM transform.
     layer = hf.bert.encoder.layer[0]
-    assert layer.intermediate.dense.weight.numel() + layer.output.dense.weight.numel() == ours.encoder.layers[0].mlp.up.weight.numel() + ours.encoder.layers[0].mlp.down.weight.numel()
+    assert (
+        layer.intermediate.dense.weight.numel() + layer.output.dense.weight.numel()
+        == ours.encoder.layers[0].mlp.up.weight.numel() + ours.encoder.layers[0].mlp.down.weight.numel()
+    )
     n_hf, n_ours = sum(p.numel() for p in hf.parameters()), count_params(ours)["params"]
     assert abs(n_hf - n_ours) / n_ours < 0.01, (n_hf, n_ours)
 
@@ -127,14 +168,41 @@ def test_hf_peer_has_our_parameter_count():
 def test_gpu_report_shows_mfu():
     """The CUDA rendering path, without a GPU: MFU = achieved TFLOP/s over the device's peak."""
     model = torch.nn.Linear(4, 4)
-    c = Contender("preln", "Pre-LN", model, lambda m: m.weight.sum(), torch.optim.SGD(model.parameters(), lr=0.1), flops=989e12 * 0.05)
+    c = Contender(
+        "preln",
+        "Pre-LN",
+        model,
+        lambda m: m.weight.sum(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        flops=989e12 * 0.05,
+    )
     c.times, c.peak_bytes = [0.1, 0.1, 0.1], 2**30
     row = result_row(c, tokens_per_step=128 * 128, peak=989.0, paper={"preln": 1.0})
     assert row["tflops"] == pytest.approx(494.5) and row["mfu"] == pytest.approx(0.5) and row["peak_mem_mb"] == 1024
     row["ratio_vs_preln"] = 1.0
-    settings = {"arch": "crammed-bert", "batch": 128, "seq_len": 128, "masked": 32, "steps": 3, "warmup": 1, "compile": True, "precision": "bfloat16", "threads": 16}
-    md = render({"rows": [row], "device": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "date": "today", "settings": settings,
-                 "environment": {"torch": "2.x"}, "peak_mem_method": "cuda", "notes": []})
+    settings = {
+        "arch": "crammed-bert",
+        "batch": 128,
+        "seq_len": 128,
+        "masked": 32,
+        "steps": 3,
+        "warmup": 1,
+        "compile": True,
+        "precision": "bfloat16",
+        "threads": 16,
+    }
+    md = render(
+        {
+            "rows": [row],
+            "device": "NVIDIA H100 80GB HBM3",
+            "device_type": "cuda",
+            "date": "today",
+            "settings": settings,
+            "environment": {"torch": "2.x"},
+            "peak_mem_method": "cuda",
+            "notes": [],
+        }
+    )
     assert "| MFU |" in md and "| 50.0% |" in md and "494" in md
 
 
@@ -237,8 +305,25 @@ def test_compiled_model_equals_eager_on_cpu():
 
 def test_bench_data_times_the_data_path_against_the_training_step(smoke_cache, tmp_path, capsys):
     out = tmp_path / "bench"
-    code = main(["bench", "--data", "--budget", "smoke", f"data.cache_dir={smoke_cache}", "train.microbatch=8",
-                 "--device", "cpu", "--steps", "2", "--warmup", "0", "--json", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--data",
+            "--budget",
+            "smoke",
+            f"data.cache_dir={smoke_cache}",
+            "train.microbatch=8",
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads((out / "bench_data.json").read_text()) and (out / "bench_data.md").exists()

@@ -16,7 +16,7 @@ def test_params_json_counts_every_block(capsys):
     assert main(["params", "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)
     assert list(counts) == list(BLOCKS)
-    for block, c in counts.items():
+    for c in counts.values():
         assert set(c) == {"params", "non_embedding"} and c["params"] - c["non_embedding"] == 32768 * 768 + 1 + 2 * 768
     assert abs(counts["preln"]["params"] - 120e6) < 0.5e6 and abs(counts["sasp"]["params"] - 101e6) < 0.5e6
 
@@ -35,5 +35,9 @@ def test_every_subcommand_has_help(command, capsys):
 
 
 def test_python_dash_m_entry_point_and_user_errors_exit_2():
-    out = subprocess.run([sys.executable, "-m", "cramming_simple", "pretrain", "--block", "nope", "--budget", "smoke"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "cramming_simple", "pretrain", "--block", "nope", "--budget", "smoke"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "Valid blocks" in out.stderr and "Traceback" not in out.stderr

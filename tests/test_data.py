@@ -12,14 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SMOKE_VOCAB, generic_text
 
 from cramming_simple.config import ConfigError
-from cramming_simple.data import DataConfig, DataError, MicrobatchStream, MLMCollator, PackedData, load_tokenizer, permute, prepare, train_wordpiece
-from cramming_simple.data.sources import document_batches
+from cramming_simple.data import (
+    DataConfig,
+    DataError,
+    MicrobatchStream,
+    MLMCollator,
+    PackedData,
+    load_tokenizer,
+    permute,
+    prepare,
+    train_wordpiece,
+)
 from cramming_simple.data.corpus import builtin_documents, docstrings, stdlib_files
+from cramming_simple.data.sources import document_batches
 from cramming_simple.model import IGNORE
-
-from conftest import SMOKE_VOCAB, generic_text
 
 SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask in our trained tokenizers
 
@@ -46,7 +55,9 @@ def test_tokenizer_round_trip_and_special_ids(smoke_cache):
     decoded = tok.decode(ids)
     assert decoded.replace(" ", "") == text.lower().replace(" ", "")  # lowercased, nothing lost
     assert tok(decoded, add_special_tokens=False)["input_ids"] == ids
-    assert tok("Émile", add_special_tokens=False)["input_ids"] == tok("emile", add_special_tokens=False)["input_ids"]  # accents stripped
+    assert (
+        tok("Émile", add_special_tokens=False)["input_ids"] == tok("emile", add_special_tokens=False)["input_ids"]
+    )  # accents stripped
     pair = tok("first one", "second")["input_ids"]
     assert pair[0] == tok.cls_token_id and pair.count(tok.sep_token_id) == 2 and pair[-1] == tok.sep_token_id
 
@@ -62,7 +73,12 @@ def write_text_corpus(folder: Path, docs: list[str]) -> str:
 
 def test_packing_loses_only_the_final_remainder(tmp_path):
     docs = generic_text(300, seed=3)
-    cfg = DataConfig(source="text", files=[write_text_corpus(tmp_path / "txt", docs)], cache_dir=str(tmp_path / "cache"), shard_sequences=16)
+    cfg = DataConfig(
+        source="text",
+        files=[write_text_corpus(tmp_path / "txt", docs)],
+        cache_dir=str(tmp_path / "cache"),
+        shard_sequences=16,
+    )
     prepared = prepare(cfg, vocab_size=300, seq_len=32, show_progress=False)
     m = prepared.manifest
     tok = load_tokenizer(prepared.tokenizer_dir)
@@ -80,7 +96,9 @@ def test_packing_loses_only_the_final_remainder(tmp_path):
 
 def test_a_second_preparation_reuses_the_shards(tmp_path, monkeypatch):
     docs = generic_text(200, seed=4)
-    cfg = DataConfig(source="text", files=[write_text_corpus(tmp_path / "txt", docs)], cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        source="text", files=[write_text_corpus(tmp_path / "txt", docs)], cache_dir=str(tmp_path / "cache")
+    )
     first = prepare(cfg, 300, 32, show_progress=False)
     stamps = {p.name: p.stat().st_mtime_ns for p in first.path.iterdir()}
 
@@ -126,7 +144,13 @@ def test_hub_pretokenized_source_reads_packed_rows_and_its_tokenizer(tmp_path):
     rng = np.random.default_rng(0)
     rows = rng.integers(5, len(tok), size=(40, 32))
     pd.DataFrame({"input_ids": list(rows)}).to_parquet(repo / "data" / "train-00000-of-00001.parquet")
-    cfg = DataConfig(source="hub-pretokenized", name=str(repo), column="input_ids", cache_dir=str(tmp_path / "cache"), max_sequences=30)
+    cfg = DataConfig(
+        source="hub-pretokenized",
+        name=str(repo),
+        column="input_ids",
+        cache_dir=str(tmp_path / "cache"),
+        max_sequences=30,
+    )
     prepared = prepare(cfg, vocab_size=512, seq_len=32, show_progress=False)
     data = PackedData(prepared.path)
     assert len(data) == 30
@@ -135,15 +159,33 @@ def test_hub_pretokenized_source_reads_packed_rows_and_its_tokenizer(tmp_path):
     with pytest.raises(DataError, match="seq_len"):  # rows that are not packed at this length are refused
         prepare(cfg, vocab_size=512, seq_len=16, show_progress=False)
     with pytest.raises(ConfigError, match="vocabulary"):  # a tokenizer larger than the model's vocabulary
-        prepare(DataConfig(source="hub-pretokenized", name=str(repo), column="input_ids", cache_dir=str(tmp_path / "c2")), 100, 32, show_progress=False)
+        prepare(
+            DataConfig(source="hub-pretokenized", name=str(repo), column="input_ids", cache_dir=str(tmp_path / "c2")),
+            100,
+            32,
+            show_progress=False,
+        )
 
 
 def test_unreachable_hub_fails_fast_naming_the_offline_alternatives(tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
     start = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "cramming_simple", "data", "--budget", "smoke", "data.source=hub", "data.name=someone/not-here", f"data.cache_dir={tmp_path}"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "cramming_simple",
+            "data",
+            "--budget",
+            "smoke",
+            "data.source=hub",
+            "data.name=someone/not-here",
+            f"data.cache_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert out.returncode == 2, out.stderr
     assert time.monotonic() - start < 60
@@ -157,7 +199,12 @@ def test_missing_local_files_fail_before_anything_else(tmp_path):
 
 
 def test_corrupted_shard_is_detected(tmp_path):
-    cfg = DataConfig(source="text", files=[write_text_corpus(tmp_path / "txt", generic_text(200, seed=7))], cache_dir=str(tmp_path / "cache"), shard_sequences=8)
+    cfg = DataConfig(
+        source="text",
+        files=[write_text_corpus(tmp_path / "txt", generic_text(200, seed=7))],
+        cache_dir=str(tmp_path / "cache"),
+        shard_sequences=8,
+    )
     prepared = prepare(cfg, 300, 32, show_progress=False)
     PackedData(prepared.path)  # intact: opens
     shard = prepared.path / prepared.manifest["shards"][1]["file"]
@@ -208,7 +255,11 @@ def test_collator_split_is_80_10_10_over_many_draws():
     masked = (picked == 4).float().sum() / n
     kept = (picked == labels).float().sum() / n
     random_ = 1 - masked - kept
-    assert masked == pytest.approx(0.8, abs=0.01) and kept == pytest.approx(0.1 + 0.1 / 995, abs=0.01) and random_ == pytest.approx(0.1, abs=0.01)
+    assert (
+        masked == pytest.approx(0.8, abs=0.01)
+        and kept == pytest.approx(0.1 + 0.1 / 995, abs=0.01)
+        and random_ == pytest.approx(0.1, abs=0.01)
+    )
     assert not np.isin(picked.numpy(), SPECIALS[:4]).any()  # random replacements are ordinary tokens
 
 

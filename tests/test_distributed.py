@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import alive, children
+from conftest import alive, children, pretrain_args
 from safetensors.torch import load_file
 
 from cramming_simple.model import MaskedLM, arch_config
@@ -25,10 +25,6 @@ def torchrun(*args: str, **kwargs) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
 
 
-def pretrain_args(cache, runs: Path, *extra: str, block: str = "preln") -> list[str]:
-    return ["pretrain", "--block", block, "--budget", "smoke", "--runs-dir", str(runs), f"data.cache_dir={cache}", "impl.device=cpu", *extra]
-
-
 def check(cmd: list[str], timeout: float = 240) -> str:
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -40,8 +36,17 @@ def test_two_gloo_processes_take_the_same_step_as_one_process_with_the_global_ba
     # With eps = 1e-12, Adam's first update is lr * sign(g): float noise in near-zero gradients (summed in
     # another order across ranks) would flip whole steps. A larger eps makes the update continuous in g.
     common = ["hours=1000", "train.max_steps=1", "impl.log_seconds=1000", "train.eps=1e-4"]
-    check(torchrun("-m", "cramming_simple", *pretrain_args(smoke_cache, tmp_path / "two", *common, "train.microbatch=4")))
-    check([sys.executable, "-m", "cramming_simple", *pretrain_args(smoke_cache, tmp_path / "one", *common, "train.microbatch=8")])
+    check(
+        torchrun("-m", "cramming_simple", *pretrain_args(smoke_cache, tmp_path / "two", *common, "train.microbatch=4"))
+    )
+    check(
+        [
+            sys.executable,
+            "-m",
+            "cramming_simple",
+            *pretrain_args(smoke_cache, tmp_path / "one", *common, "train.microbatch=8"),
+        ]
+    )
     two = load_file(str(tmp_path / "two" / "preln-smoke" / "model" / "model.safetensors"))
     one = load_file(str(tmp_path / "one" / "preln-smoke" / "model" / "model.safetensors"))
     summaries = [json.loads((tmp_path / d / "preln-smoke" / "summary.json").read_text()) for d in ("two", "one")]
@@ -66,9 +71,18 @@ def test_a_slowed_rank_stops_at_the_same_microbatch_step(smoke_cache, tmp_path):
 
 def test_a_killed_distributed_run_resumes_from_its_checkpoint(smoke_cache, tmp_path):
     runs = tmp_path / "runs"
-    args = pretrain_args(smoke_cache, runs, "hours=0.006", "impl.checkpoint_minutes=0.05", "impl.log_seconds=0.5", block="sas")
+    args = pretrain_args(
+        smoke_cache, runs, "hours=0.006", "impl.checkpoint_minutes=0.05", "impl.log_seconds=0.5", block="sas"
+    )
     run = runs / "sas-smoke"
-    proc = subprocess.Popen(torchrun("-m", "cramming_simple", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    proc = subprocess.Popen(
+        torchrun("-m", "cramming_simple", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while not (run / "checkpoint.pt").exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -92,7 +106,9 @@ def test_a_killed_distributed_run_resumes_from_its_checkpoint(smoke_cache, tmp_p
 
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_usable(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "slow_checkpoint.py"), str(path)], stdout=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "slow_checkpoint.py"), str(path)], stdout=subprocess.PIPE, text=True, env=ENV
+    )
     assert proc.stdout.readline().strip() == "writing"  # B is half written
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -108,7 +124,9 @@ def test_ranks_whose_launcher_is_killed_checkpoint_and_exit(smoke_cache, tmp_pat
     runs = tmp_path / "runs"
     args = pretrain_args(smoke_cache, runs, "hours=0.006", "impl.log_seconds=0.5", block="preln")
     run = runs / "preln-smoke"
-    proc = subprocess.Popen(torchrun("-m", "cramming_simple", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.Popen(
+        torchrun("-m", "cramming_simple", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+    )
     deadline = time.monotonic() + 180
     while not (run / "metrics.jsonl").exists():
         assert proc.poll() is None, proc.stdout.read()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import hold_lock, pretrain_args, smoke_config
 from test_pretrain import metrics, run_cli, wait_for
 
 from cramming_simple.data.tokenizer import load_tokenizer
@@ -28,11 +28,9 @@ from cramming_simple.train.loop import pretrain
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "cramming_simple", *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def pretrain_args(cache, runs: Path, block: str, *extra: str) -> list[str]:
-    return ["pretrain", "--block", block, "--budget", "smoke", "--runs-dir", str(runs), f"data.cache_dir={cache}", "impl.device=cpu", *extra]
+    return subprocess.run(
+        [sys.executable, "-m", "cramming_simple", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -43,7 +41,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def test_a_second_pretrain_on_a_busy_folder_exits_2_naming_the_holder(smoke_cache, tmp_path):
-    args = pretrain_args(smoke_cache, tmp_path, "preln", "hours=1", "impl.log_seconds=0.3")
+    args = pretrain_args(smoke_cache, tmp_path, "hours=1", "impl.log_seconds=0.3")
     run = tmp_path / "preln-smoke"
     first = run_cli(args)
     wait_for(run / "metrics.jsonl", first)
@@ -66,11 +64,7 @@ def test_a_second_pretrain_on_a_busy_folder_exits_2_naming_the_holder(smoke_cach
 
 def test_a_lock_names_its_holder_and_is_free_once_the_holder_dies(tmp_path):
     path = tmp_path / "folder" / ".lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from cramming_simple.runtime import FileLock; FileLock({str(path)!r}, 'x', 'test holder').acquire(); print('held', flush=True); import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold_lock(path, "test holder")
     with pytest.raises(LockedError, match=f"in use by PID {holder.pid} \\(test holder\\)"):
         FileLock(path, "the folder", "me").acquire()
     holder.send_signal(signal.SIGKILL)  # no cleanup runs: the kernel drops the lock
@@ -95,7 +89,9 @@ def damage(path: Path, how: str) -> None:
 def preempted(smoke_cache, tmp_path_factory):
     """A run stopped by SIGTERM after at least two checkpoints: checkpoint.pt and checkpoint.prev.pt both exist."""
     runs = tmp_path_factory.mktemp("preempted")
-    args = pretrain_args(smoke_cache, runs, "sas", "hours=1", "impl.checkpoint_minutes=0.01", "impl.log_seconds=0.3")
+    args = pretrain_args(
+        smoke_cache, runs, "hours=1", "impl.checkpoint_minutes=0.01", "impl.log_seconds=0.3", block="sas"
+    )
     proc = run_cli(args)
     wait_for(runs / "sas-smoke" / "checkpoint.prev.pt", proc)
     proc.send_signal(signal.SIGTERM)
@@ -199,7 +195,9 @@ def test_atomic_write_on_a_full_disk_removes_its_temporary_file_and_keeps_the_ol
     with pytest.raises(DiskFullError, match=r"disk full writing .*checkpoint.pt: it needs about 12.0 MB") as err:
         atomic_write(path, write, size_hint=12 * 2**20)
     assert err.value.exit_code == 5
-    assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt"
+    ]
 
 
 def test_a_full_disk_is_recognised_however_the_library_reports_it():
@@ -211,8 +209,12 @@ def test_a_full_disk_is_recognised_however_the_library_reports_it():
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
     except RuntimeError as err:
         assert is_disk_full(err)
-    assert is_disk_full(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))  # safetensors
-    assert not is_disk_full(RuntimeError("unexpected pos 704 vs 598")) and not is_disk_full(OSError(errno.EACCES, "denied"))
+    assert is_disk_full(
+        Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    )  # safetensors
+    assert not is_disk_full(RuntimeError("unexpected pos 704 vs 598")) and not is_disk_full(
+        OSError(errno.EACCES, "denied")
+    )
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
@@ -228,7 +230,9 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount
@@ -248,7 +252,7 @@ def fill(disk: Path, leave: int) -> None:
 
 
 def test_a_full_disk_while_checkpointing_exits_5_and_keeps_the_previous_checkpoint(smoke_cache, small_disk):
-    args = pretrain_args(smoke_cache, small_disk, "preln", "hours=1", "impl.checkpoint_minutes=0.02", "impl.log_seconds=0.3")
+    args = pretrain_args(smoke_cache, small_disk, "hours=1", "impl.checkpoint_minutes=0.02", "impl.log_seconds=0.3")
     run = small_disk / "preln-smoke"
     proc = run_cli(args)
     wait_for(run / "checkpoint.pt", proc)
@@ -286,7 +290,12 @@ def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path):
     debug = cli("glue", str(tmp_path / "nowhere"), "--protocol", "smoke", "--tasks", "rte", "--debug")
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "no model at" in debug.stderr.splitlines()[-1]
     env = {**os.environ, "CRAMMING_SIMPLE_DEBUG": "1"}
-    via_env = subprocess.run([sys.executable, "-m", "cramming_simple", "params", "--arch", "tiny", "--json"], capture_output=True, text=True, env=env)
+    via_env = subprocess.run(
+        [sys.executable, "-m", "cramming_simple", "params", "--arch", "tiny", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert via_env.returncode == 0 and json.loads(via_env.stdout)
     help_text = cli("pretrain", "--help").stdout
     assert "exit codes:" in help_text and "5    disk full" in help_text and "--debug" in help_text
@@ -295,7 +304,11 @@ def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path):
 def test_torch_checkpoint_size_hint_is_close_to_the_file(tmp_path):
     from cramming_simple.train.checkpoint import save_checkpoint, state_bytes
 
-    state = {"model": {"w": torch.zeros(256, 256)}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(256, 256)}}}, "rng": [1, 2]}
+    state = {
+        "model": {"w": torch.zeros(256, 256)},
+        "optimizer": {"state": {0: {"exp_avg": torch.zeros(256, 256)}}},
+        "rng": [1, 2],
+    }
     save_checkpoint(tmp_path / "c.pt", state)
     size = (tmp_path / "c.pt").stat().st_size
     assert 0.9 * size <= state_bytes(state) <= size

@@ -15,22 +15,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import alive, children
+from conftest import alive, children, hold_lock
 
 from cramming_simple.cli import main
-from cramming_simple.config import REPO_ROOT, ConfigError, load_yaml, merge_typed
+from cramming_simple.config import ConfigError, merge_typed
 from cramming_simple.data.tokenizer import load_tokenizer
-from cramming_simple.glue import command, data, finetune
-from cramming_simple.glue.config import Protocol, TaskTable, load_protocol, load_tasks
+from cramming_simple.glue import data, finetune
+from cramming_simple.glue.config import Protocol, load_protocol
 from cramming_simple.glue.metrics import compute
-from cramming_simple.glue.score import TASKS
+from cramming_simple.glue.tasks import TASKS, TaskTable, load_tasks
 from cramming_simple.model import MaskedLM, arch_config, save_model
+from cramming_simple.presets import shipped
 
 # ----------------------------------------------------------------------------------------------- fixture data
 
 HUB_COLUMNS = {  # the hub's (nyu-mll/glue) text columns
-    "cola": ["sentence"], "sst2": ["sentence"], "mrpc": ["sentence1", "sentence2"], "stsb": ["sentence1", "sentence2"],
-    "qqp": ["question1", "question2"], "mnli": ["premise", "hypothesis"], "qnli": ["question", "sentence"], "rte": ["sentence1", "sentence2"],
+    "cola": ["sentence"],
+    "sst2": ["sentence"],
+    "mrpc": ["sentence1", "sentence2"],
+    "stsb": ["sentence1", "sentence2"],
+    "qqp": ["question1", "question2"],
+    "mnli": ["premise", "hypothesis"],
+    "qnli": ["question", "sentence"],
+    "rte": ["sentence1", "sentence2"],
 }
 NLI = ["entailment", "neutral", "contradiction"]  # the hub's label ids 0, 1, 2
 QNLI_RTE = ["entailment", "not_entailment"]
@@ -42,7 +49,9 @@ def sentiment_words(tokenizer) -> tuple[list[str], list[str], list[str]]:
     return vocab[:4], vocab[4:8], vocab[8:40]
 
 
-def make_glue(n_train: dict[str, int], n_eval: int, words: tuple[list[str], list[str], list[str]], seed: int = 0) -> dict[str, dict[str, pd.DataFrame]]:
+def make_glue(
+    n_train: dict[str, int], n_eval: int, words: tuple[list[str], list[str], list[str]], seed: int = 0
+) -> dict[str, dict[str, pd.DataFrame]]:
     """Every GLUE task as hub-schema frames. SST-2's label is whether its one sentiment word is positive (learnable);
     the other tasks have random labels. QQP and MNLI texts carry stray double quotes, as the real files do."""
     rng = random.Random(seed)
@@ -77,7 +86,10 @@ def make_glue(n_train: dict[str, int], n_eval: int, words: tuple[list[str], list
     out = {}
     for task in TASKS:
         splits = ["validation_matched", "validation_mismatched"] if task == "mnli" else ["validation"]
-        out[task] = {"train": task_frame(task, n_train.get(task, n_train["default"])), **{s: task_frame(task, n_eval) for s in splits}}
+        out[task] = {
+            "train": task_frame(task, n_train.get(task, n_train["default"])),
+            **{s: task_frame(task, n_eval) for s in splits},
+        }
     return out
 
 
@@ -98,9 +110,16 @@ def write_tsv(glue: dict, root: Path) -> Path:
     def write(path: Path, header: list[str] | None, rows: list[list]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = ([header] if header else []) + rows
-        path.write_text("".join("\t".join(map(str, line)) + "\n" for line in lines), encoding="utf-8")  # raw: no quoting at all
+        path.write_text(
+            "".join("\t".join(map(str, line)) + "\n" for line in lines), encoding="utf-8"
+        )  # raw: no quoting at all
 
-    files = {"train": "train.tsv", "validation": "dev.tsv", "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"}
+    files = {
+        "train": "train.tsv",
+        "validation": "dev.tsv",
+        "validation_matched": "dev_matched.tsv",
+        "validation_mismatched": "dev_mismatched.tsv",
+    }
     for task, splits in glue.items():
         for split, f in splits.items():
             r = list(f.itertuples(index=False))
@@ -110,19 +129,93 @@ def write_tsv(glue: dict, root: Path) -> Path:
             elif task == "sst2":
                 write(root / "SST-2" / name, ["sentence", "label"], [[x.sentence, x.label] for x in r])
             elif task == "mrpc":
-                write(root / "MRPC" / name, ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], [[x.label, 2 * x.idx, 2 * x.idx + 1, x.sentence1, x.sentence2] for x in r])
+                write(
+                    root / "MRPC" / name,
+                    ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+                    [[x.label, 2 * x.idx, 2 * x.idx + 1, x.sentence1, x.sentence2] for x in r],
+                )
             elif task == "stsb":
-                head = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
-                write(root / "STS-B" / name, head, [[x.idx, "main-news", "f", "2012", x.idx, "none", "none", x.sentence1, x.sentence2, f"{x.label:.3f}"] for x in r])
+                head = [
+                    "index",
+                    "genre",
+                    "filename",
+                    "year",
+                    "old_index",
+                    "source1",
+                    "source2",
+                    "sentence1",
+                    "sentence2",
+                    "score",
+                ]
+                write(
+                    root / "STS-B" / name,
+                    head,
+                    [
+                        [
+                            x.idx,
+                            "main-news",
+                            "f",
+                            "2012",
+                            x.idx,
+                            "none",
+                            "none",
+                            x.sentence1,
+                            x.sentence2,
+                            f"{x.label:.3f}",
+                        ]
+                        for x in r
+                    ],
+                )
             elif task == "qqp":
-                write(root / "QQP" / name, ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], [[x.idx, 1, 2, x.question1, x.question2, x.label] for x in r])
+                write(
+                    root / "QQP" / name,
+                    ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+                    [[x.idx, 1, 2, x.question1, x.question2, x.label] for x in r],
+                )
             elif task == "mnli":  # train has one annotator label column, dev five, then gold_label
                 labels = ["label1"] if split == "train" else [f"label{k}" for k in range(1, 6)]
-                head = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", *labels, "gold_label"]
-                write(root / "MNLI" / name, head, [[x.idx, 1, "1e", "fiction", "( a )", "( b )", "(ROOT a)", "(ROOT b)", x.premise, x.hypothesis, *[NLI[x.label]] * len(labels), NLI[x.label]] for x in r])
+                head = [
+                    "index",
+                    "promptID",
+                    "pairID",
+                    "genre",
+                    "sentence1_binary_parse",
+                    "sentence2_binary_parse",
+                    "sentence1_parse",
+                    "sentence2_parse",
+                    "sentence1",
+                    "sentence2",
+                    *labels,
+                    "gold_label",
+                ]
+                write(
+                    root / "MNLI" / name,
+                    head,
+                    [
+                        [
+                            x.idx,
+                            1,
+                            "1e",
+                            "fiction",
+                            "( a )",
+                            "( b )",
+                            "(ROOT a)",
+                            "(ROOT b)",
+                            x.premise,
+                            x.hypothesis,
+                            *[NLI[x.label]] * len(labels),
+                            NLI[x.label],
+                        ]
+                        for x in r
+                    ],
+                )
             else:  # qnli, rte: labels as words
                 cols = HUB_COLUMNS[task]
-                write(root / task.upper() / name, ["index", *cols, "label"], [[x.idx, getattr(x, cols[0]), getattr(x, cols[1]), QNLI_RTE[x.label]] for x in r])
+                write(
+                    root / task.upper() / name,
+                    ["index", *cols, "label"],
+                    [[x.idx, getattr(x, cols[0]), getattr(x, cols[1]), QNLI_RTE[x.label]] for x in r],
+                )
     return root
 
 
@@ -159,7 +252,10 @@ FAST = ["epochs=2", "max_train_examples=96"]  # sst2: 96 examples -> 12 steps; t
 
 
 def results(run: Path) -> dict[tuple[str, int], dict]:
-    return {(r["task"], r["seed"]): r for r in (pd.read_json(p, typ="series").to_dict() for p in sorted(run.glob("glue/*/seed*.json")))}
+    return {
+        (r["task"], r["seed"]): r
+        for r in (pd.read_json(p, typ="series").to_dict() for p in sorted(run.glob("glue/*/seed*.json")))
+    }
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -171,13 +267,26 @@ def test_every_shipped_yaml_parses_and_validates():
     assert table.tasks["mnli"].splits == ["validation_matched", "validation_mismatched"]
     assert table.tasks["mnli"].tsv.label_map == {"entailment": 0, "neutral": 1, "contradiction": 2}
     assert table.tasks["stsb"].regression and table.tasks["stsb"].num_labels == 1
-    presets = sorted(p.stem for p in (REPO_ROOT / "glue").glob("*.yaml") if p.stem != "tasks")
+    presets = sorted(p.stem for p in shipped("glue").glob("*.yaml") if p.stem != "tasks")
     assert presets == ["cramming", "paper", "smoke"]
     loaded = {name: load_protocol(name)[1] for name in presets}
     paper = loaded["paper"]
     assert paper == Protocol()  # the dataclass defaults are the paper's protocol, so partial presets inherit it
-    assert (paper.epochs, paper.batch_size, paper.lr, paper.betas, paper.eps, paper.weight_decay) == (5, 32, 1.5e-4, (0.9, 0.98), 1e-6, 0.0)
-    assert (paper.schedule, paper.warmup, paper.max_length, paper.dropout, paper.seeds) == ("cosine", 0.1, 128, 0.1, [1, 2, 3])
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.betas, paper.eps, paper.weight_decay) == (
+        5,
+        32,
+        1.5e-4,
+        (0.9, 0.98),
+        1e-6,
+        0.0,
+    )
+    assert (paper.schedule, paper.warmup, paper.max_length, paper.dropout, paper.seeds) == (
+        "cosine",
+        0.1,
+        128,
+        0.1,
+        [1, 2, 3],
+    )
     cramming = loaded["cramming"]
     assert (cramming.batch_size, cramming.lr) == (16, 4e-5) and cramming.epochs == 5 and cramming.betas == paper.betas
     smoke = loaded["smoke"]
@@ -232,14 +341,21 @@ def test_hub_parquet_and_tsv_layouts_load_the_same_examples(tmp_path, monkeypatc
     qqp = data.load_task(tsv, "qqp", table.tasks["qqp"])["train"]
     assert qqp.texts[0][0].startswith('"') and qqp.texts[1][0].endswith('12" long')
     assert (tmp_path / "tsv/CoLA/train.tsv").read_text().startswith("gj04\t")
-    assert "\tcontradiction\n" in (tmp_path / "tsv/MNLI/dev_mismatched.tsv").read_text() or "\tneutral\n" in (tmp_path / "tsv/MNLI/dev_mismatched.tsv").read_text()
+    assert (
+        "\tcontradiction\n" in (tmp_path / "tsv/MNLI/dev_mismatched.tsv").read_text()
+        or "\tneutral\n" in (tmp_path / "tsv/MNLI/dev_mismatched.tsv").read_text()
+    )
 
 
 def test_batches_pad_to_the_longest_in_the_batch_only():
     ids = [[2, 7, 3], [2, 8, 9, 10, 3], [2, 3]]
     enc = data.Encoded(ids, np.array([0, 1, 0]), torch.device("cpu"))
     (x, mask, y), (x2, mask2, y2) = enc.batches(np.array([2, 0, 1]), 2)
-    assert x.tolist() == [[2, 3, 0], [2, 7, 3]] and mask.tolist() == [[True, True, False], [True, True, True]] and y.tolist() == [0, 0]
+    assert (
+        x.tolist() == [[2, 3, 0], [2, 7, 3]]
+        and mask.tolist() == [[True, True, False], [True, True, True]]
+        and y.tolist() == [0, 0]
+    )
     assert x2.tolist() == [[2, 8, 9, 10, 3]] and mask2.all() and y2.tolist() == [1]
 
 
@@ -318,8 +434,20 @@ def two_tasks(pretrained_run, glue_dir, tmp_path_factory):
 def test_result_files_have_the_documented_format(two_tasks):
     got = results(two_tasks)
     assert set(got) == {("sst2", 1), ("rte", 1)}
-    for (task, seed), r in got.items():
-        assert {"task", "seed", "protocol", "protocol_hash", "status", "reason", "metrics", "epochs", "train_time_s", "eval_time_s", "examples"} <= set(r)
+    for r in got.values():
+        assert {
+            "task",
+            "seed",
+            "protocol",
+            "protocol_hash",
+            "status",
+            "reason",
+            "metrics",
+            "epochs",
+            "train_time_s",
+            "eval_time_s",
+            "examples",
+        } <= set(r)
         assert r["protocol"] == "smoke" and r["status"] == "ok" and r["reason"] is None
         assert list(r["metrics"]) == ["validation"] and 0 <= r["metrics"]["validation"]["accuracy"] <= 1
         assert [e["epoch"] for e in r["epochs"]] == [1, 2] and all(math.isfinite(e["train_loss"]) for e in r["epochs"])
@@ -343,11 +471,17 @@ def test_gpus_2_on_cpu_writes_the_same_results(two_tasks, pretrained_run, glue_d
     assert run_glue(run, glue_dir, "--tasks", "rte,sst2", "--gpus", "2", *FAST) == 0
     multi, single = results(run), results(two_tasks)
     assert set(multi) == set(single)
-    assert sorted(p.relative_to(run) for p in run.glob("glue/**/*.json")) == sorted(p.relative_to(two_tasks) for p in two_tasks.glob("glue/**/*.json"))
+    assert sorted(p.relative_to(run) for p in run.glob("glue/**/*.json")) == sorted(
+        p.relative_to(two_tasks) for p in two_tasks.glob("glue/**/*.json")
+    )
     for key in single:
         assert set(multi[key]) == set(single[key])
-        assert multi[key]["protocol_hash"] == single[key]["protocol_hash"] and multi[key]["steps"] == single[key]["steps"]
-        assert multi[key]["epochs"][-1]["train_loss"] == pytest.approx(single[key]["epochs"][-1]["train_loss"], rel=1e-4)
+        assert (
+            multi[key]["protocol_hash"] == single[key]["protocol_hash"] and multi[key]["steps"] == single[key]["steps"]
+        )
+        assert multi[key]["epochs"][-1]["train_loss"] == pytest.approx(
+            single[key]["epochs"][-1]["train_loss"], rel=1e-4
+        )
     assert sorted(p.name for p in (run / "glue/logs").iterdir()) == ["worker0.log", "worker1.log"]
 
 
@@ -355,7 +489,20 @@ def test_rerun_skips_done_seeds_and_force_redoes_them(pretrained_run, glue_dir, 
     runs = tmp_path / "runs"
     run = copy_run(pretrained_run, runs)
     (run / "summary.json").write_text('{"block": "preln"}')
-    args = ["glue", "--block", "preln", "--runs-dir", str(runs), "--data-dir", str(glue_dir), "--protocol", "smoke", "--tasks", "rte,mrpc", *FAST]
+    args = [
+        "glue",
+        "--block",
+        "preln",
+        "--runs-dir",
+        str(runs),
+        "--data-dir",
+        str(glue_dir),
+        "--protocol",
+        "smoke",
+        "--tasks",
+        "rte,mrpc",
+        *FAST,
+    ]
     assert main(args) == 0
     files = {p: p.stat().st_mtime_ns for p in run.glob("glue/*/seed*.json")}
     assert len(files) == 2
@@ -456,12 +603,24 @@ def non_utf8(path: Path, line: int) -> None:
 # (layout, what, damage on the written folder, expected in the one error line). The damaged task is trained
 # after sst2 in the table's order, so without the up-front check sst2 would have trained first.
 BAD_TSV = {
-    "missing column": (lambda d: rename_header(d / "RTE/dev.tsv", "sentence2", "sentence_2"), ["RTE/dev.tsv, line 1", "missing column(s) ['sentence2']"]),
+    "missing column": (
+        lambda d: rename_header(d / "RTE/dev.tsv", "sentence2", "sentence_2"),
+        ["RTE/dev.tsv, line 1", "missing column(s) ['sentence2']"],
+    ),
     "empty file": (lambda d: (d / "RTE/train.tsv").write_text(""), ["RTE/train.tsv", "empty file"]),
-    "header only": (lambda d: (d / "RTE/train.tsv").write_text((d / "RTE/train.tsv").read_text().split("\n")[0] + "\n"), ["RTE/train.tsv", "only a header line"]),
+    "header only": (
+        lambda d: (d / "RTE/train.tsv").write_text((d / "RTE/train.tsv").read_text().split("\n")[0] + "\n"),
+        ["RTE/train.tsv", "only a header line"],
+    ),
     "non-UTF-8": (lambda d: non_utf8(d / "RTE/train.tsv", 4), ["RTE/train.tsv, line 4", "not UTF-8"]),
-    "label out of range": (lambda d: set_line(d / "MRPC/train.tsv", 3, lambda c: ["5", *c[1:]]), ["MRPC/train.tsv, line 3", "label '5'", "0..1"]),
-    "unknown label": (lambda d: set_line(d / "RTE/dev.tsv", 2, lambda c: [*c[:-1], "maybe"]), ["RTE/dev.tsv, line 2", "label 'maybe'", "not_entailment"]),
+    "label out of range": (
+        lambda d: set_line(d / "MRPC/train.tsv", 3, lambda c: ["5", *c[1:]]),
+        ["MRPC/train.tsv, line 3", "label '5'", "0..1"],
+    ),
+    "unknown label": (
+        lambda d: set_line(d / "RTE/dev.tsv", 2, lambda c: [*c[:-1], "maybe"]),
+        ["RTE/dev.tsv, line 2", "label 'maybe'", "not_entailment"],
+    ),
 }
 
 
@@ -498,7 +657,15 @@ def small_glue(pretrained_run):
 
 def assert_fails_before_training(run: Path, glue_dir: Path | None, expected: list[str], capsys) -> None:
     capsys.readouterr()
-    args = ["glue", str(run), "--protocol", "smoke", "--tasks", "sst2,mrpc,rte", *(["--data-dir", str(glue_dir)] if glue_dir else [])]
+    args = [
+        "glue",
+        str(run),
+        "--protocol",
+        "smoke",
+        "--tasks",
+        "sst2,mrpc,rte",
+        *(["--data-dir", str(glue_dir)] if glue_dir else []),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error:" in line]
@@ -531,20 +698,36 @@ def test_bad_hub_data_fails_before_any_training(what, small_glue, pretrained_run
 
     glue = {task: {split: frame.copy() for split, frame in splits.items()} for task, splits in small_glue.items()}
     damage_frames(glue, what)
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, name: datasets.DatasetDict({s: datasets.Dataset.from_pandas(f) for s, f in glue[name].items()}))
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda path, name: datasets.DatasetDict({s: datasets.Dataset.from_pandas(f) for s, f in glue[name].items()}),
+    )
     task = "mrpc" if what == "label out of range" else "rte"
-    expected = {"missing column": "missing column(s) ['sentence2']", "label out of range": "row 2: label 5", "unknown label": "row 1: label 'maybe'"}[what]
+    expected = {
+        "missing column": "missing column(s) ['sentence2']",
+        "label out of range": "row 2: label 5",
+        "unknown label": "row 1: label 'maybe'",
+    }[what]
     assert_fails_before_training(copy_run(pretrained_run, tmp_path), None, [f"nyu-mll/glue ({task}", expected], capsys)
 
 
-def test_no_examples_left_after_the_protocols_subsets_is_an_error_not_a_division_by_zero(small_glue, pretrained_run, tmp_path):
+def test_no_examples_left_after_the_protocols_subsets_is_an_error_not_a_division_by_zero(
+    small_glue, pretrained_run, tmp_path
+):
     from cramming_simple.glue.data import Examples, check_counts
 
     empty = Examples([[]], np.zeros(0, dtype=np.int64))
     with pytest.raises(ConfigError, match="GLUE task rte: no train examples"):
         check_counts("rte", {"train": empty, "validation": empty}, Protocol())
     with pytest.raises(ConfigError, match="no validation examples to evaluate"):
-        data.prepare({"train": data.Examples([["a b"]], np.array([1])), "validation": empty}, None, Protocol(), torch.device("cpu"), "rte")
+        data.prepare(
+            {"train": data.Examples([["a b"]], np.array([1])), "validation": empty},
+            None,
+            Protocol(),
+            torch.device("cpu"),
+            "rte",
+        )
 
 
 def test_a_damaged_model_is_found_before_any_training(pretrained_run, glue_dir, tmp_path, capsys):
@@ -569,12 +752,8 @@ def test_a_damaged_model_is_found_before_any_training(pretrained_run, glue_dir, 
 def test_a_task_seed_that_another_process_trains_is_refused(pretrained_run, glue_dir, tmp_path, capsys):
     run = copy_run(pretrained_run, tmp_path)
     lock = run / "glue/.locks/rte-seed1.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from cramming_simple.runtime import FileLock; FileLock({str(lock)!r}, 'x', 'cramming-simple glue').acquire(); print('held', flush=True); import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = hold_lock(lock, "cramming-simple glue")
     try:
-        assert holder.stdout.readline().strip() == "held"
         assert run_glue(run, glue_dir, "--tasks", "rte,mrpc", *FAST) == 2
         err = capsys.readouterr().err
         assert f"GLUE rte seed 1 of {run} is in use by PID {holder.pid}" in err and "Traceback" not in err
@@ -602,8 +781,24 @@ def test_glue_workers_die_with_their_parent(pretrained_run, glue_dir, tmp_path):
     run = copy_run(pretrained_run, tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     # enough work that the workers cannot simply finish the queue within the 10 s below
-    args = ["glue", str(run), "--data-dir", str(glue_dir), "--protocol", "smoke", "--tasks", "all", "--gpus", "2", "--seeds", "1,2,3", "epochs=40"]
-    parent = subprocess.Popen([sys.executable, "-m", "cramming_simple", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    args = [
+        "glue",
+        str(run),
+        "--data-dir",
+        str(glue_dir),
+        "--protocol",
+        "smoke",
+        "--tasks",
+        "all",
+        "--gpus",
+        "2",
+        "--seeds",
+        "1,2,3",
+        "epochs=40",
+    ]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "cramming_simple", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     logs = [run / "glue/logs/worker0.log", run / "glue/logs/worker1.log"]
     deadline = time.monotonic() + 120
     while not all(log.exists() and log.stat().st_size > 0 for log in logs):  # both workers are at work

@@ -1,12 +1,23 @@
-"""GLUE scoring: the nine columns, the average and its seed statistics (SPEC section 4)."""
+"""GLUE scoring: the nine columns, the average and its seed statistics (docs/recipe.md)."""
 
 import math
 
 import pytest
 
-from cramming_simple.glue.score import COLUMNS, glue_average, summarize
+from cramming_simple.glue.score import glue_average, summarize
+from cramming_simple.glue.tasks import COLUMNS
 
-PRELN_TABLE_2 = {"MNLI-m": 81.2, "MNLI-mm": 81.6, "SST-2": 89.9, "STS-B": 87.6, "RTE": 56.3, "QNLI": 88.9, "QQP": 87.1, "MRPC": 88.3, "CoLA": 49.4}
+PRELN_TABLE_2 = {
+    "MNLI-m": 81.2,
+    "MNLI-mm": 81.6,
+    "SST-2": 89.9,
+    "STS-B": 87.6,
+    "RTE": 56.3,
+    "QNLI": 88.9,
+    "QQP": 87.1,
+    "MRPC": 88.3,
+    "CoLA": 49.4,
+}
 
 
 def test_paper_preln_row_averages_to_78_9():
@@ -31,7 +42,17 @@ def fake_results(seeds, shift=0.0, fail=None):
             metrics.setdefault(c.task, {}).setdefault(c.split, {})[c.metric] = value
         for task, m in metrics.items():
             status = "failed" if fail == (task, s) else "ok"
-            out.append({"task": task, "seed": s, "protocol": "paper", "protocol_hash": "h", "status": status, "reason": "nan" if status != "ok" else None, "metrics": m})
+            out.append(
+                {
+                    "task": task,
+                    "seed": s,
+                    "protocol": "paper",
+                    "protocol_hash": "h",
+                    "status": status,
+                    "reason": "nan" if status != "ok" else None,
+                    "metrics": m,
+                }
+            )
     return out
 
 
@@ -64,8 +85,7 @@ def test_a_task_not_run_makes_the_average_missing(drop):
 
 
 def test_one_seed_has_no_std():
-    from cramming_simple.glue.command import results_table
-    from cramming_simple.glue.score import format_mean_std, mean_std
+    from cramming_simple.glue.score import format_mean_std, mean_std, results_table
 
     assert mean_std([81.5]) == {"mean": 81.5, "std": None, "n": 1}
     summary = summarize(fake_results([1]))

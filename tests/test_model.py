@@ -1,4 +1,4 @@
-"""The model zoo against SPEC sections 1-2: sizes, init identities, padding, equations, heads, save/load."""
+"""The model zoo against docs/blocks.md: sizes, init identities, padding, equations, heads, save/load."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from cramming_simple.model import (
     arch_config,
     count_params,
     load_model,
-    param_groups,
     save_model,
     set_fused,
 )
 from cramming_simple.model.blocks import SAS, SASP
 from cramming_simple.model.layers import KeyMask, project
+from cramming_simple.optim import param_groups
 
 SHAPED = ["sas", "sasp", "sasp-nonorm", "vskipinit"]
 TINY = arch_config("tiny", vocab_size=512)
@@ -54,9 +54,9 @@ def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 1) -> None:
 def test_crammed_bert_parameter_counts_match_paper_table_1(block):
     with torch.device("meta"):
         counts = count_params(MaskedLM(arch_config("crammed-bert"), block))
-    expected = 101e6 if BLOCKS[block].shaped and block != "vskipinit" else 120e6
+    expected = 101e6 if block in SHAPED and block != "vskipinit" else 120e6
     assert abs(counts["params"] - expected) <= 0.5e6, counts
-    # Of the 120M, about 25.2M is the embedding (SPEC section 1).
+    # Of the 120M, about 25.2M is the embedding (docs/blocks.md).
     assert abs((counts["params"] - counts["non_embedding"]) - 25.2e6) < 0.1e6
 
 
@@ -98,7 +98,11 @@ def test_query_weights_are_zero_and_gains_start_as_specified():
         for i, layer in enumerate(enc.layers):
             wq = layer.w_in.weight[: TINY.width] if isinstance(layer, SASP) else layer.attn.qk.weight[: TINY.width]
             assert torch.count_nonzero(wq) == 0
-            assert torch.all(layer.attn.alpha == 1) and torch.all(layer.attn.beta == 1) and torch.all(layer.attn.gamma == 1)
+            assert (
+                torch.all(layer.attn.alpha == 1)
+                and torch.all(layer.attn.beta == 1)
+                and torch.all(layer.attn.gamma == 1)
+            )
             assert layer.beta_sa.item() == 1.0 and math.isclose(layer.beta_ff.item(), 0.05, rel_tol=1e-6)
             has_value = hasattr(layer.attn, "value_delta")
             assert has_value == (i == 0 and block != "vskipinit")
@@ -131,7 +135,7 @@ def test_padded_positions_do_not_change_valid_outputs(block):
 
 
 # ------------------------------------------------------------------------------------------ equations
-# An independent re-computation of every block straight from SPEC section 2, one example and one head at a
+# An independent re-computation of every block straight from docs/blocks.md, one example and one head at a
 # time, with explicit softmax and explicit C. It uses only the module's weights, none of its code.
 
 
@@ -207,13 +211,15 @@ def block_ref(name, layer, X, keep, H):
         Wq, Wk = a.qk.weight.split(d)
         Wp = a.proj.weight if name == "vskipinit" else None
         X1 = layer.beta_sa * smha_ref(Z, Wq, Wk, value_ref(Z, a), a.alpha, a.beta, a.gamma, H, keep, Wp)
-        return layer.alpha_ff * X1 + layer.beta_ff * mlp_ref(ln(X1, layer.norm2), layer.mlp.up.weight, layer.mlp.down.weight)
+        return layer.alpha_ff * X1 + layer.beta_ff * mlp_ref(
+            ln(X1, layer.norm2), layer.mlp.up.weight, layer.mlp.down.weight
+        )
     # sasp, sasp-nonorm
     Z = ln(X, layer.norm) if name == "sasp" else X
     Wq, Wk, Wup = layer.w_in.weight.split([d, d, layer.w_in.out_features - 2 * d])
-    return layer.beta_sa * smha_ref(Z, Wq, Wk, value_ref(Z, a), a.alpha, a.beta, a.gamma, H, keep) + layer.beta_ff * mlp_ref(
-        Z, Wup, layer.down.weight
-    )
+    return layer.beta_sa * smha_ref(
+        Z, Wq, Wk, value_ref(Z, a), a.alpha, a.beta, a.gamma, H, keep
+    ) + layer.beta_ff * mlp_ref(Z, Wup, layer.down.weight)
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -233,7 +239,12 @@ def test_block_forward_matches_spec_equations(block, padded):
             for b in range(X.shape[0]):
                 keep = attention_mask[b].bool()
                 ref = block_ref(block, layer, X[b], keep, TINY.heads)
-                assert torch.allclose(out[b][keep], ref[keep], atol=1e-4, rtol=1e-4), (block, i, b, (out[b][keep] - ref[keep]).abs().max())
+                assert torch.allclose(out[b][keep], ref[keep], atol=1e-4, rtol=1e-4), (
+                    block,
+                    i,
+                    b,
+                    (out[b][keep] - ref[keep]).abs().max(),
+                )
 
 
 def test_embedding_and_final_norm_follow_spec():
@@ -334,7 +345,7 @@ def test_every_parameter_gets_a_gradient(block):
         assert grad is not None, name
         if name.endswith("value_beta"):
             continue
-        if name.endswith(("attn.qk.weight", "w_in.weight")) and BLOCKS[block].shaped:
+        if name.endswith(("attn.qk.weight", "w_in.weight")) and block in SHAPED:
             d = TINY.width
             assert torch.count_nonzero(grad[:d]) > 0, name  # W^Q gets gradient
             assert torch.count_nonzero(grad[2 * d :]) > 0 or grad.shape[0] == 2 * d, name  # MLP rows
@@ -360,7 +371,20 @@ def test_param_groups_exclude_biases_norms_and_gains_from_weight_decay():
     assert decayed | kept == set(names.values()) and not decayed & kept
     assert all(n.endswith(("weight", "value_delta")) for n in decayed)
     for n in kept:
-        assert "norm" in n or n.endswith(("bias", "alpha", "beta", "gamma", "beta_sa", "alpha_ff", "beta_ff", "value_alpha", "value_beta", "position_scale")), n
+        assert "norm" in n or n.endswith(
+            (
+                "bias",
+                "alpha",
+                "beta",
+                "gamma",
+                "beta_sa",
+                "alpha_ff",
+                "beta_ff",
+                "value_alpha",
+                "value_beta",
+                "position_scale",
+            )
+        ), n
     assert "encoder.layers.0.attn.value_delta" in decayed and "encoder.embedding.tokens.weight" in decayed
 
 
@@ -431,6 +455,9 @@ def test_compiled_state_dict_with_orig_mod_prefix_loads(tmp_path):
     from safetensors.torch import save_file
 
     save_model(model, tmp_path / "m")
-    save_file({f"_orig_mod.{k}": v.contiguous() for k, v in model.encoder.state_dict().items()}, str(tmp_path / "m" / "model.safetensors"))
+    save_file(
+        {f"_orig_mod.{k}": v.contiguous() for k, v in model.encoder.state_dict().items()},
+        str(tmp_path / "m" / "model.safetensors"),
+    )
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "m").logits(ids), model.logits(ids))

@@ -15,15 +15,27 @@ import torch
 from conftest import smoke_config
 
 from cramming_simple.cli import main
-from cramming_simple.config import ConfigError, list_presets
+from cramming_simple.config import ConfigError
 from cramming_simple.model import BLOCKS, MaskedLM, load_model
+from cramming_simple.presets import list_presets
 from cramming_simple.train.checkpoint import load_checkpoint
-from cramming_simple.train.config import load_pretrain_config
+from cramming_simple.train.config import BLOCK_RECIPES, PretrainConfig
 from cramming_simple.train.loop import pretrain
 
 SUMMARY_FIELDS = {
-    "block", "arch", "budget_hours", "params", "microbatch_steps", "tokens", "elapsed_s", "final_loss", "device", "torch",
-    "world_size", "completed", "stop_reason",
+    "block",
+    "arch",
+    "budget_hours",
+    "params",
+    "microbatch_steps",
+    "tokens",
+    "elapsed_s",
+    "final_loss",
+    "device",
+    "torch",
+    "world_size",
+    "completed",
+    "stop_reason",
 }
 
 
@@ -37,36 +49,47 @@ def metrics(run: Path) -> list[dict]:
 @pytest.mark.parametrize("budget", ["24h", "1h", "smoke"])
 def test_every_shipped_budget_parses_and_validates(budget):
     for block in BLOCKS:
-        cfg = load_pretrain_config(budget, block)
-        assert cfg.train.lr == BLOCKS[block].lr and cfg.train.weight_decay == BLOCKS[block].weight_decay
+        cfg = PretrainConfig.from_budget(budget, block)
+        assert cfg.train.lr == BLOCK_RECIPES[block].lr and cfg.train.weight_decay == BLOCK_RECIPES[block].weight_decay
         assert cfg.name == f"{block}-{budget}"
     assert set(list_presets("budgets")) >= {"24h", "1h", "smoke"}
 
 
 def test_24h_budget_is_the_spec_recipe():
-    cfg = load_pretrain_config("24h", "sas")
+    cfg = PretrainConfig.from_budget("24h", "sas")
     assert cfg.hours == 24 and cfg.arch.width == 768 and cfg.arch.depth == 16 and cfg.arch.vocab_size == 32768
     assert (cfg.train.microbatch, cfg.train.batch_max, cfg.train.ramp_end) == (128, 8192, 0.6)
-    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.betas, cfg.train.eps, cfg.train.grad_clip) == (3e-3, 0.1, [0.9, 0.98], 1e-12, 0.5)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.betas, cfg.train.eps, cfg.train.grad_clip) == (
+        3e-3,
+        0.1,
+        [0.9, 0.98],
+        1e-12,
+        0.5,
+    )
     assert cfg.data.source == "hub-pretokenized" and cfg.data.column == "input_ids" and cfg.train.mask_prob == 0.25
-    assert load_pretrain_config("1h", "sasp-nonorm").hours == 1 and load_pretrain_config("1h", "sasp-nonorm").train.lr == 2e-3
+    assert (
+        PretrainConfig.from_budget("1h", "sasp-nonorm").hours == 1
+        and PretrainConfig.from_budget("1h", "sasp-nonorm").train.lr == 2e-3
+    )
 
 
 def test_overrides_apply_and_typos_fail_listing_valid_keys():
-    cfg = load_pretrain_config("smoke", "preln", ["hours=0.01", "train.lr=2e-3", "arch.depth=3"])
-    assert cfg.hours == 0.01 and cfg.train.lr == 2e-3 and cfg.arch.depth == 3 and cfg.arch.width == 128  # tiny preset kept
-    assert load_pretrain_config("24h", "preln", ["arch.preset=tiny"]).arch.width == 128
+    cfg = PretrainConfig.from_budget("smoke", "preln", ["hours=0.01", "train.lr=2e-3", "arch.depth=3"])
+    assert (
+        cfg.hours == 0.01 and cfg.train.lr == 2e-3 and cfg.arch.depth == 3 and cfg.arch.width == 128
+    )  # tiny preset kept
+    assert PretrainConfig.from_budget("24h", "preln", ["arch.preset=tiny"]).arch.width == 128
     with pytest.raises(ConfigError) as err:
-        load_pretrain_config("smoke", "preln", ["train.lrr=1"])
+        PretrainConfig.from_budget("smoke", "preln", ["train.lrr=1"])
     assert "train.lrr" in str(err.value) and "microbatch" in str(err.value) and "weight_decay" in str(err.value)
     with pytest.raises(ConfigError, match="Valid keys under the top level"):
-        load_pretrain_config("smoke", "preln", ["hourz=1"])
+        PretrainConfig.from_budget("smoke", "preln", ["hourz=1"])
     with pytest.raises(ConfigError, match="heads"):
-        load_pretrain_config("smoke", "preln", ["arch.heads=3"])
+        PretrainConfig.from_budget("smoke", "preln", ["arch.heads=3"])
     with pytest.raises(ConfigError, match="Valid blocks"):
-        load_pretrain_config("smoke", "pre-ln")
+        PretrainConfig.from_budget("smoke", "pre-ln")
     with pytest.raises(ConfigError, match="Available: 1h, 24h, smoke"):
-        load_pretrain_config("2h", "preln")
+        PretrainConfig.from_budget("2h", "preln")
 
 
 # ------------------------------------------------------------------------------------------ smoke runs
@@ -111,8 +134,24 @@ def test_nan_loss_stops_with_nonfinite_reason_and_keeps_the_last_good_checkpoint
         return loss * float("nan") if (run / "checkpoint.pt").exists() else loss
 
     monkeypatch.setattr(MaskedLM, "forward", forward)
-    code = main(["pretrain", "--block", "preln", "--budget", "smoke", "--runs-dir", str(tmp_path), "--name", "nan-run", "hours=0.0167",
-                 f"data.cache_dir={smoke_cache}", "impl.device=cpu", "impl.checkpoint_minutes=0.01", "impl.log_seconds=0.3"])
+    code = main(
+        [
+            "pretrain",
+            "--block",
+            "preln",
+            "--budget",
+            "smoke",
+            "--runs-dir",
+            str(tmp_path),
+            "--name",
+            "nan-run",
+            "hours=0.0167",
+            f"data.cache_dir={smoke_cache}",
+            "impl.device=cpu",
+            "impl.checkpoint_minutes=0.01",
+            "impl.log_seconds=0.3",
+        ]
+    )
     assert code == 3
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stop_reason"] == "nonfinite_loss" and not summary["completed"]
@@ -125,7 +164,14 @@ def test_nan_loss_stops_with_nonfinite_reason_and_keeps_the_last_good_checkpoint
 
 def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cramming_simple", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cramming_simple", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -138,8 +184,20 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_cache, tmp_path):
     budget_s = 20.0
-    args = ["pretrain", "--block", "sasp", "--budget", "smoke", "--runs-dir", str(tmp_path), f"hours={budget_s / 3600}",
-            f"data.cache_dir={smoke_cache}", "impl.device=cpu", "impl.checkpoint_minutes=0.05", "impl.log_seconds=0.5"]
+    args = [
+        "pretrain",
+        "--block",
+        "sasp",
+        "--budget",
+        "smoke",
+        "--runs-dir",
+        str(tmp_path),
+        f"hours={budget_s / 3600}",
+        f"data.cache_dir={smoke_cache}",
+        "impl.device=cpu",
+        "impl.checkpoint_minutes=0.05",
+        "impl.log_seconds=0.5",
+    ]
     run = tmp_path / "sasp-smoke"
     proc = run_cli(args)
     wait_for(run / "checkpoint.pt", proc)
@@ -162,8 +220,19 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_ca
 
 
 def test_sigterm_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
-    args = ["pretrain", "--block", "preln", "--budget", "smoke", "--runs-dir", str(tmp_path), "hours=1",
-            f"data.cache_dir={smoke_cache}", "impl.device=cpu", "impl.log_seconds=0.3"]
+    args = [
+        "pretrain",
+        "--block",
+        "preln",
+        "--budget",
+        "smoke",
+        "--runs-dir",
+        str(tmp_path),
+        "hours=1",
+        f"data.cache_dir={smoke_cache}",
+        "impl.device=cpu",
+        "impl.log_seconds=0.3",
+    ]
     run = tmp_path / "preln-smoke"
     proc = run_cli(args)
     wait_for(run / "metrics.jsonl", proc)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cramming_simple.cli import main
-from cramming_simple.glue.score import COLUMNS
+from cramming_simple.glue.tasks import COLUMNS
 
 LABELS = [c.label for c in COLUMNS]  # MNLI-m, MNLI-mm, SST-2, STS-B, RTE, QNLI, QQP, MRPC, CoLA
 BASE = {  # per-run base scores in percent, in LABELS order; seed k scores base + OFFSET[k]
@@ -25,25 +25,65 @@ OFFSET = {1: 0.0, 2: 1.0, 3: 5.0}  # mean +2, sample std sqrt(((-2)^2 + (-1)^2 +
 STEPS = {"preln": 800, "sas": 900, "sasp": 960}
 PAPER_GLUE = {"preln": 78.9, "sas": 78.4, "sasp": 78.3}
 PAPER_SPEED = {"preln": 1.0, "sas": 1.09, "sasp": 1.16}
-PAPER_T2 = {"preln": [81.2, 81.6, 89.9, 87.6, 56.3, 88.9, 87.1, 88.3, 49.4], "sas": [79.7, 80.1, 90.3, 84.7, 58.4, 87.5, 86.8, 87.5, 50.6]}
+PAPER_T2 = {
+    "preln": [81.2, 81.6, 89.9, 87.6, 56.3, 88.9, 87.1, 88.3, 49.4],
+    "sas": [79.7, 80.1, 90.3, 84.7, 58.4, 87.5, 86.8, 87.5, 50.6],
+}
 
 
-def make_run(root, name, block, *, device="NVIDIA H100 80GB HBM3", budget="24h", hours=24.0, completed=True,
-             fail=(), skip=(), glue=True, protocol_hash="p1", data_hash="abc", seeds=tuple(OFFSET)):
+def make_run(
+    root,
+    name,
+    block,
+    *,
+    device="NVIDIA H100 80GB HBM3",
+    budget="24h",
+    hours=24.0,
+    completed=True,
+    fail=(),
+    skip=(),
+    glue=True,
+    protocol_hash="p1",
+    data_hash="abc",
+    seeds=tuple(OFFSET),
+):
     """A run folder as pretraining and GLUE write it. fail/skip: (task, seed) pairs that failed / never ran."""
     run = root / name
     (run / "glue").mkdir(parents=True)
     summary = {
-        "name": name, "block": block, "budget": budget, "budget_hours": hours, "params": 120_000_000 if block == "preln" else 101_000_000,
-        "microbatch": 128, "microbatch_steps": STEPS[block], "final_loss": 2.0 + STEPS[block] / 10_000, "device": device,
-        "world_size": 1, "precision": "bf16", "data": {"source": "hub", "name": "pile", "hash": data_hash},
-        "completed": completed, "stop_reason": "budget" if completed else "preempted",
+        "name": name,
+        "block": block,
+        "budget": budget,
+        "budget_hours": hours,
+        "params": 120_000_000 if block == "preln" else 101_000_000,
+        "microbatch": 128,
+        "microbatch_steps": STEPS[block],
+        "final_loss": 2.0 + STEPS[block] / 10_000,
+        "device": device,
+        "world_size": 1,
+        "precision": "bf16",
+        "data": {"source": "hub", "name": "pile", "hash": data_hash},
+        "completed": completed,
+        "stop_reason": "budget" if completed else "preempted",
     }
     (run / "summary.json").write_text(json.dumps(summary))
-    (run / "config.yaml").write_text(f"name: {name}\nblock: {block}\nbudget: {budget}\nhours: {hours}\ndata:\n  source: hub\n  name: pile\n")
-    rows = [{"microbatch_steps": 10 * i, "elapsed_s": 60.0 * i, "p": i / 40, "lr": 1e-3 * min(0.25 + i / 40, 4 * (1 - i / 40)),
-             "batch_size": 64 * (1 + i), "loss": 10.0 / (1 + i) + 2 + STEPS[block] / 1000} for i in range(40)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"microbatch_st')  # last row cut short
+    (run / "config.yaml").write_text(
+        f"name: {name}\nblock: {block}\nbudget: {budget}\nhours: {hours}\ndata:\n  source: hub\n  name: pile\n"
+    )
+    rows = [
+        {
+            "microbatch_steps": 10 * i,
+            "elapsed_s": 60.0 * i,
+            "p": i / 40,
+            "lr": 1e-3 * min(0.25 + i / 40, 4 * (1 - i / 40)),
+            "batch_size": 64 * (1 + i),
+            "loss": 10.0 / (1 + i) + 2 + STEPS[block] / 1000,
+        }
+        for i in range(40)
+    ]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"microbatch_st'
+    )  # last row cut short
     if not glue:
         return run
     for seed in seeds:
@@ -54,8 +94,16 @@ def make_run(root, name, block, *, device="NVIDIA H100 80GB HBM3", budget="24h",
             if (task, seed) in skip:
                 continue
             failed = (task, seed) in fail
-            result = {"task": task, "seed": seed, "protocol": "paper", "protocol_hash": protocol_hash, "model_hash": f"m-{name}", "status": "failed" if failed else "ok",
-                      "reason": "non-finite loss" if failed else None, "metrics": {} if failed else metrics}
+            result = {
+                "task": task,
+                "seed": seed,
+                "protocol": "paper",
+                "protocol_hash": protocol_hash,
+                "model_hash": f"m-{name}",
+                "status": "failed" if failed else "ok",
+                "reason": "non-finite loss" if failed else None,
+                "metrics": {} if failed else metrics,
+            }
             (run / "glue" / task).mkdir(exist_ok=True)
             (run / "glue" / task / f"seed{seed}.json").write_text(json.dumps(result))
     # A stale summary from an earlier GLUE job: the report must recompute, not read this.
@@ -85,8 +133,8 @@ def paper_like(tmp_path_factory):
 
 def md_rows(text):
     """Markdown table rows (header first) as lists of cells."""
-    lines = [l for l in text.splitlines() if l.startswith("|") and not set(l) <= set("|-: ")]
-    return [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    lines = [line for line in text.splitlines() if line.startswith("|") and not set(line) <= set("|-: ")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
 
 
 def tex_rows(text):
@@ -119,14 +167,19 @@ def test_table1_numbers(paper_like):
         r = runs.loc[name]
         assert math.isclose(r.glue_mean, mean, rel_tol=1e-9) and math.isclose(r.glue_std, std, rel_tol=1e-9)
         assert math.isclose(r.delta_glue, mean - PAPER_GLUE[block], rel_tol=1e-9)
-    assert runs.loc["sas-24h", "speed"] == pytest.approx(900 / 800) and runs.loc["sasp-24h", "speed"] == pytest.approx(960 / 800)
+    assert runs.loc["sas-24h", "speed"] == pytest.approx(900 / 800) and runs.loc["sasp-24h", "speed"] == pytest.approx(
+        960 / 800
+    )
     assert runs.loc["preln-24h", "speed"] == 1.0
     assert runs.loc["sas-24h", "delta_speed"] == pytest.approx(900 / 800 - 1.09)
     assert runs.loc["sasp-24h", "delta_speed"] == pytest.approx(960 / 800 - 1.16)
     assert runs.loc["sas-24h", "params_m"] == 101.0 and runs.loc["sas-24h", "final_loss"] == pytest.approx(2.09)
     assert pd.isna(runs.loc["sasp-24h", "glue_mean"]) and pd.isna(runs.loc["sasp-24h", "delta_glue"])
 
-    md = {r[1]: dict(zip(md_rows((out / "table1.md").read_text())[0], r)) for r in md_rows((out / "table1.md").read_text())[1:]}
+    md = {
+        r[1]: dict(zip(md_rows((out / "table1.md").read_text())[0], r))
+        for r in md_rows((out / "table1.md").read_text())[1:]
+    }
     mean, std = expected_glue("preln")
     assert md["preln-24h"]["GLUE"] == f"{mean:.1f} ± {std:.1f}" == "80.9 ± 2.6"  # (710 / 9 + 2) ± sqrt(7)
     assert md["sas-24h"]["Speed"] == "1.12" and md["sas-24h"]["Δ speed"] == "+0.03"
@@ -166,13 +219,24 @@ def test_markdown_latex_csv_agree(paper_like, stem):
     md, tex = md_rows((out / f"{stem}.md").read_text()), tex_rows((out / f"{stem}.tex").read_text())
     assert md == tex
     latex = (out / f"{stem}.tex").read_text()
-    assert latex.startswith(r"\begin{tabular}") and r"\toprule" in latex and r"\bottomrule" in latex and r"\end{tabular}" in latex
+    assert (
+        latex.startswith(r"\begin{tabular}")
+        and r"\toprule" in latex
+        and r"\bottomrule" in latex
+        and r"\end{tabular}" in latex
+    )
     assert "&" not in latex.replace(" & ", "").replace(r"\&", "")  # every other ampersand escaped ("He \& Hofmann")
     csv = pd.read_csv(out / f"{stem}.csv")
     assert len(csv) == len(md) - 1
     header = md[0]
     if stem == "table1":
-        numeric = {"Params (M)": "params_m", "Speed": "speed", "MLM loss": "final_loss", "Δ GLUE": "delta_glue", "Δ speed": "delta_speed"}
+        numeric = {
+            "Params (M)": "params_m",
+            "Speed": "speed",
+            "MLM loss": "final_loss",
+            "Δ GLUE": "delta_glue",
+            "Δ speed": "delta_speed",
+        }
     else:
         numeric = {label: label for label in LABELS}
     checked = 0
@@ -205,7 +269,10 @@ def test_index_lists_every_run_and_no_warning_for_matching_runs(paper_like):
     out, _, stderr = paper_like
     index = (out / "index.md").read_text()
     for name in ("preln-24h", "sas-24h", "sasp-24h"):
-        assert re.search(rf"\*\*{name}\*\*.*NVIDIA H100 80GB HBM3, budget 24h \(24 h\).*hash abc.*world size 1.*paper \(hash p1\)", index)
+        assert re.search(
+            rf"\*\*{name}\*\*.*NVIDIA H100 80GB HBM3, budget 24h \(24 h\).*hash abc.*world size 1.*paper \(hash p1\)",
+            index,
+        )
     assert "warning" not in stderr and "## Warnings" not in index
 
 
@@ -217,15 +284,27 @@ def test_mixed_runs_warn_and_reference_none(tmp_path):
     stale = root / "sas-24h" / "glue" / "rte" / "seed1.json"  # left over from an earlier model of the same run
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "model_hash": "m-old"}))
     out = tmp_path / "report"
-    code, _, stderr = report([*(str(root / n) for n in ("sasp-24h", "sas-24h", "preln-cpu")), "--out", str(out), "--reference", "none"])
+    code, _, stderr = report(
+        [*(str(root / n) for n in ("sasp-24h", "sas-24h", "preln-cpu")), "--out", str(out), "--reference", "none"]
+    )
     assert code == 0
     index = (out / "index.md").read_text()
-    for needle in ("differ in budget", "differ in hardware (device)", "differ in GLUE protocol", "differ in pretraining data",
-                   "sasp-24h has not completed", "sas-24h has GLUE results of different models"):
+    for needle in (
+        "differ in budget",
+        "differ in hardware (device)",
+        "differ in GLUE protocol",
+        "differ in pretraining data",
+        "sasp-24h has not completed",
+        "sas-24h has GLUE results of different models",
+    ):
         assert needle in stderr and needle in index, needle
     table1 = pd.read_csv(out / "table1.csv")
     assert table1.run.tolist() == ["preln-cpu", "sas-24h", "sasp-24h"]  # BLOCKS order, whatever the order given
-    assert set(table1.kind) == {"run"} and "delta_glue" not in table1 and table1.speed.isna().tolist() == [False, True, True]
+    assert (
+        set(table1.kind) == {"run"}
+        and "delta_glue" not in table1
+        and table1.speed.isna().tolist() == [False, True, True]
+    )
     md = (out / "table1.md").read_text()
     assert "published" not in md and "Δ" not in md and "published" not in (out / "table2.md").read_text()
     rows = {r[1].split(" [")[0]: dict(zip(md_rows(md)[0], r)) for r in md_rows(md)[1:]}
@@ -246,7 +325,9 @@ def test_no_preln_run_leaves_speed_empty_one_seed_has_no_std_and_unknown_folder_
     sas = dict(zip(md_rows(md)[0], md_rows(md)[1]))
     assert re.fullmatch(r"78\.2 \[\d\]", sas["GLUE"]) and "sas-24h: one seed only, no std" in md  # 704 / 9 = 78.2
     # the std of one value is undefined: missing in the CSVs (never 0.0, which reads as perfectly stable)
-    assert pd.isna(pd.read_csv(out / "table1.csv").glue_std[0]) and pd.isna(pd.read_csv(out / "table2.csv")["RTE std"][0])
+    assert pd.isna(pd.read_csv(out / "table1.csv").glue_std[0]) and pd.isna(
+        pd.read_csv(out / "table2.csv")["RTE std"][0]
+    )
     code, _, stderr = report([str(tmp_path), "--out", str(out)])
     assert code == 2 and "not a run folder" in stderr
 
@@ -260,12 +341,22 @@ def test_a_damaged_summary_or_result_file_leaves_a_marked_row_and_the_rest_of_th
     out = tmp_path / "report"
     code, _, stderr = report(["--runs-dir", str(root), "--out", str(out)])
     assert code == 0, stderr
-    assert f"{root / 'sasp-24h/summary.json'}: not valid JSON" in stderr and f"{root / 'sas-24h/glue/rte/seed2.json'}: not valid JSON" in stderr
+    assert (
+        f"{root / 'sasp-24h/summary.json'}: not valid JSON" in stderr
+        and f"{root / 'sas-24h/glue/rte/seed2.json'}: not valid JSON" in stderr
+    )
     t1 = pd.read_csv(out / "table1.csv")
     runs = t1[t1.kind == "run"].set_index("run")
-    assert list(runs.index) == ["preln-24h", "sas-24h", "sasp-24h"]  # the damaged run is still a row (block from config.yaml)
+    assert list(runs.index) == [
+        "preln-24h",
+        "sas-24h",
+        "sasp-24h",
+    ]  # the damaged run is still a row (block from config.yaml)
     assert runs.loc["sas-24h", "speed"] == pytest.approx(900 / 800) and runs.loc["preln-24h", "microbatch_steps"] == 800
-    assert pd.isna(runs.loc["sasp-24h", "microbatch_steps"]) and "summary.json is unreadable" in runs.loc["sasp-24h", "notes"]
+    assert (
+        pd.isna(runs.loc["sasp-24h", "microbatch_steps"])
+        and "summary.json is unreadable" in runs.loc["sasp-24h", "notes"]
+    )
     md = (out / "table1.md").read_text()
     rows = {r[1].split(" [")[0]: dict(zip(md_rows(md)[0], r)) for r in md_rows(md)[1:]}
     assert re.fullmatch(r"sasp-24h \[\d\]", rows["sasp-24h"]["Run"]) and rows["sasp-24h"]["Speed"].startswith("- [")

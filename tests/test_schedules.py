@@ -1,4 +1,4 @@
-"""The budget triangle and the batch ramp at their edges (SPEC section 3)."""
+"""The budget triangle and the batch ramp at their edges (docs/recipe.md)."""
 
 import pytest
 
@@ -20,7 +20,9 @@ def test_triangle_peaks_at_three_quarters():
     assert max(grid, key=lambda p: lr_at(p, PEAK)) == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("p, expected", [(0.0, 128), (0.3, 4096 + 64 - 64), (0.6, 8192), (0.75, 8192), (1.0, 8192), (2.0, 8192)])
+@pytest.mark.parametrize(
+    "p, expected", [(0.0, 128), (0.3, 4096 + 64 - 64), (0.6, 8192), (0.75, 8192), (1.0, 8192), (2.0, 8192)]
+)
 def test_batch_ramp_edges(p, expected):
     # 128 + (8192 - 128) * 0.5 = 4160 -> rounded down to a multiple of 128: 4096
     assert batch_at(p, 128, 8192, 0.6) == expected

@@ -6,6 +6,18 @@ from .sources import SOURCES, DataConfig, DataError
 from .tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
 
 __all__ = [
-    "DataConfig", "DataError", "MLMCollator", "MicrobatchStream", "PackedData", "Prefetcher", "Prepared", "SOURCES",
-    "check_tokenizer", "load_tokenizer", "permute", "prepare", "prepared_path", "train_wordpiece",
+    "DataConfig",
+    "DataError",
+    "MLMCollator",
+    "MicrobatchStream",
+    "PackedData",
+    "Prefetcher",
+    "Prepared",
+    "SOURCES",
+    "check_tokenizer",
+    "load_tokenizer",
+    "permute",
+    "prepare",
+    "prepared_path",
+    "train_wordpiece",
 ]

@@ -84,7 +84,10 @@ class PackedData:
             if not path.exists():
                 raise DataError(f"shard {path} is missing; delete {self.root} and prepare the data again")
             if verify and file_sha256(path) != shard["sha256"]:
-                raise DataError(f"shard {path} is corrupted (checksum differs from the one recorded at preparation); delete {self.root} and prepare the data again")
+                raise DataError(
+                    f"shard {path} is corrupted (checksum differs from the one recorded at preparation); delete "
+                    f"{self.root} and prepare the data again"
+                )
             array = np.load(path, mmap_mode="r")
             if array.shape != (shard["rows"], self.seq_len):
                 raise DataError(f"shard {path} has shape {array.shape}, expected ({shard['rows']}, {self.seq_len})")
@@ -108,7 +111,7 @@ class PackedData:
 
 
 class MLMCollator:
-    """SPEC section 3 masking: exactly round(p T) positions per sequence, 80 % [MASK] / 10 % random / 10 % kept.
+    """docs/recipe.md masking: exactly round(p T) positions per sequence, 80 % [MASK] / 10 % random / 10 % kept.
 
     Pad and special tokens are never chosen; a row with fewer maskable tokens than M gets IGNORE labels in
     its spare slots. Output shapes are static: positions and labels are (B, M).
@@ -183,7 +186,9 @@ class Prefetcher:
     `consumed` counts the batches handed over: the data position a checkpoint records.
     """
 
-    def __init__(self, make: Callable[[int], dict[str, torch.Tensor]], start: int, device: torch.device, depth: int = 4):
+    def __init__(
+        self, make: Callable[[int], dict[str, torch.Tensor]], start: int, device: torch.device, depth: int = 4
+    ):
         self.device, self.consumed = device, start
         self.pin = device.type == "cuda"
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))

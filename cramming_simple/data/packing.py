@@ -59,7 +59,13 @@ class ShardWriter:
     """Packs token streams into (rows, seq_len) arrays and writes them as .npy shards with checksums."""
 
     def __init__(self, folder: Path, seq_len: int, shard_rows: int, dtype: np.dtype, max_rows: int | None):
-        self.folder, self.seq_len, self.shard_rows, self.dtype, self.max_rows = folder, seq_len, shard_rows, dtype, max_rows
+        self.folder, self.seq_len, self.shard_rows, self.dtype, self.max_rows = (
+            folder,
+            seq_len,
+            shard_rows,
+            dtype,
+            max_rows,
+        )
         self.carry = np.zeros(0, dtype=dtype)  # tokens not yet in a full row
         self.buffer: list[np.ndarray] = []  # full rows of the shard being filled
         self.buffered = 0
@@ -95,7 +101,10 @@ class ShardWriter:
         """Rows that are already packed sequences of seq_len tokens (cramming's pre-tokenised uploads)."""
         bad = next((len(r) for r in rows if len(r) != self.seq_len), None)
         if bad is not None:
-            raise DataError(f"a pre-tokenised row has {bad} tokens, not arch.seq_len={self.seq_len}; set data.packed=false to pack rows as documents")
+            raise DataError(
+                f"a pre-tokenised row has {bad} tokens, not arch.seq_len={self.seq_len}; set data.packed=false to "
+                "pack rows as documents"
+            )
         self.add_stream(np.asarray(rows, dtype=np.int64).reshape(-1))
 
     def _flush(self, count: int) -> None:
@@ -134,7 +143,9 @@ def prepare(cfg: DataConfig, vocab_size: int, seq_len: int, show_progress: bool 
     return Prepared(root, read_json(root / MANIFEST), reused=False)
 
 
-def build(cfg: DataConfig, work: Path, key: str, vocab_size: int, seq_len: int, show_progress: bool, start: float) -> None:
+def build(
+    cfg: DataConfig, work: Path, key: str, vocab_size: int, seq_len: int, show_progress: bool, start: float
+) -> None:
     """Train (or load) the tokenizer, pack the shards and write the manifest (named `key`) into the folder `work`."""
     if cfg.source == "hub-pretokenized":
         tokenizer = load_tokenizer(pretokenized_tokenizer_dir(cfg))
@@ -148,7 +159,12 @@ def build(cfg: DataConfig, work: Path, key: str, vocab_size: int, seq_len: int, 
     writer = ShardWriter(work, seq_len, cfg.shard_sequences, dtype, cfg.max_sequences)
     documents = 0
     # A live bar on a terminal; in logs, a line every 30 s.
-    bar = tqdm(desc=f"preparing {cfg.source} data", unit=" docs", disable=not show_progress, mininterval=0.1 if sys.stderr.isatty() else 30)
+    bar = tqdm(
+        desc=f"preparing {cfg.source} data",
+        unit=" docs",
+        disable=not show_progress,
+        mininterval=0.1 if sys.stderr.isatty() else 30,
+    )
     if cfg.source == "hub-pretokenized":
         batches = token_batches(cfg)
     else:
@@ -166,7 +182,9 @@ def build(cfg: DataConfig, work: Path, key: str, vocab_size: int, seq_len: int, 
     bar.close()
     dropped = writer.close()
     if writer.rows == 0:
-        raise DataError(f"data source '{cfg.source}' gave no complete sequence of {seq_len} tokens ({documents} documents read)")
+        raise DataError(
+            f"data source '{cfg.source}' gave no complete sequence of {seq_len} tokens ({documents} documents read)"
+        )
 
     manifest = {
         "format": FORMAT,

@@ -16,7 +16,9 @@ from typing import Iterator, List, Optional
 from ..config import ConfigError, require
 
 SOURCES = ("hub", "hub-pretokenized", "text", "builtin")
-OFFLINE_HINT = "Offline alternatives: data.source=text data.files='[path/*.txt]' (also .jsonl, .parquet), or data.source=builtin."
+OFFLINE_HINT = (
+    "Offline alternatives: data.source=text data.files='[path/*.txt]' (also .jsonl, .parquet), or data.source=builtin."
+)
 BATCH = 1000  # documents per streamed batch
 
 
@@ -45,11 +47,22 @@ class DataConfig:
     def validate(self) -> None:
         require(self.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}, got '{self.source}'")
         if self.source in ("hub", "hub-pretokenized"):
-            require(bool(self.name), f"data.source={self.source} needs data.name (a hub dataset such as user/name). {OFFLINE_HINT}")
+            require(
+                bool(self.name),
+                f"data.source={self.source} needs data.name (a hub dataset such as user/name). {OFFLINE_HINT}",
+            )
         if self.source == "text":
-            require(bool(self.files), "data.source=text needs data.files (paths or globs of .txt, .jsonl or .parquet files)")
-        require(self.text_sample_by in ("line", "paragraph", "document"), "data.text_sample_by must be line, paragraph or document")
-        require(self.shard_sequences > 0 and self.tokenizer_documents > 0, "data.shard_sequences and data.tokenizer_documents must be positive")
+            require(
+                bool(self.files), "data.source=text needs data.files (paths or globs of .txt, .jsonl or .parquet files)"
+            )
+        require(
+            self.text_sample_by in ("line", "paragraph", "document"),
+            "data.text_sample_by must be line, paragraph or document",
+        )
+        require(
+            self.shard_sequences > 0 and self.tokenizer_documents > 0,
+            "data.shard_sequences and data.tokenizer_documents must be positive",
+        )
 
     def describe(self) -> dict:
         """What a report prints about the data of a run."""
@@ -70,7 +83,10 @@ def check_hub(name: str) -> None:
     try:
         HfApi().dataset_info(name, timeout=15)
     except Exception as err:  # noqa: BLE001 - connection, DNS, 404 and auth errors all mean the same to the user
-        raise DataError(f"cannot reach the Hugging Face hub dataset '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). {OFFLINE_HINT}") from None
+        raise DataError(
+            f"cannot reach the Hugging Face hub dataset '{name}' ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). {OFFLINE_HINT}"
+        ) from None
 
 
 def _stream(cfg: DataConfig):
@@ -82,7 +98,9 @@ def _stream(cfg: DataConfig):
     try:
         return datasets.load_dataset(cfg.name, cfg.config, split=cfg.split, streaming=True)
     except Exception as err:  # noqa: BLE001
-        raise DataError(f"cannot load '{cfg.name}' (config {cfg.config}, split {cfg.split}): {err}. {OFFLINE_HINT}") from None
+        raise DataError(
+            f"cannot load '{cfg.name}' (config {cfg.config}, split {cfg.split}): {err}. {OFFLINE_HINT}"
+        ) from None
 
 
 def _stream_files(cfg: DataConfig):
@@ -92,11 +110,18 @@ def _stream_files(cfg: DataConfig):
     if not files:
         raise DataError(f"data.source=text: no files match {cfg.files}")
     kinds = {Path(f).suffix for f in files}
-    require(len(kinds) == 1 and kinds <= {".txt", ".jsonl", ".json", ".parquet"}, f"data.files must all be .txt, all .jsonl or all .parquet; got {sorted(kinds)}")
+    require(
+        len(kinds) == 1 and kinds <= {".txt", ".jsonl", ".json", ".parquet"},
+        f"data.files must all be .txt, all .jsonl or all .parquet; got {sorted(kinds)}",
+    )
     kind = kinds.pop()
     if kind == ".txt":
-        return datasets.load_dataset("text", data_files=files, split="train", streaming=True, sample_by=cfg.text_sample_by)
-    return datasets.load_dataset("parquet" if kind == ".parquet" else "json", data_files=files, split="train", streaming=True)
+        return datasets.load_dataset(
+            "text", data_files=files, split="train", streaming=True, sample_by=cfg.text_sample_by
+        )
+    return datasets.load_dataset(
+        "parquet" if kind == ".parquet" else "json", data_files=files, split="train", streaming=True
+    )
 
 
 def _column_batches(cfg: DataConfig) -> Iterator[list]:
@@ -155,5 +180,7 @@ def pretokenized_tokenizer_dir(cfg: DataConfig) -> Path:
             path = hf_hub_download(cfg.name, filename, subfolder="tokenizer", repo_type="dataset")
         except Exception as err:  # noqa: BLE001
             if filename == "tokenizer.json":
-                raise DataError(f"cannot download the tokenizer of '{cfg.name}' (tokenizer/{filename}): {err}. {OFFLINE_HINT}") from None
+                raise DataError(
+                    f"cannot download the tokenizer of '{cfg.name}' (tokenizer/{filename}): {err}. {OFFLINE_HINT}"
+                ) from None
     return Path(path).parent  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""WordPiece tokenizers (SPEC section 3), trained with `tokenizers`, used as `transformers` fast tokenizers."""
+"""WordPiece tokenizers (docs/recipe.md), trained with `tokenizers`, used as `transformers` fast tokenizers."""
 
 from __future__ import annotations
 
@@ -19,13 +19,17 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     tok = Tokenizer(models.WordPiece(unk_token=UNK))
     tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False))
+    tok.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    )
     cls, sep = tok.token_to_id(CLS), tok.token_to_id(SEP)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1", special_tokens=[(CLS, cls), (SEP, sep)]
     )
     tok.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, cls_token=CLS, sep_token=SEP, mask_token=MASK)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, unk_token=UNK, cls_token=CLS, sep_token=SEP, mask_token=MASK
+    )
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
@@ -38,6 +42,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 def check_tokenizer(tokenizer: PreTrainedTokenizerFast, vocab_size: int, where: str = "tokenizer") -> None:
     """A tokenizer fits a model when every id it makes is an embedding row and its pad id is the padding index 0."""
     if len(tokenizer) > vocab_size:
-        raise ConfigError(f"{where} has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size}: they do not match")
+        raise ConfigError(
+            f"{where} has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size}: they do not match"
+        )
     if tokenizer.pad_token_id != 0:
         raise ConfigError(f"{where} pads with id {tokenizer.pad_token_id}; the model's padding index is 0")

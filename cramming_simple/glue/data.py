@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError
-from .config import Protocol, TaskSpec, TaskTable
+from .config import Protocol
+from .tasks import TaskSpec, TaskTable
 
 HOW_TO_GET_DATA = (
     "Without hub access, pass --data-dir DIR holding either the hub's parquet files "
@@ -55,7 +56,11 @@ class Source:
     root: Path | None = None
 
     def describe(self) -> str:
-        return f"the hub ({self.hub})" if self.kind == "hub" else f"{self.root} ({'hub parquet' if self.kind == 'parquet' else 'GLUE TSV'} layout)"
+        return (
+            f"the hub ({self.hub})"
+            if self.kind == "hub"
+            else f"{self.root} ({'hub parquet' if self.kind == 'parquet' else 'GLUE TSV'} layout)"
+        )
 
 
 def open_source(data_dir: str | Path | None, table: TaskTable, tasks: list[str]) -> Source:
@@ -70,10 +75,20 @@ def open_source(data_dir: str | Path | None, table: TaskTable, tasks: list[str])
         _fail(f"--data-dir {root} is not a folder. {HOW_TO_GET_DATA}")
     if any(any((root / name).glob("*.parquet")) for name in table.tasks):
         source = Source("parquet", table.hub, root)
-        missing = [f"{name}/{split}-*.parquet" for name in tasks for split in ("train", *table.tasks[name].splits) if not _parquet_files(source, name, split)]
+        missing = [
+            f"{name}/{split}-*.parquet"
+            for name in tasks
+            for split in ("train", *table.tasks[name].splits)
+            if not _parquet_files(source, name, split)
+        ]
     elif any((root / spec.tsv.folder).is_dir() for spec in table.tasks.values()):
         source = Source("tsv", table.hub, root)
-        missing = [f"{spec.tsv.folder}/{file}" for spec in (table.tasks[n] for n in tasks) for file in spec.tsv.files.values() if not (root / spec.tsv.folder / file).is_file()]
+        missing = [
+            f"{spec.tsv.folder}/{file}"
+            for spec in (table.tasks[n] for n in tasks)
+            for file in spec.tsv.files.values()
+            if not (root / spec.tsv.folder / file).is_file()
+        ]
     else:
         _fail(f"--data-dir {root} holds no GLUE data in either layout. {HOW_TO_GET_DATA}")
     if missing:
@@ -93,7 +108,10 @@ def load_task(source: Source, name: str, spec: TaskSpec) -> dict[str, Examples]:
     if source.kind == "parquet":
         return {s: read_parquet(_parquet_files(source, name, s), spec) for s in splits}
     dataset = _hub_dataset(source, name)
-    return {s: examples_from_frame(dataset[s].to_pandas(), spec, f"{source.hub} ({name}, split {s}, from the hub)") for s in splits}
+    return {
+        s: examples_from_frame(dataset[s].to_pandas(), spec, f"{source.hub} ({name}, split {s}, from the hub)")
+        for s in splits
+    }
 
 
 def read_parquet(files: list[Path], spec: TaskSpec) -> Examples:
@@ -105,9 +123,14 @@ def read_parquet(files: list[Path], spec: TaskSpec) -> Examples:
         try:
             frame = pd.read_parquet(f)
         except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a damaged file
-            _fail(f"{f}: cannot read it as parquet ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+            _fail(
+                f"{f}: cannot read it as parquet ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            )
         parts.append(examples_from_frame(frame, spec, str(f), allow_empty=len(files) > 1))
-    examples = Examples([sum((p.texts[c] for p in parts), []) for c in range(len(spec.texts))], np.concatenate([p.labels for p in parts]))
+    examples = Examples(
+        [sum((p.texts[c] for p in parts), []) for c in range(len(spec.texts))],
+        np.concatenate([p.labels for p in parts]),
+    )
     if not len(examples):
         _fail(f"{', '.join(map(str, files))}: no rows")
     return examples
@@ -187,7 +210,13 @@ def read_tsv(path: Path, spec: TaskSpec) -> Examples:
             out.append(row[c])
         labels.append(_label(row[columns[-1]], spec, path, rows.line_num))
     if not labels:
-        what = "only a header line" if tsv.header and not skipped else f"{skipped} row(s), all too short for the columns {expected}" if skipped else "no lines"
+        what = (
+            "only a header line"
+            if tsv.header and not skipped
+            else f"{skipped} row(s), all too short for the columns {expected}"
+            if skipped
+            else "no lines"
+        )
         _fail(f"{path}: no data rows ({what})")
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} malformed row(s)", stacklevel=2)
@@ -222,7 +251,10 @@ def _hub_dataset(source: Source, name: str):
     try:
         return datasets.load_dataset(source.hub, name)
     except Exception as err:  # noqa: BLE001 - offline, renamed, rate-limited: all mean the same to the user
-        _fail(f"cannot load GLUE task '{name}' from the hub ({source.hub}): {type(err).__name__}: {err}. {HOW_TO_GET_DATA}")
+        _fail(
+            f"cannot load GLUE task '{name}' from the hub ({source.hub}): {type(err).__name__}: {err}. "
+            f"{HOW_TO_GET_DATA}"
+        )
 
 
 def _fail(message: str) -> NoReturn:
@@ -275,7 +307,9 @@ def tokenize(tokenizer, examples: Examples, max_length: int, chunk: int = 8192) 
     ids: list[list[int]] = []
     for start in range(0, len(examples), chunk):
         columns = [col[start : start + chunk] for col in examples.texts]
-        out = tokenizer(*columns, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False)
+        out = tokenizer(
+            *columns, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+        )
         ids.extend(out["input_ids"])
     return ids
 
@@ -283,12 +317,20 @@ def tokenize(tokenizer, examples: Examples, max_length: int, chunk: int = 8192) 
 def check_counts(task: str, splits: dict[str, Examples], protocol: Protocol) -> None:
     """A task must keep at least one training and one evaluation example after the protocol's subsets."""
     for split, examples in splits.items():
-        n = min(len(examples), (protocol.max_train_examples if split == "train" else protocol.max_eval_examples) or len(examples))
+        n = min(
+            len(examples),
+            (protocol.max_train_examples if split == "train" else protocol.max_eval_examples) or len(examples),
+        )
         if n == 0:
-            _fail(f"GLUE task {task}: no {split} examples to {'train on' if split == 'train' else 'evaluate'} after the protocol's subsets")
+            _fail(
+                f"GLUE task {task}: no {split} examples to {'train on' if split == 'train' else 'evaluate'} after "
+                "the protocol's subsets"
+            )
 
 
-def prepare(splits: dict[str, Examples], tokenizer, protocol: Protocol, device: torch.device, task: str = "task") -> TaskData:
+def prepare(
+    splits: dict[str, Examples], tokenizer, protocol: Protocol, device: torch.device, task: str = "task"
+) -> TaskData:
     """Apply the protocol's subsets, tokenise every split once and move it to `device`."""
     check_counts(task, splits, protocol)
     train = subset(splits["train"], protocol.max_train_examples)

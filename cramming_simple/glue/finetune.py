@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained encoder on one GLUE task with one seed (SPEC section 4), scoring every epoch."""
+"""Fine-tune a pretrained encoder on one GLUE task with one seed (docs/recipe.md), scoring every epoch."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from transformers import get_scheduler
 from ..model import load_model
 from ..optim import make_optimizer
 from ..runtime import Progress, autocast, autocast_dtype, seed_everything, timed
-from .config import Protocol, TaskSpec
+from .config import Protocol
 from .data import Encoded, TaskData
 from .metrics import compute, predictions
+from .tasks import TaskSpec
 
 
 def schedule_steps(train_examples: int, protocol: Protocol) -> tuple[int, int]:
@@ -31,18 +32,31 @@ def optimizer_and_schedule(model: torch.nn.Module, protocol: Protocol, train_exa
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, spec: TaskSpec, split: Encoded, protocol: Protocol, device: torch.device) -> dict[str, float | None]:
+def evaluate(
+    model: torch.nn.Module, spec: TaskSpec, split: Encoded, protocol: Protocol, device: torch.device
+) -> dict[str, float | None]:
     """Metrics on one split; None where a metric is undefined (e.g. Pearson of constant predictions)."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")  # similar lengths together: little padding. Metrics ignore order.
     with autocast(device, autocast_dtype(device)):
-        logits = torch.cat([model(ids, mask)[0].float() for ids, mask, _ in split.batches(order, protocol.eval_batch_size)])
+        logits = torch.cat(
+            [model(ids, mask)[0].float() for ids, mask, _ in split.batches(order, protocol.eval_batch_size)]
+        )
     labels = split.labels[torch.from_numpy(order).to(device)]
     scores = compute(spec.metrics, predictions(logits.cpu().numpy(), spec.regression), labels.cpu().numpy())
     return {k: v if math.isfinite(v) else None for k, v in scores.items()}
 
 
-def finetune(model_dir: Path, task: str, spec: TaskSpec, protocol: Protocol, seed: int, data: TaskData, device: torch.device, log_every: int = 50) -> dict:
+def finetune(
+    model_dir: Path,
+    task: str,
+    spec: TaskSpec,
+    protocol: Protocol,
+    seed: int,
+    data: TaskData,
+    device: torch.device,
+    log_every: int = 50,
+) -> dict:
     """Train for the protocol's epochs and score the evaluation splits after each; the last epoch's scores count.
 
     A non-finite training loss ends the run as 'failed'. It is caught without a host sync per step: the step
@@ -82,20 +96,33 @@ def finetune(model_dir: Path, task: str, spec: TaskSpec, protocol: Protocol, see
             bad = int(first_bad)
         train_time += train_t["s"]
         if bad >= 0:
-            status, reason = "failed", f"non-finite training loss at epoch {epoch}, step {bad - (epoch - 1) * per_epoch + 1} of {per_epoch}"
+            status, reason = (
+                "failed",
+                f"non-finite training loss at epoch {epoch}, step {bad - (epoch - 1) * per_epoch + 1} of {per_epoch}",
+            )
             break
         with timed() as eval_t:
             scores = {split: evaluate(model, spec, encoded, protocol, device) for split, encoded in data.evals.items()}
         eval_time += eval_t["s"]
         epochs.append(
-            {"epoch": epoch, "train_loss": float(loss_sum) / per_epoch, "lr": scheduler.get_last_lr()[0], "metrics": scores, "train_time_s": train_t["s"], "eval_time_s": eval_t["s"]}
+            {
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / per_epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "metrics": scores,
+                "train_time_s": train_t["s"],
+                "eval_time_s": eval_t["s"],
+            }
         )
         progress.update(step, epoch=epoch, loss=epochs[-1]["train_loss"])
 
     metrics = epochs[-1]["metrics"] if status == "ok" else {}
     undefined = [f"{split} {name}" for split, values in metrics.items() for name, v in values.items() if v is None]
     if undefined:
-        status, reason = "failed", f"undefined metric after the last epoch: {', '.join(undefined)} (constant predictions?)"
+        status, reason = (
+            "failed",
+            f"undefined metric after the last epoch: {', '.join(undefined)} (constant predictions?)",
+        )
     progress.close(status=status)
     return {
         "status": status,

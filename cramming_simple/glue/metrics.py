@@ -6,7 +6,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-# name -> f(predictions, labels); names as in score.COLUMNS. F1 is of the positive class 1 (duplicate / paraphrase).
+# name -> f(predictions, labels); the metric names of glue.tasks and tasks.yaml.
+# F1 is of the positive class 1 (duplicate / paraphrase).
 METRIC_FUNCTIONS = {
     "accuracy": lambda p, y: accuracy_score(y, p),
     "f1": lambda p, y: f1_score(y, p),

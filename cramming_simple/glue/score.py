@@ -1,4 +1,4 @@
-"""GLUE scoring shared by the GLUE stage and the reports: the nine columns and their average (SPEC section 4).
+"""GLUE scoring shared by the GLUE stage and the reports: the nine columns and their average (docs/recipe.md).
 
 Per-seed results live in `RUN_DIR/glue/<task>/seed<k>.json` (written by the GLUE stage):
   {"task", "seed", "protocol", "protocol_hash", "status": "ok"|"failed", "reason",
@@ -10,38 +10,15 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import pandas as pd
 
 from ..errors import CorruptFileError
 from ..runtime import read_json
-
-TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
-
-
-@dataclass(frozen=True)
-class Column:
-    label: str  # as in the paper's Table 2
-    task: str  # hub config name
-    split: str
-    metric: str
-
-
-# The nine numbers of the GLUE average (MNLI matched and mismatched both count), in Table 2's order.
-COLUMNS = (
-    Column("MNLI-m", "mnli", "validation_matched", "accuracy"),
-    Column("MNLI-mm", "mnli", "validation_mismatched", "accuracy"),
-    Column("SST-2", "sst2", "validation", "accuracy"),
-    Column("STS-B", "stsb", "validation", "pearson"),
-    Column("RTE", "rte", "validation", "accuracy"),
-    Column("QNLI", "qnli", "validation", "accuracy"),
-    Column("QQP", "qqp", "validation", "f1"),
-    Column("MRPC", "mrpc", "validation", "f1"),
-    Column("CoLA", "cola", "validation", "matthews"),
-)
+from .tasks import COLUMNS, TASKS
 
 
 def mean_std(values: Iterable[float]) -> dict:
@@ -111,11 +88,13 @@ def summarize(results: list[dict], tasks: Iterable[str] = TASKS, seeds: Iterable
     tasks = list(tasks)
     seeds = sorted(set(seeds) if seeds is not None else {r["seed"] for r in results})
     by_key = {(r["task"], r["seed"]): r for r in results}
-    failed = [{"task": r["task"], "seed": r["seed"], "reason": r.get("reason")} for r in results if r.get("status") != "ok"]
+    failed = [
+        {"task": r["task"], "seed": r["seed"], "reason": r.get("reason")} for r in results if r.get("status") != "ok"
+    ]
     missing = [{"task": t, "seed": s} for t in tasks for s in seeds if (t, s) not in by_key]
 
     per_seed: dict[int, dict[str, float]] = {s: {} for s in seeds}
-    for (task, seed), r in by_key.items():
+    for (_, seed), r in by_key.items():
         if seed in per_seed:
             per_seed[seed].update(column_scores(r))
     columns = {}
@@ -150,3 +129,20 @@ def summarize(results: list[dict], tasks: Iterable[str] = TASKS, seeds: Iterable
         "failed": failed,
         "missing": missing,
     }
+
+
+def results_table(summary: dict, tasks: list[str]) -> str:
+    """The requested tasks' GLUE columns (mean +- std over seeds, percent) and the GLUE average."""
+    rows = []
+    for c in COLUMNS:
+        if c.task in tasks:
+            col = summary["columns"][c.label]
+            score = format_mean_std(col)
+            rows.append({"column": c.label, "metric": c.metric, "score": score, "seeds": col["n"]})
+    average = summary["glue_average"]
+    tail = (
+        f"GLUE average: {format_mean_std(average)} ({average['n']} seeds)"
+        if average
+        else f"GLUE average: missing ({summary['average_missing_reason']})"
+    )
+    return f"{pd.DataFrame(rows).to_string(index=False)}\n{tail}"

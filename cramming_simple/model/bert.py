@@ -40,7 +40,9 @@ class MaskedLM(nn.Module):
         super().__init__()
         self.encoder = Encoder(cfg, block)
 
-    def forward(self, input_ids: Tensor, positions: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, positions: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """Mean cross-entropy over the masked positions.
 
         positions: (B, M) indices of the masked tokens, M fixed per batch (static shapes for compile);
@@ -74,7 +76,9 @@ class SequenceClassifier(nn.Module):
             nn.init.normal_(layer.weight, std=cfg.init_std)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         first = self.encoder(input_ids, attention_mask)[:, 0]  # (B, d)
         logits = self.out(self.dropout(torch.tanh(self.dense(first))))  # (B, num_labels)
         if labels is None:
@@ -82,15 +86,6 @@ class SequenceClassifier(nn.Module):
         if self.num_labels == 1:
             return logits, F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return logits, F.cross_entropy(logits.float(), labels)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices decay; biases, norms and scalar gains (every tensor with ndim < 2) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

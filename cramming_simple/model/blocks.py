@@ -1,4 +1,4 @@
-"""The seven blocks, exactly as SPEC section 2, and the one registry that names them.
+"""The seven blocks, exactly as docs/blocks.md, and the one registry that names them.
 
 Every block maps (B, T, d) -> (B, T, d) given a KeyMask (or None: no padding). `layer` is the block's index
 in the stack: the simplified blocks keep a trainable value matrix in layer 0 only.
@@ -16,7 +16,20 @@ from torch import Tensor, nn
 
 from ..config import ConfigError
 from .config import ArchConfig
-from .layers import GLU, Attention, KeyMask, ShapedAttention, attend, glu, linear, merge_heads, norm, project, split_heads, zero_query
+from .layers import (
+    GLU,
+    Attention,
+    KeyMask,
+    ShapedAttention,
+    attend,
+    glu,
+    linear,
+    merge_heads,
+    norm,
+    project,
+    split_heads,
+    zero_query,
+)
 
 
 def gain(value: float) -> nn.Parameter:
@@ -114,28 +127,27 @@ class SASP(nn.Module):
         x = self.norm(x)
         d = x.shape[-1]
         q, k, h = project(x, self.w_in.weight, [d, d, self.w_in.out_features - 2 * d], self.fused)
-        return torch.addcmul(self.attn.mix(q, k, x, mask, gain=self.beta_sa), self.beta_ff, self.drop(self.down(glu(h, self.fused))))
+        return torch.addcmul(
+            self.attn.mix(q, k, x, mask, gain=self.beta_sa), self.beta_ff, self.drop(self.down(glu(h, self.fused)))
+        )
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """A registry entry: how to build the block, its name in tables, and its pretraining defaults."""
+    """A registry entry: how to build the block and its name in tables (its training recipe: train.config)."""
 
     build: Callable[[ArchConfig, int], nn.Module]
     title: str
-    lr: float  # peak learning rate of the budget triangle (SPEC section 3)
-    weight_decay: float
-    shaped: bool  # uses shaped attention (SMHA)
 
 
 BLOCKS: dict[str, BlockSpec] = {
-    "preln": BlockSpec(PreLN, "Pre-LN", 1e-3, 0.01, shaped=False),
-    "postln": BlockSpec(PostLN, "Post-LN", 1e-3, 0.01, shaped=False),
-    "parallel": BlockSpec(Parallel, "Parallel", 1e-3, 0.01, shaped=False),
-    "sas": BlockSpec(SAS, "SAS", 3e-3, 0.1, shaped=True),
-    "sasp": BlockSpec(SASP, "SAS-P", 3e-3, 0.1, shaped=True),
-    "sasp-nonorm": BlockSpec(lambda cfg, layer: SASP(cfg, layer, with_norm=False), "SAS-P, no norm", 2e-3, 0.1, shaped=True),
-    "vskipinit": BlockSpec(lambda cfg, layer: SAS(cfg, layer, values="full"), "V-SkipInit", 1e-3, 0.01, shaped=True),
+    "preln": BlockSpec(PreLN, "Pre-LN"),
+    "postln": BlockSpec(PostLN, "Post-LN"),
+    "parallel": BlockSpec(Parallel, "Parallel"),
+    "sas": BlockSpec(SAS, "SAS"),
+    "sasp": BlockSpec(SASP, "SAS-P"),
+    "sasp-nonorm": BlockSpec(lambda cfg, layer: SASP(cfg, layer, with_norm=False), "SAS-P, no norm"),
+    "vskipinit": BlockSpec(lambda cfg, layer: SAS(cfg, layer, values="full"), "V-SkipInit"),
 }
 
 

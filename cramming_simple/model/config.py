@@ -1,4 +1,4 @@
-"""Architecture config: the crammed-BERT encoder (SPEC section 1) and a tiny CPU-sized twin."""
+"""Architecture config: the crammed-BERT encoder (docs/blocks.md) and a tiny CPU-sized twin."""
 
 from __future__ import annotations
 
@@ -30,9 +30,13 @@ class ArchConfig:
         require(self.norm_eps > 0 and self.init_std > 0, "arch.norm_eps and arch.init_std must be positive")
         require(0.0 <= self.dropout < 1.0, f"arch.dropout must be in [0, 1), got {self.dropout}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ArchConfig:
+        """An arch as a model folder's config.json saved it: known keys only, validated."""
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in values.items() if k in known})
+        cfg.validate()
+        return cfg
 
 
 PRESETS: dict[str, ArchConfig] = {

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +100,8 @@ def read_model_config(path: str | Path) -> tuple[ArchConfig, str]:
     config = read_json(path / CONFIG)
     if not isinstance(config, dict) or not isinstance(config.get("arch"), dict) or "block" not in config:
         raise CorruptFileError(path / CONFIG, "not a model config (expected the keys 'block' and 'arch')")
-    known = {f.name for f in fields(ArchConfig)}
     try:
-        arch = ArchConfig(**{k: v for k, v in config["arch"].items() if k in known})
-        arch.validate()
+        arch = ArchConfig.from_dict(config["arch"])
     except (TypeError, ConfigError) as err:
         raise CorruptFileError(path / CONFIG, f"invalid arch ({err})") from None
     return arch, config["block"]
@@ -131,7 +129,11 @@ def check_model(path: str | Path) -> tuple[ArchConfig, str]:
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
     if missing or unexpected or wrong:
-        detail = ", ".join(f"{what} {keys[:3]}" for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        detail = ", ".join(
+            f"{what} {keys[:3]}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
         raise CorruptFileError(weights, f"does not fit the {block} encoder its {CONFIG} describes ({detail})")
     return arch, block
 

@@ -18,7 +18,7 @@ from .config import ArchConfig
 
 
 def linear(fan_in: int, fan_out: int, std: float) -> nn.Linear:
-    """A bias-free Linear with normal(0, std) init (SPEC: no bias anywhere in the encoder)."""
+    """A bias-free Linear with normal(0, std) init (no bias anywhere in the encoder: docs/blocks.md)."""
     layer = nn.Linear(fan_in, fan_out, bias=False)
     nn.init.normal_(layer.weight, std=std)
     return layer
@@ -189,7 +189,7 @@ class Attention(nn.Module):
 
 
 class ShapedAttention(nn.Module):
-    """SMHA: per head (alpha_h I + beta_h A_h - gamma_h C) V_h, concatenated (SPEC section 2).
+    """SMHA: per head (alpha_h I + beta_h A_h - gamma_h C) V_h, concatenated (docs/blocks.md).
 
     values: how V is made from the (normed) input X:
       'identity' - V = X, and no output projection (the simplified blocks);
@@ -234,7 +234,11 @@ class ShapedAttention(nn.Module):
         gain: a scalar factor on the whole output (the block's beta_SA). SMHA is linear in its per-head gains
         (and W^P is linear), so it is folded into them: (H,) multiplies instead of a pass over (B, T, d).
         """
-        alpha, beta, gamma = (self.alpha, self.beta, self.gamma) if gain is None else (g * gain for g in (self.alpha, self.beta, self.gamma))
+        alpha, beta, gamma = (
+            (self.alpha, self.beta, self.gamma)
+            if gain is None
+            else (g * gain for g in (self.alpha, self.beta, self.gamma))
+        )
         q, k, v = (split_heads(t, self.heads) for t in (q, k, self.value_of(x)))
         out = merge_heads(shaped_attend(q, k, v, alpha, beta, gamma, mask, self.fused))
         return self.proj(out) if self.values == "full" else out

@@ -14,13 +14,12 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .. import runs as contract
-from ..config import REPO_ROOT, ConfigError, load_yaml
+from ..config import ConfigError, load_yaml
 from ..errors import CorruptFileError
-from ..glue.score import COLUMNS, load_results, summarize
+from ..glue.score import load_results, summarize
+from ..glue.tasks import COLUMNS, TASK_LABELS
 from ..model import BLOCKS
 from ..runtime import read_json
-
-REFERENCE_DIR = REPO_ROOT / "reports" / "reference"
 
 
 @dataclass
@@ -59,10 +58,28 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         metrics.append(m.assign(run=row["name"]))
         for c in COLUMNS:
             stats = glue_summary["columns"][c.label]
-            glue.append({"run": row["name"], "column": c.label, "task": c.task, "mean": stats["mean"], "std": stats["std"], "n": stats["n"]})
+            glue.append(
+                {
+                    "run": row["name"],
+                    "column": c.label,
+                    "task": c.task,
+                    "mean": stats["mean"],
+                    "std": stats["std"],
+                    "n": stats["n"],
+                }
+            )
         problems += [{"run": row["name"], **f, "status": "failed"} for f in glue_summary["failed"]]
         problems += [{"run": row["name"], **x, "status": "not run", "reason": None} for x in glue_summary["missing"]]
-        problems += [{"run": row["name"], "task": t, "seed": s, "status": "unreadable", "reason": f"{err.path.name}: {err.reason}"} for (t, s), err in damaged.items()]
+        problems += [
+            {
+                "run": row["name"],
+                "task": t,
+                "seed": s,
+                "status": "unreadable",
+                "reason": f"{err.path.name}: {err.reason}",
+            }
+            for (t, s), err in damaged.items()
+        ]
 
     runs = pd.DataFrame(rows).set_index("name", drop=False)
     rank = runs.block.map({name: i for i, name in enumerate(BLOCKS)}).fillna(len(BLOCKS))
@@ -129,7 +146,10 @@ def read_run(run_dir: Path) -> dict:
 def glue_fields(summary: dict) -> dict:
     """The run-level GLUE facts: average over seeds (or why it is missing) and the protocol used."""
     avg = summary["glue_average"] or {}
-    as_text = lambda v: " + ".join(map(str, v)) if isinstance(v, list) else v  # several protocols mixed in one run
+
+    def as_text(value):  # several protocols mixed in one run: "paper + smoke"
+        return " + ".join(map(str, value)) if isinstance(value, list) else value
+
     return {
         "glue_mean": avg.get("mean"),
         "glue_std": avg.get("std"),
@@ -152,9 +172,6 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-TASK_LABELS = {c.task: "MNLI" if c.task == "mnli" else c.label for c in COLUMNS}
-
-
 def describe_problems(problems: pd.DataFrame) -> str:
     """'CoLA: seeds 1, 2 failed (non-finite loss), seed 3 not run; RTE: ...' for some rows of `problems`."""
     per_task = []
@@ -165,19 +182,3 @@ def describe_problems(problems: pd.DataFrame) -> str:
             parts.append(f"seed{'s' if len(g) > 1 else ''} {seeds} {status}" + (f" ({reason})" if reason else ""))
         per_task.append(f"{TASK_LABELS.get(task, task)}: {', '.join(parts)}")
     return "; ".join(per_task)
-
-
-def reference_names() -> list[str]:
-    return sorted(p.name.removesuffix("_table1.csv") for p in REFERENCE_DIR.glob("*_table1.csv"))
-
-
-def load_reference(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The published Table 1 and Table 2 rows (`reports/reference/<name>_table{1,2}.csv`)."""
-    paths = [REFERENCE_DIR / f"{name}_table{i}.csv" for i in (1, 2)]
-    for p in paths:
-        if not p.exists():
-            raise ConfigError(f"reference '{name}' not found ({p}). Available: {', '.join(reference_names())}")
-    tables = [pd.read_csv(p) for p in paths]
-    for t in tables:
-        t["note"] = t["note"].astype(object).where(t["note"].notna(), None)
-    return tables[0], tables[1]

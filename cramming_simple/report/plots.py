@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..glue.score import COLUMNS
+from ..glue.tasks import COLUMNS
 
 WIDTH = 5.5  # inches: fits a single paper column at full text width without rescaling the fonts much
 COLORS = [f"C{i}" for i in range(10)]
@@ -82,7 +82,16 @@ def glue_plot(runs: pd.DataFrame, glue: pd.DataFrame, out: Path, published: dict
         scores = glue[glue.run == name].set_index("column").reindex(labels)
         xs = np.arange(len(labels)) + offset
         std = pd.to_numeric(scores["std"]).to_numpy(float)  # None (one seed: no std) -> NaN: no error bar drawn
-        ax.errorbar(xs, pd.to_numeric(scores["mean"]).to_numpy(float), yerr=std, fmt="o", ms=4, capsize=2.5, color=color, label=r.label)
+        ax.errorbar(
+            xs,
+            pd.to_numeric(scores["mean"]).to_numpy(float),
+            yerr=std,
+            fmt="o",
+            ms=4,
+            capsize=2.5,
+            color=color,
+            label=r.label,
+        )
         if r.block in published:
             ax.plot(xs, [published[r.block][c] for c in labels], "x", color=color, ms=5)
     handles, names = ax.get_legend_handles_labels()

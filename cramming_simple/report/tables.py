@@ -1,4 +1,4 @@
-"""Tables 1 and 2 (SPEC section 5) as Markdown, LaTeX (booktabs) and CSV.
+"""Tables 1 and 2 (docs/recipe.md) as Markdown, LaTeX (booktabs) and CSV.
 
 Each table is built once as two frames: `data` holds the numbers at full precision (the CSV) and `shown` the
 same numbers rounded once to text (Markdown and LaTeX), so the three formats cannot disagree. A dash is a
@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..glue.score import COLUMNS
+from ..glue.tasks import COLUMNS
+from ..markdown import table as markdown_table
 from ..model import BLOCKS
+from ..reference import BASELINE, published_rows
 from .load import describe_problems
 
 # What must match for microbatch steps to be comparable: same budget, same hardware, same microbatch.
@@ -54,20 +56,16 @@ def same(a, b) -> bool:
     return (missing(a) and missing(b)) or a == b
 
 
-def published_rows(reference: pd.DataFrame | None) -> dict[str, pd.Series]:
-    """The paper's own row per block: deltas compare against these (never against other sources' rows)."""
-    if reference is None:
-        return {}
-    return {r.block: r for _, r in reference[reference.ref == "he2023"].iterrows()}
-
-
 def speed_baseline(run: pd.Series, runs: pd.DataFrame) -> tuple[str | None, str | None]:
     """The Pre-LN run whose microbatch steps this run's are divided by (or None), and a note (or None)."""
     if run.summary_problem:
         return None, summary_note(run)
-    prelns = runs[(runs.block == "preln") & (runs.summary_problem == "")]
+    prelns = runs[(runs.block == BASELINE) & (runs.summary_problem == "")]
     if prelns.empty:
-        return None, "no Pre-LN run among the compared runs: speed is relative to Pre-LN on the same budget and hardware"
+        return (
+            None,
+            "no Pre-LN run among the compared runs: speed is relative to Pre-LN on the same budget and hardware",
+        )
     if not run.completed:
         return None, f"{run.name} did not complete: its microbatch steps do not fill the budget"
     matching = prelns[[all(same(p[k], run[k]) for k in SPEED_KEY) for _, p in prelns.iterrows()]]
@@ -77,7 +75,11 @@ def speed_baseline(run: pd.Series, runs: pd.DataFrame) -> tuple[str | None, str 
     if not base.completed:
         return None, f"the Pre-LN run {base.name} did not complete: its microbatch steps do not fill the budget"
     if len(matching) > 1:
-        return base.name, f"{run.name}: several Pre-LN runs share its budget and hardware; speed is relative to the last listed, {base.name}"
+        return (
+            base.name,
+            f"{run.name}: several Pre-LN runs share its budget and hardware; speed is relative to the last listed, "
+            f"{base.name}",
+        )
     return base.name, None
 
 
@@ -118,18 +120,34 @@ def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame |
         base, speed_note = speed_baseline(r, runs)
         speed = r.microbatch_steps / runs.microbatch_steps[base] if base else None
         d = {
-            "kind": "run", "block": r.block, "title": r.title, "run": name,
-            "glue_mean": r.glue_mean, "glue_std": r.glue_std, "glue_n": r.glue_n,
+            "kind": "run",
+            "block": r.block,
+            "title": r.title,
+            "run": name,
+            "glue_mean": r.glue_mean,
+            "glue_std": r.glue_std,
+            "glue_n": r.glue_n,
             "params_m": None if missing(r.params) else r.params / 1e6,
-            "microbatch_steps": r.microbatch_steps, "speed": speed, "speed_baseline": base, "final_loss": r.final_loss,
+            "microbatch_steps": r.microbatch_steps,
+            "speed": speed,
+            "speed_baseline": base,
+            "final_loss": r.final_loss,
         }
         s = {
             "Block": r.title,
-            "Run": name + (notes.mark(summary_note(r), row_notes) if r.summary_problem else "" if r.completed else notes.mark(f"{name} did not complete (stop reason: {r.stop_reason})", row_notes)),
+            "Run": name
+            + (
+                notes.mark(summary_note(r), row_notes)
+                if r.summary_problem
+                else ""
+                if r.completed
+                else notes.mark(f"{name} did not complete (stop reason: {r.stop_reason})", row_notes)
+            ),
             "GLUE": glue_cell(r, problems, notes, row_notes),
             "Params (M)": fmt(d["params_m"], ".1f"),
             "Microbatch steps": fmt(r.microbatch_steps, ".0f"),
-            "Speed": ("-" if speed is None else f"{speed:.2f}") + (notes.mark(speed_note, row_notes) if speed_note else ""),
+            "Speed": ("-" if speed is None else f"{speed:.2f}")
+            + (notes.mark(speed_note, row_notes) if speed_note else ""),
             "MLM loss": fmt(r.final_loss, ".3f") or "-",
         }
         if reference is not None:
@@ -141,19 +159,37 @@ def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame |
         shown.append(s)
 
     first_published = len(shown) if reference is not None else None
-    for _, p in (reference.iterrows() if reference is not None else ()):
+    for _, p in reference.iterrows() if reference is not None else ():
         row_notes = []
         glue_missing = missing(p.glue_mean)
         note = notes.mark(p.note, row_notes) if p.note else ""
-        data.append({
-            "kind": "published", "block": p.block, "title": BLOCKS[p.block].title, "run": p.label,
-            "glue_mean": p.glue_mean, "glue_std": p.glue_std, "params_m": p.params_m, "speed": p.speed, "notes": "; ".join(row_notes),
-        })
+        data.append(
+            {
+                "kind": "published",
+                "block": p.block,
+                "title": BLOCKS[p.block].title,
+                "run": p.label,
+                "glue_mean": p.glue_mean,
+                "glue_std": p.glue_std,
+                "params_m": p.params_m,
+                "speed": p.speed,
+                "notes": "; ".join(row_notes),
+            }
+        )
         glue = "-" if glue_missing else f"{p.glue_mean:.1f}" + ("" if missing(p.glue_std) else f" ± {p.glue_std:.1f}")
-        shown.append({
-            "Block": BLOCKS[p.block].title, "Run": p.label + ("" if glue_missing else note), "GLUE": glue + (note if glue_missing else ""),
-            "Params (M)": fmt(p.params_m, ".0f"), "Microbatch steps": "", "Speed": fmt(p.speed, ".2f"), "MLM loss": "", "Δ GLUE": "", "Δ speed": "",
-        })
+        shown.append(
+            {
+                "Block": BLOCKS[p.block].title,
+                "Run": p.label + ("" if glue_missing else note),
+                "GLUE": glue + (note if glue_missing else ""),
+                "Params (M)": fmt(p.params_m, ".0f"),
+                "Microbatch steps": "",
+                "Speed": fmt(p.speed, ".2f"),
+                "MLM loss": "",
+                "Δ GLUE": "",
+                "Δ speed": "",
+            }
+        )
     return Table(with_int_columns(data, ["glue_n", "microbatch_steps"]), pd.DataFrame(shown), notes, first_published)
 
 
@@ -177,22 +213,52 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
             elif n == seeds:
                 s[c.label] = f"{mean:.1f}"
             else:
-                why = f"{name}, " + (describe_problems(bad) if not bad.empty else f"{c.label}: no {c.metric} in {seeds - n} seed file(s)")
-                s[c.label] = "-" + notes.mark(why, row_notes) if n == 0 else f"{mean:.1f}" + notes.mark(f"{why}; mean of the other {n} seed(s)", row_notes)
+                why = f"{name}, " + (
+                    describe_problems(bad) if not bad.empty else f"{c.label}: no {c.metric} in {seeds - n} seed file(s)"
+                )
+                s[c.label] = (
+                    "-" + notes.mark(why, row_notes)
+                    if n == 0
+                    else f"{mean:.1f}" + notes.mark(f"{why}; mean of the other {n} seed(s)", row_notes)
+                )
         data.append({**d, "notes": "; ".join(row_notes)})
         shown.append(s)
         p = paper.get(r.block)
         if p is not None:  # the delta row sits right under its run
             deltas = {c.label: None if missing(d[c.label]) else d[c.label] - p[c.label] for c in COLUMNS}
-            data.append({"kind": "delta", "block": r.block, "title": r.title, "run": f"{name} - {p.label}", **deltas, "notes": ""})
+            data.append(
+                {
+                    "kind": "delta",
+                    "block": r.block,
+                    "title": r.title,
+                    "run": f"{name} - {p.label}",
+                    **deltas,
+                    "notes": "",
+                }
+            )
             shown.append({"Block": r.title, "Run": "Δ vs published", **{k: fmt(v, "+.1f") for k, v in deltas.items()}})
 
     first_published = len(shown) if reference is not None else None
-    for _, p in (reference.iterrows() if reference is not None else ()):
+    for _, p in reference.iterrows() if reference is not None else ():
         row_notes = []
         note = notes.mark(p.note, row_notes) if p.note else ""
-        data.append({"kind": "published", "block": p.block, "title": BLOCKS[p.block].title, "run": p.label, **{c.label: p[c.label] for c in COLUMNS}, "notes": "; ".join(row_notes)})
-        shown.append({"Block": BLOCKS[p.block].title, "Run": p.label + note, **{c.label: fmt(p[c.label], ".1f") or "-" for c in COLUMNS}})
+        data.append(
+            {
+                "kind": "published",
+                "block": p.block,
+                "title": BLOCKS[p.block].title,
+                "run": p.label,
+                **{c.label: p[c.label] for c in COLUMNS},
+                "notes": "; ".join(row_notes),
+            }
+        )
+        shown.append(
+            {
+                "Block": BLOCKS[p.block].title,
+                "Run": p.label + note,
+                **{c.label: fmt(p[c.label], ".1f") or "-" for c in COLUMNS},
+            }
+        )
     return Table(with_int_columns(data, [f"{c.label} n" for c in COLUMNS]), pd.DataFrame(shown), notes, first_published)
 
 
@@ -200,19 +266,23 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
 
 
 def markdown(t: Table) -> str:
-    def line(cells) -> str:
-        return "| " + " | ".join(str(c).replace("|", r"\|") for c in cells) + " |"
-
-    cols = list(t.shown.columns)
-    lines = [line(cols), line("---" if c in TEXT_COLUMNS else "---:" for c in cols)]
-    lines += [line(r) for r in t.shown.itertuples(index=False)]
-    lines += [f"\n[{i}] {text}" for i, text in enumerate(t.notes, 1)]
-    return "\n".join(lines) + "\n"
+    text = markdown_table(list(t.shown.columns), t.shown.itertuples(index=False), left=TEXT_COLUMNS)
+    return text + "".join(f"\n[{i}] {note}\n" for i, note in enumerate(t.notes, 1))  # footnotes, a blank line apart
 
 
 TEX_ESCAPES = {
-    "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
 }
 
 
@@ -228,7 +298,15 @@ def latex(t: Table) -> str:
     if t.first_published is not None and 0 < t.first_published < len(body):
         body.insert(t.first_published, r"\midrule")
     spec = "".join("l" if c in TEXT_COLUMNS else "r" for c in cols)
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(tex, cols)) + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}"]
+    lines = [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(map(tex, cols)) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
     if t.notes:
         lines.append(r"\par\smallskip")
         lines += [rf"{{\footnotesize\textsuperscript{{{i}}}~{tex(text)}\par}}" for i, text in enumerate(t.notes, 1)]

@@ -73,4 +73,6 @@ def load_checkpoint(path: str | Path) -> dict:
         # Our own file: it holds RNG states (numpy, python) besides tensors, so not weights_only.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - whatever torch.load trips on, the file is not usable
-        raise UnreadableCheckpoint(path, f"cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        raise UnreadableCheckpoint(
+            path, f"cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None

@@ -7,14 +7,42 @@ from its preset (`arch.preset: tiny`), so `arch.preset=tiny arch.depth=4` means 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 from omegaconf import OmegaConf
 
-from ..config import find_preset, load_yaml, merge_typed, require
+from ..config import ConfigError, load_yaml, merge_typed, require
 from ..data.sources import DataConfig
 from ..model import ArchConfig, arch_config, block_spec
-from ..runtime import PRECISIONS
+from ..presets import find_preset
+from ..runs import CONFIG
+from ..runtime import PRECISIONS, compile_default
+
+
+@dataclass(frozen=True)
+class BlockRecipe:
+    """A block's peak learning rate of the budget triangle and its weight decay (docs/recipe.md)."""
+
+    lr: float
+    weight_decay: float
+
+
+# What a budget uses when neither it nor an override sets train.lr / train.weight_decay.
+BLOCK_RECIPES = {
+    "preln": BlockRecipe(1e-3, 0.01),
+    "postln": BlockRecipe(1e-3, 0.01),
+    "parallel": BlockRecipe(1e-3, 0.01),
+    "sas": BlockRecipe(3e-3, 0.1),
+    "sasp": BlockRecipe(3e-3, 0.1),
+    "sasp-nonorm": BlockRecipe(2e-3, 0.1),
+    "vskipinit": BlockRecipe(1e-3, 0.01),
+}
+
+
+def block_recipe(block: str) -> BlockRecipe:
+    block_spec(block)  # an unknown name fails here, listing the valid ones
+    return BLOCK_RECIPES[block]
 
 
 @dataclass
@@ -22,7 +50,7 @@ class TrainConfig:
     microbatch: int = 128  # sequences per microbatch (per GPU)
     batch_max: int = 8192  # effective batch (sequences, all GPUs) reached at p = ramp_end
     ramp_end: float = 0.6
-    lr: Optional[float] = None  # peak of the budget triangle; None: the block's default (SPEC section 3)
+    lr: Optional[float] = None  # peak of the budget triangle; None: the block's recipe (BLOCK_RECIPES)
     weight_decay: Optional[float] = None  # None: the block's default
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-12
@@ -32,9 +60,15 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many microbatch steps (stop_reason "max_steps")
 
     def validate(self) -> None:
-        require(self.microbatch > 0 and self.batch_max >= self.microbatch, "train.microbatch must be positive and at most train.batch_max")
+        require(
+            self.microbatch > 0 and self.batch_max >= self.microbatch,
+            "train.microbatch must be positive and at most train.batch_max",
+        )
         require(0.0 < self.ramp_end <= 1.0, f"train.ramp_end must be in (0, 1], got {self.ramp_end}")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"train.betas must be two values in [0, 1), got {self.betas}")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"train.betas must be two values in [0, 1), got {self.betas}",
+        )
         require(0.0 < self.mask_prob < 1.0, f"train.mask_prob must be in (0, 1), got {self.mask_prob}")
         require(self.grad_clip > 0 and self.eps > 0, "train.grad_clip and train.eps must be positive")
         require(self.lr is None or self.lr > 0, "train.lr must be positive")
@@ -44,7 +78,7 @@ class TrainConfig:
 class ImplConfig:
     device: str = "auto"  # auto | cuda | cpu
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with GradScaler) | fp32
-    compile: Optional[bool] = None  # None: on for CUDA, off for CPU
+    compile: Optional[bool] = None  # None: on for CUDA, off for CPU (decided when the config is validated)
     checkpoint_minutes: float = 30.0
     log_seconds: float = 10.0
     prefetch: int = 4  # microbatches prepared ahead on a background thread
@@ -52,8 +86,15 @@ class ImplConfig:
 
     def validate(self) -> None:
         require(self.device in ("auto", "cuda", "cpu"), f"impl.device must be auto, cuda or cpu, got '{self.device}'")
-        require(self.precision in PRECISIONS, f"impl.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
-        require(self.checkpoint_minutes > 0 and self.log_seconds > 0, "impl.checkpoint_minutes and impl.log_seconds must be positive")
+        require(
+            self.precision in PRECISIONS,
+            f"impl.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'",
+        )
+        require(
+            self.checkpoint_minutes > 0 and self.log_seconds > 0,
+            "impl.checkpoint_minutes and impl.log_seconds must be positive",
+        )
+        self.compile = compile_default(self.device) if self.compile is None else self.compile
 
 
 @dataclass
@@ -68,27 +109,40 @@ class PretrainConfig:
     impl: ImplConfig = field(default_factory=ImplConfig)
 
     def validate(self) -> None:
-        block_spec(self.block)
+        """Also fills what the budget left to the block: its recipe's peak LR and weight decay, and the run name."""
+        recipe = block_recipe(self.block)
         require(self.hours > 0, f"hours must be positive, got {self.hours}")
+        self.train.lr = recipe.lr if self.train.lr is None else self.train.lr
+        self.train.weight_decay = recipe.weight_decay if self.train.weight_decay is None else self.train.weight_decay
+        self.name = self.name or f"{self.block}-{self.budget}"
 
     @property
     def budget_s(self) -> float:
         return self.hours * 3600.0
 
+    @classmethod
+    def from_budget(
+        cls, budget: str, block: str | None = None, overrides: list[str] = (), name: str | None = None
+    ) -> PretrainConfig:
+        """budgets/<budget>.yaml (or a YAML path) + `key=value` overrides, validated, block recipe filled.
 
-def load_pretrain_config(budget: str, block: str | None = None, overrides: list[str] = (), name: str | None = None) -> PretrainConfig:
-    """budgets/<budget>.yaml (or a YAML path) + overrides -> a validated config with block defaults filled."""
-    path = find_preset("budgets", budget)
-    raw = load_yaml(path)
-    cli = OmegaConf.from_dotlist(list(overrides))
-    preset = OmegaConf.select(cli, "arch.preset") or OmegaConf.select(raw, "arch.preset") or "crammed-bert"
-    base = PretrainConfig(arch=arch_config(preset), budget=path.stem)
-    layers = [(str(path), raw), ("command line", cli)]
-    if block:
-        layers.append(("--block", {"block": block}))
-    cfg = merge_typed(PretrainConfig, base, layers)
-    spec = block_spec(cfg.block)
-    cfg.train.lr = spec.lr if cfg.train.lr is None else cfg.train.lr
-    cfg.train.weight_decay = spec.weight_decay if cfg.train.weight_decay is None else cfg.train.weight_decay
-    cfg.name = name or cfg.name or f"{cfg.block}-{cfg.budget}"
-    return cfg
+        The arch node starts from its preset (`arch.preset` in the overrides, else the budget's).
+        """
+        path = find_preset("budgets", budget)
+        raw = load_yaml(path)
+        cli = OmegaConf.from_dotlist(list(overrides))
+        preset = OmegaConf.select(cli, "arch.preset") or OmegaConf.select(raw, "arch.preset") or "crammed-bert"
+        layers = [(str(path), raw), ("command line", cli)]
+        if block:
+            layers.append(("--block", {"block": block}))
+        if name:
+            layers.append(("--name", {"name": name}))
+        return merge_typed(cls, cls(arch=arch_config(preset), budget=path.stem), layers)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, overrides: list[str] = ()) -> PretrainConfig:
+        """The config a run folder was started with (its config.yaml), plus `key=value` overrides."""
+        saved = Path(run_dir) / CONFIG
+        if not saved.is_file():
+            raise ConfigError(f"{run_dir} has no {CONFIG}: not a run folder")
+        return merge_typed(cls, None, [(str(saved), load_yaml(saved)), ("command line", list(overrides))])

@@ -7,6 +7,7 @@ elapsed time (the slowest rank's) and the same stop decision, hence the same sch
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ class Dist:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+            gc.collect()  # free the backends' C++ objects now, not during interpreter shutdown
 
 
 def init_distributed(device: torch.device) -> Dist:

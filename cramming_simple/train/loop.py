@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,19 +29,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, to_yaml
-from ..errors import EXIT_DISK_FULL, DiskFullError, UserError
 from ..data import MicrobatchStream, MLMCollator, PackedData, Prefetcher, check_tokenizer, load_tokenizer, prepare
+from ..errors import EXIT_DISK_FULL, DiskFullError, UserError
 from ..model import MaskedLM, count_params, save_model, unwrap
 from ..optim import make_optimizer
 from ..runs import CHECKPOINT, CONFIG, LOCK, METRICS, MODEL, PREV_CHECKPOINT, SUMMARY, read_summary
 from ..runtime import (
+    CompiledModule,
     FileLock,
     Progress,
     append_jsonl,
     atomic_write_bytes,
     autocast,
     autocast_dtype,
-    compile_model,
     die_with_parent,
     environment,
     now_iso,
@@ -93,6 +92,40 @@ class Clock:
             self.start()
 
 
+class LogWindow:
+    """Sums since the last log, kept on the device: no host sync per step, and a NaN/inf in any loss or
+    gradient norm propagates into them. `totals` and `finite` are the syncs, averaged over ranks."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.norm_sum = torch.zeros((), device=device)
+        self.steps = self.updates = self.tokens = 0
+        self.start = 0.0
+
+    def add_microbatch(self, loss: torch.Tensor, tokens: int) -> None:
+        self.loss_sum += loss.detach().float()
+        self.steps += 1
+        self.tokens += tokens
+
+    def add_update(self, grad_norm: torch.Tensor) -> None:
+        self.norm_sum += grad_norm.float()
+        self.updates += 1
+
+    def totals(self, dist: Dist) -> tuple[float, float]:
+        """(summed loss, summed gradient norm), each the mean over ranks."""
+        loss_total, norm_total = dist.mean(torch.stack([self.loss_sum, self.norm_sum])).tolist()
+        return loss_total, norm_total
+
+    def finite(self, dist: Dist) -> bool:
+        return all(math.isfinite(v) for v in self.totals(dist))
+
+    def reset(self, now: float) -> None:
+        self.loss_sum.zero_()
+        self.norm_sum.zero_()
+        self.steps = self.updates = self.tokens = 0
+        self.start = now
+
+
 class StopSignals:
     """SIGTERM (preemption) and a first Ctrl-C ask for a checkpoint and a clean exit; a second Ctrl-C aborts."""
 
@@ -109,7 +142,11 @@ class StopSignals:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\nreceived {signal.Signals(signum).name}: finishing this step, writing a checkpoint, then exiting", file=sys.stderr, flush=True)
+        print(
+            f"\nreceived {signal.Signals(signum).name}: finishing this step, writing a checkpoint, then exiting",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -131,13 +168,18 @@ def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = 
         with run_lock(run_dir, dist):
             has_state = any((run_dir / f).exists() for f in (CHECKPOINT, PREV_CHECKPOINT, SUMMARY))
             if has_state and not resume:
-                raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or --name to start another")
+                raise ConfigError(
+                    f"run folder {run_dir} already holds a run: pass --resume to continue it, or --name to start "
+                    "another"
+                )
             summary = read_summary(run_dir) if resume and (run_dir / SUMMARY).exists() else None
             if summary and summary.get("completed"):
                 print(f"{run_dir} is complete; nothing to do", flush=True)
                 return summary
             with StopSignals() as signals:
-                return Trainer(cfg, run_dir, device, dist, signals).run()
+                summary = Trainer(cfg, run_dir, device, dist, signals).run()
+            dist.barrier()  # all ranks leave together (rank 0 was still publishing the model and summary)
+            return summary
     finally:
         dist.close()
 
@@ -181,12 +223,21 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.prepared.tokenizer_dir)
         check_tokenizer(self.tokenizer, cfg.arch.vocab_size)
         data = PackedData(self.prepared.path, verify=cfg.data.verify)
-        collate = MLMCollator(cfg.arch.seq_len, cfg.train.mask_prob, self.tokenizer.mask_token_id, self.tokenizer.all_special_ids, len(self.tokenizer), cfg.train.seed)
+        collate = MLMCollator(
+            cfg.arch.seq_len,
+            cfg.train.mask_prob,
+            self.tokenizer.mask_token_id,
+            self.tokenizer.all_special_ids,
+            len(self.tokenizer),
+            cfg.train.seed,
+        )
         self.stream = MicrobatchStream(data, collate, cfg.train.microbatch, cfg.train.seed, dist.rank, dist.world)
 
         seed_everything(cfg.train.seed)
         self.model = MaskedLM(cfg.arch, cfg.block).to(device)
-        self.optimizer = make_optimizer(self.model, lr_at(0.0, cfg.train.lr), cfg.train.weight_decay, tuple(cfg.train.betas), cfg.train.eps, device)
+        self.optimizer = make_optimizer(
+            self.model, lr_at(0.0, cfg.train.lr), cfg.train.weight_decay, tuple(cfg.train.betas), cfg.train.eps, device
+        )
         self.dtype = autocast_dtype(device, cfg.impl.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.state = TrainState()
@@ -195,15 +246,19 @@ class Trainer:
         self.saved_step = -1  # microbatch step of the checkpoint on disk
         self.resume_from_checkpoint()
 
-        self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) if dist.world > 1 else None
-        want_compile = cfg.impl.compile if cfg.impl.compile is not None else device.type == "cuda"
-        self.step_model, self.compiled = compile_model(self.ddp if self.ddp is not None else self.model, want_compile)
-        self.compile_checked = False
+        # Execution concerns on the built model: DDP, then compile (falling back to eager if compiling fails).
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if dist.world > 1
+            else None
+        )
+        self.runner = CompiledModule(self.ddp if self.ddp is not None else self.model, cfg.impl.compile)
 
     # ------------------------------------------------------------------------------------------ state
 
     def resume_from_checkpoint(self) -> None:
-        """Restore from checkpoint.pt, or from checkpoint.prev.pt when that one cannot be read; nothing if neither exists."""
+        """Restore from checkpoint.pt, or from checkpoint.prev.pt when that one cannot be read; nothing if neither "
+        "exists."""
         tried: list[UnreadableCheckpoint] = []
         for path in (self.run_dir / CHECKPOINT, self.run_dir / PREV_CHECKPOINT):
             if not path.exists():
@@ -214,12 +269,18 @@ class Trainer:
                 tried.append(err)
                 continue
             for err in tried:
-                self.log(f"warning: cannot resume from {err}; resumed from {path.name} instead (the work since it is redone, not charged twice)", file=sys.stderr, flush=True)
+                self.log(
+                    f"warning: cannot resume from {err}; resumed from {path.name} instead (the work since it is "
+                    "redone, not charged twice)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.keep_previous = False  # the next checkpoint replaces the damaged file; the good prev stays
             return
         if tried:
             raise UserError(
-                f"cannot resume {self.run_dir}: " + "; ".join(f"{e.path.name} {e.reason}" for e in tried)
+                f"cannot resume {self.run_dir}: "
+                + "; ".join(f"{e.path.name} {e.reason}" for e in tried)
                 + ". Start over with --name NEW (or move the folder away)"
             )
 
@@ -227,7 +288,10 @@ class Trainer:
         if not isinstance(ckpt, dict) or "world_size" not in ckpt:
             raise UnreadableCheckpoint(path, "is not a pretraining checkpoint (no world_size)")
         if ckpt["world_size"] != self.dist.world:
-            raise ConfigError(f"checkpoint was written by {ckpt['world_size']} processes, this run has {self.dist.world}: resume with the same number")
+            raise ConfigError(
+                f"checkpoint was written by {ckpt['world_size']} processes, this run has {self.dist.world}: resume "
+                "with the same number"
+            )
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -235,14 +299,24 @@ class Trainer:
             state = TrainState(**ckpt["state"])
             rng = ckpt["rng"][self.dist.rank] if self.dist.rank < len(ckpt["rng"]) else ckpt["rng"][0]
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise UnreadableCheckpoint(path, f"does not fit this run ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+            raise UnreadableCheckpoint(
+                path, f"does not fit this run ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            ) from None
         self.state, self.saved_step = state, state.microbatch_steps
         set_rng_state(rng)
         metrics = self.run_dir / METRICS
         if self.dist.main and metrics.exists():  # rows logged after the checkpoint describe work that is redone now
-            kept = [line for line in metrics.read_text(errors="replace").splitlines() if _row_steps(line) <= self.state.microbatch_steps]
+            kept = [
+                line
+                for line in metrics.read_text(errors="replace").splitlines()
+                if _row_steps(line) <= self.state.microbatch_steps
+            ]
             atomic_write_bytes(metrics, "".join(line + "\n" for line in kept).encode())
-        self.log(f"resuming {self.run_dir} at microbatch step {self.state.microbatch_steps} ({self.state.elapsed_s / 3600:.3f} h spent)", flush=True)
+        self.log(
+            f"resuming {self.run_dir} at microbatch step {self.state.microbatch_steps} "
+            f"({self.state.elapsed_s / 3600:.3f} h spent)",
+            flush=True,
+        )
 
     def checkpoint(self, stop_reason: str | None = None) -> None:
         """Every rank pauses its clock; rank 0 writes the checkpoint and, with it, a summary that agrees with it.
@@ -268,7 +342,11 @@ class Trainer:
                         "world_size": self.dist.world,
                         "block": self.cfg.block,
                     }
-                    save_checkpoint(self.run_dir / CHECKPOINT, state, previous=self.run_dir / PREV_CHECKPOINT if self.keep_previous else None)
+                    save_checkpoint(
+                        self.run_dir / CHECKPOINT,
+                        state,
+                        previous=self.run_dir / PREV_CHECKPOINT if self.keep_previous else None,
+                    )
                 self.write_summary(completed=False, stop_reason=stop_reason)
             except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
                 error = err
@@ -290,161 +368,199 @@ class Trainer:
             raise
 
     def train(self) -> dict:
-        cfg, st, dist = self.cfg, self.state, self.dist
-        micro, budget = cfg.train.microbatch, cfg.budget_s
-        if dist.main:
-            atomic_write_bytes(self.run_dir / CONFIG, to_yaml(cfg).encode())
-        prefetch = Prefetcher(self.stream, st.microbatch_steps, self.device, cfg.impl.prefetch)
-        progress = Progress(budget, f"pretrain {cfg.block}", unit="s", log_every=cfg.impl.log_seconds) if dist.main else None
-        self.log(f"pretraining {cfg.block} ({count_params(self.model)['params'] / 1e6:.1f}M params) for {cfg.hours:g} h on {environment(self.device)['device']}"
-                 f" x{dist.world}, {'compiled' if self.compiled else 'eager'}, data {self.prepared.path} ({len(self.stream.data)} sequences)", flush=True)
-
-        # Sums since the last log, on the device: NaN/inf in any loss or gradient norm propagate into them.
-        loss_sum = torch.zeros((), device=self.device)
-        norm_sum = torch.zeros((), device=self.device)
-        window_steps = window_updates = window_tokens = 0
-        self.clock = clock = Clock(st.elapsed_s)
-        next_log = st.elapsed_s + cfg.impl.log_seconds
-        next_ckpt = st.elapsed_s + cfg.impl.checkpoint_minutes * 60
-        last = None  # st.step_time_s: EMA of seconds per microbatch (carried over a resume), to stop before the budget
-        accumulated, n_acc, lr = 0, 1, 0.0
-        nonfinite, disk_full, stop_reason = False, None, None
-        clock.start()
-        window_start = clock.elapsed()
+        self.begin()
         while True:
-            now = clock.elapsed()
-            if last is not None:
-                st.step_time_s = now - last if st.step_time_s == 0.0 else 0.9 * st.step_time_s + 0.1 * (now - last)
-            last = now
-            # One vote per microbatch: every rank sees the same elapsed time and the same stop decision.
-            at_boundary = accumulated == 0
-            elapsed, (preempt, bad, no_space) = dist.vote(now, self.signals.requested and at_boundary, nonfinite, disk_full is not None)
-            if no_space:
-                raise disk_full or RankFailed(EXIT_DISK_FULL)
-            if bad:
-                stop_reason = "nonfinite_loss"
-            elif elapsed + st.step_time_s >= budget:
-                stop_reason = "budget"
-            elif preempt:
-                stop_reason = "preempted"
-            elif cfg.train.max_steps is not None and st.microbatch_steps >= cfg.train.max_steps:
-                stop_reason = "max_steps"
-            if stop_reason:
+            stop = self.decide_stop()
+            if stop:
                 break
+            if self.accumulated == 0:  # schedules: pure functions of p, decided once per optimiser step
+                self.set_schedules()
+            self.microbatch(next(self.prefetch))
+            if self.accumulated == self.n_acc:
+                self.optimizer_step()
+            if self.elapsed >= self.next_log:  # the same decision on every rank: elapsed is agreed
+                self.log_window()
+            if self.elapsed >= self.next_ckpt and self.accumulated == 0 and not self.nonfinite:
+                self.maybe_checkpoint()
+        return self.finish(stop)
 
-            if at_boundary:  # schedules: pure functions of p, decided once per optimiser step
-                p = elapsed / budget
-                n_acc = accumulation_at(p, micro, cfg.train.batch_max, cfg.train.ramp_end, dist.world)
-                lr = lr_at(p, cfg.train.lr)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+    def begin(self) -> None:
+        cfg, st = self.cfg, self.state
+        if self.dist.main:
+            atomic_write_bytes(self.run_dir / CONFIG, to_yaml(cfg).encode())
+        self.prefetch = Prefetcher(self.stream, st.microbatch_steps, self.device, cfg.impl.prefetch)
+        self.progress = (
+            Progress(cfg.budget_s, f"pretrain {cfg.block}", unit="s", log_every=cfg.impl.log_seconds)
+            if self.dist.main
+            else None
+        )
+        self.log(
+            f"pretraining {cfg.block} ({count_params(self.model)['params'] / 1e6:.1f}M params) for {cfg.hours:g} h "
+            f"on {environment(self.device)['device']}"
+            f" x{self.dist.world}, {'compiled' if self.runner.compiled else 'eager'}, data {self.prepared.path} "
+            f"({len(self.stream.data)} sequences)",
+            flush=True,
+        )
+        self.window = LogWindow(self.device)
+        self.clock = Clock(st.elapsed_s)
+        self.next_log = st.elapsed_s + cfg.impl.log_seconds
+        self.next_ckpt = st.elapsed_s + cfg.impl.checkpoint_minutes * 60
+        self.last_tick: float | None = None  # st.step_time_s: EMA of seconds per microbatch (carried over a resume)
+        self.accumulated, self.n_acc, self.lr = 0, 1, 0.0
+        self.nonfinite, self.disk_full = False, None
+        self.clock.start()
+        self.window.start = self.clock.elapsed()
 
-            loss = self.forward_backward(next(prefetch), scale=1.0 / n_acc, sync=accumulated == n_acc - 1)
-            loss_sum += loss.detach().float()
-            accumulated += 1
-            st.microbatch_steps += 1
-            st.tokens += micro * cfg.arch.seq_len * dist.world
-            window_steps += 1
-            window_tokens += micro * cfg.arch.seq_len * dist.world
-            if accumulated == n_acc:
-                self.scaler.unscale_(self.optimizer)
-                norm_sum += torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip).float()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                st.optimizer_steps += 1
-                window_updates += 1
-                accumulated = 0
+    def decide_stop(self) -> str | None:
+        """One vote per microbatch: every rank sees the same elapsed time (the slowest rank's) and the same stop
+        decision. The budget stops a run before a step it could not finish (step time: an EMA)."""
+        st, now = self.state, self.clock.elapsed()
+        if self.last_tick is not None:
+            st.step_time_s = (
+                now - self.last_tick if st.step_time_s == 0.0 else 0.9 * st.step_time_s + 0.1 * (now - self.last_tick)
+            )
+        self.last_tick = now
+        at_boundary = self.accumulated == 0
+        self.elapsed, (preempt, bad, no_space) = self.dist.vote(
+            now, self.signals.requested and at_boundary, self.nonfinite, self.disk_full is not None
+        )
+        if no_space:
+            raise self.disk_full or RankFailed(EXIT_DISK_FULL)
+        if bad:
+            return "nonfinite_loss"
+        if self.elapsed + st.step_time_s >= self.cfg.budget_s:
+            return "budget"
+        if preempt:
+            return "preempted"
+        if self.cfg.train.max_steps is not None and st.microbatch_steps >= self.cfg.train.max_steps:
+            return "max_steps"
+        return None
 
-            if elapsed >= next_log:  # the same decision on every rank: elapsed is agreed
-                # The one sync of a log interval: loss and gradient norm, averaged over ranks.
-                loss_total, norm_total = dist.mean(torch.stack([loss_sum, norm_sum])).tolist()
-                mean_loss = loss_total / window_steps
-                nonfinite = not (math.isfinite(loss_total) and math.isfinite(norm_total))
-                if not nonfinite:
-                    st.last_loss, st.last_loss_steps = mean_loss, window_steps
-                now = clock.elapsed()
-                row = {
-                    "microbatch_steps": st.microbatch_steps, "optimizer_steps": st.optimizer_steps, "tokens": st.tokens,
-                    "elapsed_s": round(now, 3), "p": round(now / budget, 6), "lr": lr, "batch_size": n_acc * micro * dist.world,
-                    "loss": mean_loss, "grad_norm": norm_total / window_updates if window_updates else None,
-                    "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
-                }
-                if dist.main:
-                    try:
-                        append_jsonl(self.run_dir / METRICS, row)
-                    except DiskFullError as err:  # every rank stops at the next vote
-                        disk_full = err
-                    steps_s = window_steps / max(now - window_start, 1e-9)
-                    progress.update(min(now, budget), loss=mean_loss, step=st.microbatch_steps, steps_s=round(steps_s, 2), tok_s=round(row["tokens_per_s"]))
-                loss_sum.zero_()
-                norm_sum.zero_()
-                window_steps = window_updates = window_tokens = 0
-                window_start, next_log = now, elapsed + cfg.impl.log_seconds
+    def set_schedules(self) -> None:
+        train, p = self.cfg.train, self.elapsed / self.cfg.budget_s
+        self.n_acc = accumulation_at(p, train.microbatch, train.batch_max, train.ramp_end, self.dist.world)
+        self.lr = lr_at(p, train.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
 
-            if elapsed >= next_ckpt and accumulated == 0 and not nonfinite:
-                # Never write a checkpoint with a non-finite loss or gradient behind it (a sync every few minutes;
-                # averaged over ranks, so that a NaN on any rank stops all of them alike).
-                nonfinite = not bool(torch.isfinite(dist.mean(torch.stack([loss_sum, norm_sum]))).all().item())
-                if not nonfinite:
-                    with clock.paused():
-                        st.elapsed_s = clock.elapsed()
-                        self.checkpoint()
-                    next_ckpt = elapsed + cfg.impl.checkpoint_minutes * 60
+    def microbatch(self, batch: dict) -> None:
+        """Forward and backward of one microbatch; DDP all-reduces only on the last one of an optimiser step."""
+        sync = self.accumulated == self.n_acc - 1
+        loss = self.runner.run(
+            lambda model: self.forward_backward(model, batch, 1.0 / self.n_acc, sync),
+            reset=lambda: self.optimizer.zero_grad(set_to_none=True),
+        )
+        tokens = self.cfg.train.microbatch * self.cfg.arch.seq_len * self.dist.world
+        self.window.add_microbatch(loss, tokens)
+        self.accumulated += 1
+        self.state.microbatch_steps += 1
+        self.state.tokens += tokens
 
-        prefetch.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        st.elapsed_s = clock.elapsed()
-        if stop_reason != "nonfinite_loss" and window_steps:  # the steps since the last log (same count on every rank)
-            loss_total, norm_total = dist.mean(torch.stack([loss_sum, norm_sum])).tolist()
-            if not (math.isfinite(loss_total) and math.isfinite(norm_total)):
-                stop_reason = "nonfinite_loss"
-            elif window_steps >= st.last_loss_steps:
-                st.last_loss, st.last_loss_steps = loss_total / window_steps, window_steps
-            else:  # a short tail after the last log joins that window: never a loss over a handful of microbatches
-                n = st.last_loss_steps + window_steps
-                st.last_loss, st.last_loss_steps = (st.last_loss * st.last_loss_steps + loss_total) / n, n
-        completed = stop_reason in ("budget", "max_steps")
-        if stop_reason == "nonfinite_loss":
-            self.log(f"non-finite loss or gradient: stopped at microbatch step {st.microbatch_steps}; the last good checkpoint is kept", file=sys.stderr, flush=True)
-        else:
-            self.checkpoint(stop_reason=None if completed else stop_reason)  # completed only once model/ is published
-            if completed and dist.main:
-                save_model(self.model, self.run_dir / MODEL, self.tokenizer)
-        summary = self.write_summary(completed, stop_reason) if dist.main else self.summary(completed, stop_reason)
-        final_loss = float("nan") if st.last_loss is None else st.last_loss
-        if progress is not None:
-            progress.update(min(st.elapsed_s, budget))
-            progress.close(loss=final_loss, step=st.microbatch_steps)
-        self.log(f"{stop_reason}: {st.microbatch_steps} microbatch steps, {st.tokens / 1e6:.1f}M tokens in {st.elapsed_s / 3600:.3f} h; "
-                 f"final loss {final_loss:.4f}; {self.run_dir}", flush=True)
-        return summary
-
-    def forward_backward(self, batch: dict, scale: float, sync: bool) -> torch.Tensor:
-        """One microbatch; `sync` is False while gradients accumulate (DDP then skips its all-reduce).
-
-        The first call of a compiled model is where inductor really compiles: if that fails, warn, go eager.
-        """
-        try:
-            return self._forward_backward(batch, scale, sync)
-        except Exception as err:  # noqa: BLE001
-            if not self.compiled or self.compile_checked:
-                raise
-            warnings.warn(f"torch.compile failed at the first step ({type(err).__name__}: {str(err)[:300]}); running eager", stacklevel=1)
-            self.step_model, self.compiled = (self.ddp if self.ddp is not None else self.model), False
-            self.optimizer.zero_grad(set_to_none=True)
-            return self._forward_backward(batch, scale, sync)
-        finally:
-            self.compile_checked = True
-
-    def _forward_backward(self, batch: dict, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, model: torch.nn.Module, batch: dict, scale: float, sync: bool) -> torch.Tensor:
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
         with no_sync:
             with autocast(self.device, self.dtype):
-                loss = self.step_model(**batch)
+                loss = model(**batch)
             self.scaler.scale(loss * scale).backward()
         return loss
+
+    def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        self.window.add_update(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.optimizer_steps += 1
+        self.accumulated = 0
+
+    def log_window(self) -> None:
+        """The one host sync of a log interval: loss and gradient norm (mean over ranks), a metrics row."""
+        cfg, st, window = self.cfg, self.state, self.window
+        loss_total, norm_total = window.totals(self.dist)
+        mean_loss = loss_total / window.steps
+        self.nonfinite = not (math.isfinite(loss_total) and math.isfinite(norm_total))
+        if not self.nonfinite:
+            st.last_loss, st.last_loss_steps = mean_loss, window.steps
+        now = self.clock.elapsed()
+        seconds = max(now - window.start, 1e-9)
+        row = {
+            "microbatch_steps": st.microbatch_steps,
+            "optimizer_steps": st.optimizer_steps,
+            "tokens": st.tokens,
+            "elapsed_s": round(now, 3),
+            "p": round(now / cfg.budget_s, 6),
+            "lr": self.lr,
+            "batch_size": self.n_acc * cfg.train.microbatch * self.dist.world,
+            "loss": mean_loss,
+            "grad_norm": norm_total / window.updates if window.updates else None,
+            "tokens_per_s": window.tokens / seconds,
+        }
+        if self.dist.main:
+            try:
+                append_jsonl(self.run_dir / METRICS, row)
+            except DiskFullError as err:  # every rank stops at the next vote
+                self.disk_full = err
+            self.progress.update(
+                min(now, cfg.budget_s),
+                loss=mean_loss,
+                step=st.microbatch_steps,
+                steps_s=round(window.steps / seconds, 2),
+                tok_s=round(row["tokens_per_s"]),
+            )
+        window.reset(now)
+        self.next_log = self.elapsed + cfg.impl.log_seconds
+
+    def maybe_checkpoint(self) -> None:
+        """Never a checkpoint with a non-finite loss or gradient behind it: a sync every few minutes, averaged
+        over ranks, so that a NaN on any rank stops all of them alike."""
+        self.nonfinite = not self.window.finite(self.dist)
+        if self.nonfinite:
+            return
+        with self.clock.paused():
+            self.state.elapsed_s = self.clock.elapsed()
+            self.checkpoint()
+        self.next_ckpt = self.elapsed + self.cfg.impl.checkpoint_minutes * 60
+
+    def finish(self, stop: str) -> dict:
+        """The steps since the last log join the final loss; a last checkpoint, the model, the summary."""
+        st, dist = self.state, self.dist
+        self.prefetch.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        st.elapsed_s = self.clock.elapsed()
+        if stop != "nonfinite_loss" and self.window.steps:  # the same count on every rank
+            loss_total, norm_total = self.window.totals(dist)
+            if not (math.isfinite(loss_total) and math.isfinite(norm_total)):
+                stop = "nonfinite_loss"
+            elif self.window.steps >= st.last_loss_steps:
+                st.last_loss, st.last_loss_steps = loss_total / self.window.steps, self.window.steps
+            else:  # a short tail after the last log joins that window: never a loss over a handful of microbatches
+                n = st.last_loss_steps + self.window.steps
+                st.last_loss, st.last_loss_steps = (st.last_loss * st.last_loss_steps + loss_total) / n, n
+        completed = stop in ("budget", "max_steps")
+        if stop == "nonfinite_loss":
+            self.log(
+                f"non-finite loss or gradient: stopped at microbatch step {st.microbatch_steps}; the last good "
+                "checkpoint is kept",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            self.checkpoint(stop_reason=None if completed else stop)  # completed only once model/ is published
+            if completed and dist.main:
+                save_model(self.model, self.run_dir / MODEL, self.tokenizer)
+        summary = self.write_summary(completed, stop) if dist.main else self.summary(completed, stop)
+        final_loss = float("nan") if st.last_loss is None else st.last_loss
+        if self.progress is not None:
+            self.progress.update(min(st.elapsed_s, self.cfg.budget_s))
+            self.progress.close(loss=final_loss, step=st.microbatch_steps)
+        self.log(
+            f"{stop}: {st.microbatch_steps} microbatch steps, {st.tokens / 1e6:.1f}M tokens in "
+            f"{st.elapsed_s / 3600:.3f} h; "
+            f"final loss {final_loss:.4f}; {self.run_dir}",
+            flush=True,
+        )
+        return summary
 
     # ------------------------------------------------------------------------------------------ summary
 
@@ -468,7 +584,7 @@ class Trainer:
             **environment(self.device),
             "world_size": self.dist.world,
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype],
-            "compiled": self.compiled,
+            "compiled": self.runner.compiled,
             "data": {**cfg.data.describe(), "hash": self.prepared.path.name, "sequences": len(self.stream.data)},
             "completed": completed,
             "stop_reason": stop_reason,

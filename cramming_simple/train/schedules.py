@@ -1,4 +1,4 @@
-"""Schedules as pure functions of training progress p = elapsed training time / budget (SPEC section 3)."""
+"""Schedules as pure functions of training progress p = elapsed training time / budget (docs/recipe.md)."""
 
 from __future__ import annotations
 

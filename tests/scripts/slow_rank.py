@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from cramming_simple.cli import build_parser
+from cramming_simple.commands.pretrain import resolve
 from cramming_simple.model import MaskedLM
 from cramming_simple.train import loop
-from cramming_simple.train.command import resolve
-from cramming_simple.cli import build_parser
 
 out, sleep_s, args = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[sys.argv.index("--") + 1 :]
 rank = int(os.environ["RANK"])

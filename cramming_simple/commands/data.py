@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import list_presets
+from ..presets import list_presets
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.max_sequences=1000000")
+    p.add_argument(
+        "--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.max_sequences=1000000"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.config import load_pretrain_config
-    from .loader import PackedData
-    from .packing import prepare
+    from ..data import PackedData, prepare
+    from ..train.config import PretrainConfig
 
-    cfg = load_pretrain_config(args.budget, None, args.overrides)
+    cfg = PretrainConfig.from_budget(args.budget, None, args.overrides)
     prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
     PackedData(prepared.path, verify=True)  # read back: checksums and shapes as a run will see them
     m = prepared.manifest
     state = "reused" if prepared.reused else f"prepared in {m['seconds']:.0f} s"
-    print(f"{prepared.path}: {m['sequences']} sequences of {m['seq_len']} tokens ({m['documents']} documents, "
-          f"{len(m['shards'])} shards, tokenizer of {m['tokenizer_size']} tokens), {state}")
+    print(
+        f"{prepared.path}: {m['sequences']} sequences of {m['seq_len']} tokens ({m['documents']} documents, "
+        f"{len(m['shards'])} shards, tokenizer of {m['tokenizer_size']} tokens), {state}"
+    )
     return 0

@@ -12,35 +12,45 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import ConfigError, list_presets, load_yaml, merge_typed
+from ..errors import ConfigError
 from ..model import BLOCKS
+from ..presets import list_presets
 from ..runs import CONFIG
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", help=f"one of: {', '.join(BLOCKS)}")
-    p.add_argument("--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path")
+    p.add_argument(
+        "--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path"
+    )
     p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
     p.add_argument("--name", help="run folder name (default: <block>-<budget>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> if it exists (from its own config.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. hours=0.5 train.lr=2e-3 impl.compile=false")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in runs/<name> if it exists (from its own config.yaml)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. hours=0.5 train.lr=2e-3 impl.compile=false",
+    )
 
 
 def resolve(args: argparse.Namespace):
     """The run's config: its saved config.yaml when resuming, else the budget preset; overrides on top."""
-    from .config import PretrainConfig, load_pretrain_config
+    from ..train.config import PretrainConfig
 
-    cfg = load_pretrain_config(args.budget, args.block, args.overrides, args.name)
-    saved = Path(args.runs_dir) / cfg.name / CONFIG
-    if args.resume and saved.exists():
-        cfg = merge_typed(PretrainConfig, None, [(str(saved), load_yaml(saved)), ("command line", list(args.overrides))])
+    cfg = PretrainConfig.from_budget(args.budget, args.block, args.overrides, args.name)
+    run_dir = Path(args.runs_dir) / cfg.name
+    if args.resume and (run_dir / CONFIG).exists():
+        cfg = PretrainConfig.from_run(run_dir, args.overrides)
         if args.block and args.block != cfg.block:
-            raise ConfigError(f"{saved} is a run of block '{cfg.block}', not '{args.block}'")
+            raise ConfigError(f"{run_dir / CONFIG} is a run of block '{cfg.block}', not '{args.block}'")
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    from .loop import EXIT_CODES, pretrain
+    from ..train.loop import EXIT_CODES, pretrain
 
     if not args.block and not args.resume:
         raise ConfigError(f"--block is required: one of {', '.join(BLOCKS)}")

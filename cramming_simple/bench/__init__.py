@@ -1,0 +1,29 @@
+"""Speed: the training-step bench (every block side by side, `step`) and the data-path bench (`data`)."""
+
+from .step import (
+    COMPILE_WARMUP,
+    DEFAULTS,
+    Contender,
+    block_contender,
+    hf_config,
+    hf_contender,
+    make_batch,
+    peak_tflops,
+    render,
+    result_row,
+    step_bench,
+)
+
+__all__ = [
+    "COMPILE_WARMUP",
+    "DEFAULTS",
+    "Contender",
+    "block_contender",
+    "hf_config",
+    "hf_contender",
+    "make_batch",
+    "peak_tflops",
+    "render",
+    "result_row",
+    "step_bench",
+]

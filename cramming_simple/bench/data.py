@@ -1,0 +1,143 @@
+"""The data-path bench: a budget's data path (shards -> shuffle and masking -> device) against its training step.
+
+Rows, measured one after the other in one process: the producer alone (one microbatch read from the
+memory-mapped shards, shuffled and masked, as the background thread makes it); the whole path through the
+prefetcher onto the device with an idle consumer (its throughput); and the training step of the baseline
+block at the budget's arch and microbatch on those batches. The path keeps up when its batches/s is well
+above the step's (the target is 10x).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from ..data import MicrobatchStream, MLMCollator, PackedData, Prefetcher, load_tokenizer, prepare
+from ..markdown import table as markdown_table
+from ..model import MaskedLM, block_spec
+from ..optim import make_optimizer
+from ..reference import BASELINE
+from ..runtime import CompiledModule, autocast_dtype, environment, now_iso, seed_everything
+from ..train.config import PretrainConfig
+from .step import Contender, timed_step
+
+DATA_BATCHES = 200  # microbatches per data-path measurement (milliseconds each)
+
+
+def data_bench(
+    cfg: PretrainConfig, device: torch.device, precision: str, compile: bool, steps: int, warmup: int
+) -> dict:
+    dtype = autocast_dtype(device, precision)
+    prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
+    tok = load_tokenizer(prepared.tokenizer_dir)
+    collate = MLMCollator(
+        cfg.arch.seq_len, cfg.train.mask_prob, tok.mask_token_id, tok.all_special_ids, len(tok), cfg.train.seed
+    )
+    stream = MicrobatchStream(PackedData(prepared.path, verify=False), collate, cfg.train.microbatch, cfg.train.seed)
+    n = DATA_BATCHES
+
+    produce = []
+    for b in range(n):
+        start = time.perf_counter()
+        stream(b)
+        produce.append(time.perf_counter() - start)
+
+    prefetch = Prefetcher(stream, n, device, cfg.impl.prefetch)
+    next(prefetch)  # the thread has started and filled its queue once
+    start = time.perf_counter()
+    for _ in range(n):
+        batch = next(prefetch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    delivered = (time.perf_counter() - start) / n
+    prefetch.close()
+
+    seed_everything(cfg.train.seed)
+    with torch.device(device):
+        model = MaskedLM(cfg.arch, BASELINE).train()
+    spec = block_spec(BASELINE)
+    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, device=device)
+    contender = Contender(
+        BASELINE, spec.title, model, lambda m: m(**batch), optimizer, 0.0, CompiledModule(model, compile, BASELINE)
+    )
+    train_times = []
+    for r in range(warmup + steps):
+        seconds, _ = timed_step(contender, dtype, device)
+        if r >= warmup:
+            train_times.append(seconds)
+
+    step = statistics.median(train_times)
+    tokens = cfg.train.microbatch * cfg.arch.seq_len
+    rows = [
+        {
+            "name": "produce",
+            "what": "one microbatch from the shards: shuffle, read, mask (the background thread's work)",
+            "seconds": statistics.median(produce),
+        },
+        {
+            "name": "deliver",
+            "what": "through the prefetcher onto the device, consumer idle (the path's throughput)",
+            "seconds": delivered,
+        },
+        {
+            "name": "train",
+            "what": f"one {spec.title} training step at {cfg.arch.preset}, microbatch {cfg.train.microbatch}",
+            "seconds": step,
+        },
+    ]
+    for r in rows:
+        r["batches_per_s"] = 1.0 / r["seconds"]
+        r["tokens_per_s"] = tokens / r["seconds"]
+        r["x_train_step"] = step / r["seconds"]
+    return {
+        "rows": rows,
+        "device": environment(device)["device"],
+        "device_type": device.type,
+        "date": now_iso(),
+        "settings": {
+            "budget": cfg.budget,
+            "arch": cfg.arch.preset,
+            "microbatch": cfg.train.microbatch,
+            "seq_len": cfg.arch.seq_len,
+            "data": str(prepared.path),
+            "batches": n,
+            "train_steps": steps,
+            "compile": contender.compiled,
+            "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+            "threads": torch.get_num_threads(),
+        },
+        "environment": environment(device),
+    }
+
+
+def render_data(result: dict) -> str:
+    columns = {
+        "stage": lambda r: r["name"],
+        "what": lambda r: r["what"],
+        "ms/batch": lambda r: f"{1e3 * r['seconds']:.2f}",
+        "batches/s": lambda r: f"{r['batches_per_s']:,.1f}",
+        "tokens/s": lambda r: f"{r['tokens_per_s']:,.0f}",
+        "x the training step": lambda r: f"{r['x_train_step']:.1f}",
+    }
+    s = result["settings"]
+    return (
+        "\n".join(
+            [
+                f"# Data path vs training step, budget {s['budget']}",
+                "",
+                markdown_table(
+                    list(columns), [[f(r) for f in columns.values()] for r in result["rows"]], left=["stage", "what"]
+                ),
+                f"- device: {result['device']}; torch {result['environment']['torch']}; {s['threads']} CPU "
+                f"threads; {result['date']}",
+                f"- data {s['data']}; microbatch {s['microbatch']} x {s['seq_len']}; medians of {s['batches']} "
+                f"batches and {s['train_steps']} steps; "
+                f"precision {s['precision']}; compile {s['compile']}",
+                "- the path keeps up when 'deliver' is well above 1x the training step (target: 10x); on a CPU the "
+                "producer thread shares cores with the step.",
+            ]
+        )
+        + "\n"
+    )

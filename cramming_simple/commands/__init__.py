@@ -1,0 +1,15 @@
+"""The commands, the top floor: each module parses its subcommand's arguments and orchestrates the domain
+packages below it (`model`, `data`, `train`, `glue`, `report`, `bench`), which never import a command.
+
+Every module has `add_arguments(parser)` and `run(args) -> int`; its docstring is the subcommand's help.
+"""
+
+# name -> help line; the module is cramming_simple.commands.<name> (imported only when its command runs)
+COMMANDS = {
+    "params": "parameter count of every block",
+    "data": "prepare a budget's pretraining data ahead of time",
+    "pretrain": "pretrain one block for a wall-clock budget",
+    "glue": "fine-tune a pretrained run on GLUE",
+    "report": "tables and plots from run folders",
+    "bench": "time training steps of every block side by side",
+}

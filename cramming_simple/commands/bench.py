@@ -1,0 +1,125 @@
+"""Time full training steps of every block side by side, in one process (or, with --data, a budget's data path
+against its training step). Writes bench.md and bench.json (bench_data.* with --data) to --out.
+
+A training step is forward with the sparse-prediction MLM loss, backward, AdamW step, zero_grad. Blocks take
+turns round by round, in an order rotated every round, so drift of the machine hits all alike; the first
+--warmup rounds (compile, allocator warm-up) are not timed. Reported per block: median steps/s and tokens/s,
+tokens/s relative to preln (always timed), spread, peak memory, parameters, TFLOP/s, and MFU on GPUs whose
+dense bf16 peak is known. `--peer hf` adds Hugging Face's BertForMaskedLM of the same size.
+
+  cramming-simple bench --arch crammed-bert --peer hf --compile
+  cramming-simple bench --data --budget smoke train.microbatch=128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..model import BLOCKS, PRESETS
+from ..reference import BASELINE
+from ..runtime import PRECISIONS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..bench import COMPILE_WARMUP
+
+    parser.add_argument("--arch", default="crammed-bert", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--blocks",
+        default="all",
+        help=f"'all' or a comma list of {', '.join(BLOCKS)}; {BASELINE} is always timed (the reference)",
+    )
+    parser.add_argument("--batch", type=int, help="sequences per step (default: 128 on CUDA, 8 on CPU)")
+    parser.add_argument("--steps", type=int, help="timed steps per block (default: 50 on CUDA, 5 on CPU)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help=f"untimed steps per block first (default: 10 on CUDA, 2 on CPU; at least {COMPILE_WARMUP} with --compile)",
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU"
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile every model, as pretraining does "
+        "(default: on for CUDA, off for CPU; warm-up absorbs compile time)",
+    )
+    parser.add_argument(
+        "--peer", choices=["hf"], help="also time Hugging Face BertForMaskedLM of the same size (row 'hf-bert')"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--json", action="store_true", help='print {"rows": [...], "device": ..., ...} instead of the table'
+    )
+    parser.add_argument(
+        "--out", default="reports/bench", help="folder for bench.md and bench.json (bench_data.* with --data)"
+    )
+    parser.add_argument(
+        "--data",
+        action="store_true",
+        help="instead: time the data path of --budget (shards -> masking -> device) against its training step",
+    )
+    parser.add_argument(
+        "--budget",
+        default="smoke",
+        help="with --data: the budget whose data, arch and microbatch are used (default: smoke)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="with --data: budget overrides, e.g. train.microbatch=128"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import COMPILE_WARMUP, DEFAULTS, render, step_bench
+    from ..model import block_spec
+    from ..runtime import compile_default, pick_device, write_json
+
+    device = pick_device(args.device)
+    compile = compile_default(device) if args.compile is None else args.compile
+    batch, steps, warmup = DEFAULTS[device.type if device.type in DEFAULTS else "cpu"]
+    steps = args.steps if args.steps is not None else steps
+    warmup = args.warmup if args.warmup is not None else warmup
+    if args.data:
+        return run_data(args, device, compile, steps, warmup)
+    if args.overrides:
+        raise ConfigError(f"key=value overrides ({' '.join(args.overrides)}) only apply with --data")
+    names = list(BLOCKS) if args.blocks == "all" else [b.strip() for b in args.blocks.split(",") if b.strip()]
+    for name in names:
+        block_spec(name)  # unknown names fail here, listing the valid ones
+    batch = args.batch if args.batch is not None else batch
+    warmup = max(warmup, COMPILE_WARMUP) if compile else warmup
+    if batch < 1 or steps < 1 or warmup < 0:
+        raise ConfigError("--batch and --steps must be positive, --warmup non-negative")
+
+    result = step_bench(args.arch, names, batch, steps, warmup, device, args.precision, compile, args.peer, args.seed)
+    out = Path(args.out)
+    write_json(out / "bench.json", result)
+    (out / "bench.md").write_text(render(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+        print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    return 0
+
+
+def run_data(args: argparse.Namespace, device, compile: bool, steps: int, warmup: int) -> int:
+    from ..bench.data import data_bench, render_data
+    from ..runtime import write_json
+    from ..train.config import PretrainConfig
+
+    cfg = PretrainConfig.from_budget(args.budget, BASELINE, args.overrides)
+    result = data_bench(cfg, device, args.precision, compile, steps, warmup)
+    result["settings"]["overrides"] = list(args.overrides)
+    out = Path(args.out)
+    write_json(out / "bench_data.json", result)
+    text = render_data(result)
+    (out / "bench_data.md").write_text(text)
+    print(json.dumps(result, indent=2) if args.json else text)
+    return 0

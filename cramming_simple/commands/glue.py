@@ -1,0 +1,117 @@
+"""Fine-tune a pretrained run on GLUE under a fixed protocol (docs/recipe.md) and score it.
+
+Results go to RUN_DIR/glue/<task>/seed<k>.json, one per task and seed, and RUN_DIR/glue/summary.json (the
+nine GLUE columns and their average, mean +- std over seeds), rewritten after every task/seed. A rerun skips
+the task/seed pairs already done with the same protocol and model; --force redoes them. Everything (model,
+tokenizer, every task's data, pairs in use by another process) is checked before any training starts.
+
+examples:
+  cramming-simple glue runs/sas-24h
+  cramming-simple glue --block sas --runs-dir runs --protocol cramming --tasks rte,mrpc --seeds 1 lr=2e-5
+  cramming-simple glue runs/tiny-smoke --protocol smoke --data-dir ~/glue_data --gpus 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import require
+from ..presets import list_presets
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder with model/ in it (or use --block)")
+    parser.add_argument("--block", help="instead of RUN_DIR: the latest run of this block under --runs-dir")
+    parser.add_argument("--runs-dir", default="runs", help="where --block looks for runs (default: runs)")
+    parser.add_argument(
+        "--protocol",
+        default="paper",
+        help=f"protocol preset ({', '.join(p for p in list_presets('glue') if p != 'tasks')}) or a YAML path",
+    )
+    parser.add_argument("--tasks", default="all", help="'all' or a comma list, e.g. cola,sst2,mnli")
+    parser.add_argument("--seeds", help="comma list of seeds; default: the protocol's (1,2,3)")
+    parser.add_argument(
+        "--data-dir",
+        help="local GLUE data: the hub's parquet layout (DIR/cola/train-*.parquet) "
+        "or the GLUE TSV distribution (DIR/CoLA/train.tsv); default: the hub",
+    )
+    parser.add_argument("--force", action="store_true", help="redo task/seed pairs that already have results")
+    parser.add_argument(
+        "--gpus", type=int, default=1, help="worker processes, one per GPU (on a machine without GPUs: CPU workers)"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="protocol overrides, e.g. lr=1e-4 epochs=3")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..data.tokenizer import check_tokenizer, load_tokenizer
+    from ..glue.config import load_protocol, protocol_hash
+    from ..glue.data import check_counts, load_task, open_source
+    from ..glue.runner import Job, check_not_in_use, result_line, run_here, run_pool, write_summary
+    from ..glue.score import results_table
+    from ..glue.tasks import load_tasks
+    from ..model import check_model
+    from ..runs import MODEL
+    from ..runtime import file_sha256
+
+    if args.run_dir and "=" in args.run_dir and not Path(args.run_dir).exists():  # `glue --block sas lr=1e-4`
+        args.overrides, args.run_dir = [args.run_dir, *args.overrides], None
+    run_dir = resolve_run(args)
+    overrides = [*args.overrides, *([f"seeds=[{args.seeds}]"] if args.seeds else [])]
+    name, protocol = load_protocol(args.protocol, overrides)
+    table = load_tasks()
+    tasks = table.select(args.tasks)
+    require(args.gpus >= 1, f"--gpus must be at least 1, got {args.gpus}")
+
+    # Everything that can be wrong is checked before the first step of any task: model, tokenizer, every
+    # task's data, and that no other process is fine-tuning the same task/seed pairs.
+    model_dir = run_dir / MODEL
+    arch, block = check_model(model_dir)
+    check_tokenizer(load_tokenizer(model_dir), arch.vocab_size, where=f"the tokenizer in {model_dir}")
+    source = open_source(args.data_dir, table, tasks)
+    for task in tasks:
+        check_counts(task, load_task(source, task, table.tasks[task]), protocol)
+    job = Job(
+        run_dir,
+        name,
+        protocol,
+        protocol_hash(protocol),
+        file_sha256(model_dir / "model.safetensors")[:12],
+        table,
+        source,
+        args.force,
+    )
+    plan = [(t, s) for t in tasks for s in protocol.seeds]
+    todo = [item for item in plan if args.force or not job.is_done(*item, warn=True)]
+    check_not_in_use(job, todo)
+
+    print(f"GLUE on {run_dir} ({block}): protocol {name} [{job.protocol_hash}], data from {source.describe()}")
+    print(
+        f"{len(todo)} of {len(plan)} task/seed runs to do"
+        + (f" ({len(plan) - len(todo)} done before; --force redoes them)" if len(todo) < len(plan) else "")
+    )
+
+    def on_result(record: dict) -> None:
+        tqdm.write(result_line(record))
+        write_summary(job, tasks, protocol.seeds)
+
+    workers = min(args.gpus, len(todo))
+    errors = run_pool(job, todo, workers, on_result) if workers > 1 else run_here(job, todo, on_result)
+    summary = write_summary(job, tasks, protocol.seeds)
+    print(results_table(summary, tasks))
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def resolve_run(args: argparse.Namespace) -> Path:
+    from ..runs import latest_run
+
+    if args.block:
+        require(args.run_dir is None, "give either RUN_DIR or --block, not both")
+        return latest_run(args.runs_dir, args.block)
+    require(args.run_dir is not None, "give a run folder (RUN_DIR) or --block NAME [--runs-dir DIR]")
+    return Path(args.run_dir)

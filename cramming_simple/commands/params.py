@@ -1,0 +1,45 @@
+"""Parameter count of every block at an architecture preset (built on the meta device: no memory, no init).
+
+cramming-simple params
+cramming-simple params --arch tiny --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..model import PRESETS
+
+    parser.add_argument("--arch", default="crammed-bert", choices=sorted(PRESETS))
+    parser.add_argument("--json", action="store_true", help='print {"<block>": {"params": int, "non_embedding": int}}')
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+
+    from ..model import BLOCKS, MaskedLM, arch_config, count_params
+
+    cfg = arch_config(args.arch)
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        counts = {name: count_params(MaskedLM(cfg, name)) for name in BLOCKS}
+    if args.json:
+        print(json.dumps(counts, indent=2))
+        return 0
+    table = pd.DataFrame(
+        [
+            {
+                "block": name,
+                "title": BLOCKS[name].title,
+                "params": f"{c['params'] / 1e6:.2f}M",
+                "non-embedding": f"{c['non_embedding'] / 1e6:.2f}M",
+            }
+            for name, c in counts.items()
+        ]
+    )
+    print(f"arch: {args.arch} (width {cfg.width}, depth {cfg.depth}, heads {cfg.heads}, vocab {cfg.vocab_size})")
+    print(table.to_string(index=False))
+    return 0

@@ -1,0 +1,51 @@
+"""Tables and plots from run folders: Table 1 (GLUE average, parameters, speed vs Pre-LN, MLM loss), Table 2
+(GLUE per task) as Markdown, LaTeX and CSV, loss and schedule curves and GLUE per task as PNG and PDF, all
+tied together in index.md. GLUE numbers are recomputed from the per-seed result files.
+
+  cramming-simple report                         every run under runs/
+  cramming-simple report runs/preln-24h runs/sas-24h --out reports/sas
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..reference import PAPER, reference_names
+from ..report.build import write_report
+from ..runs import find_runs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "run_dirs", nargs="*", metavar="RUN_DIR", type=Path, help="run folders (default: every run under --runs-dir)"
+    )
+    parser.add_argument(
+        "--runs-dir", default="runs", type=Path, help="where to look for runs when no RUN_DIR is given (default: runs)"
+    )
+    parser.add_argument("--out", default="reports/latest", type=Path, help="output folder (default: reports/latest)")
+    parser.add_argument(
+        "--reference",
+        default=PAPER,
+        choices=[*reference_names(), "none"],
+        help=f"published rows shown beside yours, with deltas (default: {PAPER})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dirs = args.run_dirs or find_runs(args.runs_dir)
+    if not run_dirs:
+        raise ConfigError(f"no runs under {args.runs_dir}/ (run `make pretrain` first, or name run folders)")
+    report = write_report(run_dirs, args.out, args.reference)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    out = args.out
+    print(f"report of {len(report.loaded.runs)} run(s) in {out}/")
+    print("  tables: " + ", ".join(str(p) for paths in report.tables.values() for p in paths))
+    print(
+        "  plots:  " + (", ".join(f"{out / s}.png/.pdf" for s in report.figures) or "none (no metrics or GLUE results)")
+    )
+    print(f"  index:  {report.index}")
+    return 0

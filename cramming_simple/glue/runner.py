@@ -1,0 +1,269 @@
+"""Running GLUE task/seed pairs: one after another in this process, or spread over worker processes (one per
+GPU; CPU workers on a machine without one), writing the same result files either way.
+
+Results live in RUN_DIR/glue/<task>/seed<k>.json, one per pair (see `glue.score` for the format), and
+RUN_DIR/glue/summary.json, rewritten after every pair. Each pair is locked while it trains
+(`glue/.locks/<task>-seed<k>.lock`), so two processes never train the same pair; a pair another process
+finished in the meantime is not trained again.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import require
+from ..data.tokenizer import load_tokenizer
+from ..errors import CorruptFileError, LockedError, UserError
+from ..runs import GLUE, MODEL
+from ..runtime import FileLock, Progress, die_with_parent, environment, now_iso, pick_device, read_json, write_json
+from .config import Protocol, protocol_values
+from .data import Source, TaskData, load_task, prepare
+from .finetune import finetune
+from .score import load_results, summarize
+from .tasks import TaskTable
+
+Item = tuple[str, int]  # (task, seed)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything needed to run task/seed pairs of one run under one protocol; picklable for spawned workers."""
+
+    run_dir: Path
+    protocol_name: str
+    protocol: Protocol
+    protocol_hash: str
+    model_hash: str
+    table: TaskTable
+    source: Source
+    force: bool = False  # redo pairs that already have a result
+
+    def result_path(self, task: str, seed: int) -> Path:
+        return self.run_dir / GLUE / task / f"seed{seed}.json"
+
+    def lock(self, task: str, seed: int) -> FileLock:
+        """Held while a process fine-tunes this task/seed: two processes never train the same pair."""
+        return FileLock(
+            self.run_dir / GLUE / ".locks" / f"{task}-seed{seed}.lock",
+            f"GLUE {task} seed {seed} of {self.run_dir}",
+            purpose="cramming-simple glue",
+            advice="wait for it to finish, or leave that task/seed out (--tasks, --seeds)",
+        )
+
+    def read_result(self, task: str, seed: int, warn: bool = False) -> dict | None:
+        """The stored result of a task/seed, or None (none yet, or a damaged file that a new run replaces)."""
+        path = self.result_path(task, seed)
+        if not path.exists():
+            return None
+        try:
+            return read_json(path)
+        except CorruptFileError as err:
+            if warn:
+                print(f"warning: {err}; that task/seed is run again", file=sys.stderr)
+            return None
+
+    def is_done(self, task: str, seed: int, warn: bool = False) -> bool:
+        """A result (ok, or failed with a non-finite loss) of this protocol on this model exists."""
+        old = self.read_result(task, seed, warn)
+        return (
+            old is not None
+            and old.get("protocol_hash") == self.protocol_hash
+            and old.get("model_hash") == self.model_hash
+        )
+
+
+def check_not_in_use(job: Job, todo: list[Item]) -> None:
+    """Fail (exit code 2) before any training when another live process is fine-tuning a pair to do."""
+    busy: list[LockedError] = []
+    for task, seed in todo:
+        lock = job.lock(task, seed)
+        try:
+            lock.acquire()
+        except LockedError as err:
+            busy.append(err)
+        else:
+            lock.release()
+    if busy:
+        more = f" (and {len(busy) - 1} more task/seed pair(s))" if len(busy) > 1 else ""
+        raise LockedError(f"{busy[0]}{more}")
+
+
+# ----------------------------------------------------------------------------------------------- one pair
+
+
+class Worker:
+    """Runs pairs on one device, keeping the last task's tokenised data for its next seed."""
+
+    def __init__(self, device: torch.device, parent: int | None = None):
+        self.device, self.parent = device, parent
+        self.loaded: tuple[str | None, TaskData | None] = (None, None)
+
+    def run(self, job: Job, task: str, seed: int) -> tuple[str, dict | str]:
+        """("result", record) or ("error", message). A non-finite loss is a result (status "failed"); an
+        exception is an error, with its traceback unless it is a user error."""
+        if self.parent is not None and os.getppid() != self.parent:  # our parent is gone: take no more work
+            os._exit(1)
+        try:
+            with job.lock(task, seed):
+                if not job.force and job.is_done(task, seed):  # done by another process since the plan was made
+                    return "result", read_json(job.result_path(task, seed))
+                if self.loaded[0] != task:  # tokenise each task once for all its seeds
+                    self.loaded = (None, None)  # free the previous task's device copy first
+                    splits = load_task(job.source, task, job.table.tasks[task])
+                    self.loaded = (
+                        task,
+                        prepare(splits, load_tokenizer(job.run_dir / MODEL), job.protocol, self.device, task),
+                    )
+                return "result", run_pair(job, task, seed, self.loaded[1], self.device)
+        except UserError as err:
+            return "error", str(err)
+        except Exception:  # noqa: BLE001
+            return "error", traceback.format_exc()
+
+
+def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.device) -> dict:
+    """Fine-tune and score one pair; write its result file (a result of another protocol or model is kept aside)."""
+    started = now_iso()
+    result = finetune(job.run_dir / MODEL, task, job.table.tasks[task], job.protocol, seed, data, device)
+    record = {
+        "task": task,
+        "seed": seed,
+        "protocol": job.protocol_name,
+        "protocol_hash": job.protocol_hash,
+        **result,
+        "examples": data.examples,
+        "train_available": data.train_available,
+        "model_hash": job.model_hash,
+        "config": protocol_values(job.protocol),
+        "environment": environment(device),
+        "started_at": started,
+        "finished_at": now_iso(),
+    }
+    path = job.result_path(task, seed)
+    old = job.read_result(task, seed)
+    if old is not None and not job.is_done(task, seed):
+        aside = path.parent / "previous" / f"{path.stem}-{old.get('protocol_hash')}-{old.get('model_hash')}.json"
+        aside.parent.mkdir(exist_ok=True)
+        path.replace(aside)
+    write_json(path, record)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- many pairs
+
+OnResult = Callable[[dict], None]
+
+
+def run_here(job: Job, todo: list[Item], on_result: OnResult) -> list[str]:
+    """Every pair in this process, in order; returns the errors."""
+    worker, errors = Worker(pick_device("auto")), []
+    for task, seed in todo:
+        kind, payload = worker.run(job, task, seed)
+        if kind == "result":
+            on_result(payload)
+        else:
+            errors.append(f"{task} seed {seed}: {payload}")
+    return errors
+
+
+def run_pool(job: Job, todo: list[Item], workers: int, on_result: OnResult) -> list[str]:
+    """Spread pairs over `workers` spawned processes, one per GPU (CPU workers where there is none).
+
+    Pairs go out in the table's order (long tasks first); each worker's output goes to
+    RUN_DIR/glue/logs/worker<k>.log. Workers die with this process (they never go on taking pairs alone).
+    """
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count())))).split(
+            ","
+        )
+        require(workers <= len(visible), f"--gpus {workers} but only {len(visible)} GPU(s) visible")
+        devices: list[str | None] = visible[:workers]
+    else:
+        print(f"no GPU: running {workers} CPU worker processes")
+        devices = [None] * workers
+    logs = job.run_dir / GLUE / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    slots = ctx.Queue()
+    for k, device in enumerate(devices):
+        slots.put((k, device))
+    errors: list[str] = []
+    progress = Progress(len(todo), "GLUE", unit="run")
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_start_worker, initargs=(slots, workers, os.getpid(), logs)
+    ) as pool:
+        futures = {pool.submit(_run_in_worker, job, task, seed): (task, seed) for task, seed in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            task, seed = futures[future]
+            try:
+                kind, payload = future.result()
+            except BrokenProcessPool:
+                kind, payload = "error", f"not run, its worker died (see {logs})"
+            if kind == "result":
+                on_result(payload)
+            else:
+                errors.append(f"{task} seed {seed}: {payload}")
+            progress.update(done)
+    progress.close()
+    return errors
+
+
+_worker: Worker | None = None  # this worker process's Worker (set by _start_worker)
+
+
+def _start_worker(slots, workers: int, parent: int, logs: Path) -> None:
+    """A pool process starts: pin its GPU before torch sees the others, die with the parent, log to a file."""
+    global _worker
+    # A worker must not outlive its parent: it would go on taking pairs (duplicating a rerun's work) and hold
+    # its GPU. Linux kills it with the parent; elsewhere `Worker.run` checks the parent before every pair.
+    die_with_parent(signal.SIGKILL, parent)
+    k, device = slots.get()
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    elif not torch.cuda.is_available():  # CPU workers share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    sys.stdout = sys.stderr = open(logs / f"worker{k}.log", "a", buffering=1)
+    _worker = Worker(pick_device("auto"), parent)
+
+
+def _run_in_worker(job: Job, task: str, seed: int) -> tuple[str, dict | str]:
+    return _worker.run(job, task, seed)
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def write_summary(job: Job, tasks: list[str], seeds: list[int]) -> dict:
+    """glue/summary.json over the requested tasks and seeds, from results of this protocol on this model only."""
+    results = [
+        r
+        for r in load_results(job.run_dir, unreadable=[])  # damaged files: warned about when planning
+        if r["task"] in tasks
+        and r["seed"] in seeds
+        and r.get("protocol_hash") == job.protocol_hash
+        and r.get("model_hash") == job.model_hash
+    ]
+    summary = summarize(results, tasks, seeds)
+    write_json(job.run_dir / GLUE / "summary.json", summary)
+    return summary
+
+
+def result_line(record: dict) -> str:
+    head = f"{record['task']} seed {record['seed']}"
+    if record["status"] != "ok":
+        return f"{head}: FAILED, {record['reason']}"
+    scores = ", ".join(
+        f"{split} {name} {100 * v:.1f}" for split, values in record["metrics"].items() for name, v in values.items()
+    )
+    return f"{head}: {scores} ({record['train_time_s']:.0f}s training)"

@@ -1,0 +1,124 @@
+"""A report from run folders: Table 1 (GLUE average, parameters, speed vs Pre-LN, MLM loss), Table 2 (GLUE
+per task) as Markdown, LaTeX and CSV, loss and schedule curves and GLUE per task as PNG and PDF, all tied
+together in index.md, with warnings where compared runs differ in what makes a comparison fair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..reference import PAPER, load_reference, published_rows
+from . import plots, tables
+from .load import Runs, load_runs
+
+# Run facts that make comparisons unfair when they differ: (column(s), what it is, what it breaks).
+COMPARED = (
+    (("budget", "budget_hours"), "budget", "speed ratios and losses across budgets are not comparable"),
+    (("device",), "hardware (device)", "speed ratios across hardware are not comparable"),
+    (("world_size",), "world size", "speed ratios across world sizes are not comparable"),
+    (("microbatch",), "microbatch", "microbatch steps of different sizes are not comparable"),
+    (("data_source", "data_name", "data_hash"), "pretraining data", "losses and GLUE scores are not comparable"),
+    (("glue_protocol", "glue_protocol_hash"), "GLUE protocol", "GLUE scores are not comparable"),
+)
+
+
+def comparison_warnings(runs) -> list[str]:
+    out = []
+    for columns, what, consequence in COMPARED:
+        # runs that do not record a fact (no GLUE run yet, an older summary) cannot disagree on it
+        values = {
+            name: " / ".join(str(r[c]) for c in columns)
+            for name, r in runs.iterrows()
+            if not all(tables.missing(r[c]) for c in columns)
+        }
+        if len(set(values.values())) > 1:
+            listed = ", ".join(f"{name}: {v}" for name, v in values.items())
+            out.append(f"runs differ in {what} ({listed}): {consequence}")
+    for name, r in runs.iterrows():
+        if r.summary_problem:
+            continue  # warned about when loading
+        if not r.completed:
+            out.append(
+                f"run {name} has not completed (stop reason: {r.stop_reason}): its numbers are not the full budget's"
+            )
+        if " + " in str(r.glue_protocol_hash):
+            out.append(f"run {name} mixes GLUE protocols ({r.glue_protocol}): its GLUE scores are not one protocol's")
+        if " + " in r.glue_models:
+            out.append(
+                f"run {name} has GLUE results of different models (model hashes {r.glue_models}): re-run GLUE on "
+                "its current model"
+            )
+    return out
+
+
+def run_line(r) -> str:
+    glue = f"{r.glue_protocol} (hash {r.glue_protocol_hash}), seeds {r.glue_seeds}" if r.glue_seeds else "not run"
+    state = "completed" if r.completed else f"**not completed** (stop reason: {r.stop_reason})"
+    hours = "?" if tables.missing(r.budget_hours) else f"{r.budget_hours:g}"
+    return (
+        f"- **{r.name}** ({r.title}): device {r.device}, budget {r.budget} ({hours} h), "
+        f"data {r.data_source}/{r.data_name} (hash {r.data_hash}), world size {r.world_size}, precision {r.precision}, "
+        f"microbatch {r.microbatch}; GLUE protocol {glue}; {state}"
+    )
+
+
+def index(
+    loaded: Runs, warnings: list[str], table_files: dict[str, list[Path]], figures: dict[str, str], reference: str
+) -> str:
+    lines = ["# cramming-simple report", "", "## Runs", "", *(run_line(r) for _, r in loaded.runs.iterrows()), ""]
+    if warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
+    if reference != "none":
+        lines += [
+            f"Rows labelled *published* are numbers from the papers (`reports/reference/{reference}_*.csv`); "
+            "Δ columns and rows are your number minus the paper's for the same block.",
+            "",
+        ]
+    titles = {"table1": "Table 1: GLUE average, size and speed", "table2": "Table 2: GLUE per task (mean over seeds)"}
+    for stem, paths in table_files.items():
+        links = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in paths)
+        lines += [f"## {titles[stem]}", "", f"Files: {links}", "", paths[0].read_text(), ""]
+    lines += ["## Figures", ""]
+    for stem, caption in figures.items():
+        lines += [f"### {caption}", "", f"![{caption}]({stem}.png)", "", f"[PDF]({stem}.pdf)", ""]
+    return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    loaded: Runs
+    warnings: list[str]
+    tables: dict[str, list[Path]]  # table1 / table2 -> [md, tex, csv]
+    figures: dict[str, str] = field(default_factory=dict)  # file stem -> caption
+    index: Path | None = None
+
+
+def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER) -> Report:
+    """Load the runs, write both tables, the figures and index.md into `out`."""
+    loaded = load_runs(run_dirs)
+    t1_ref, t2_ref = load_reference(reference) if reference != "none" else (None, None)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(
+        loaded,
+        loaded.warnings + comparison_warnings(loaded.runs),
+        {
+            "table1": tables.write(tables.table1(loaded.runs, loaded.problems, t1_ref), out, "table1"),
+            "table2": tables.write(tables.table2(loaded.runs, loaded.glue, loaded.problems, t2_ref), out, "table2"),
+        },
+    )
+    if "loss" in loaded.metrics:
+        plots.loss_plot(loaded.runs, loaded.metrics, out, "hours")
+        plots.loss_plot(loaded.runs, loaded.metrics, out, "steps")
+        plots.schedule_plot(loaded.runs, loaded.metrics, out)
+        report.figures |= {
+            "loss_vs_hours": "MLM loss against wall-clock time (paper Fig. 7)",
+            "loss_vs_steps": "MLM loss against microbatch steps (paper Fig. 24)",
+            "schedule": "Learning rate and batch size against time",
+        }
+    if loaded.glue["n"].sum() > 0:
+        plots.glue_plot(loaded.runs, loaded.glue, out, published_rows(t2_ref))
+        report.figures["glue_tasks"] = "GLUE per task (mean and std over seeds)"
+    report.index = out / "index.md"
+    report.index.write_text(index(loaded, report.warnings, report.tables, report.figures, reference))
+    return report
