@@ -87,18 +87,21 @@ class CompiledModule:
     """A module under torch.compile that falls back to eager once, if compiling fails: when wrapping, or at the
     first call, where inductor really compiles forward and backward. Every user of compile goes through it."""
 
-    def __init__(self, eager: torch.nn.Module, enabled: bool, name: str = "model"):
-        self.eager, self.name = eager, name
+    def __init__(
+        self, eager: torch.nn.Module, enabled: bool, name: str = "model", reset: Callable[[], None] | None = None
+    ):
+        """`reset`: called after a failed first call, before the eager retry (e.g. drop half-made gradients)."""
+        self.eager, self.name, self.reset = eager, name, reset
         self.module, self.compiled = compile_model(eager, enabled)
         self.unproven = self.compiled  # the first call has yet to show that the compiled module runs
 
-    def run(self, step: Callable[[torch.nn.Module], Any], reset: Callable[[], None] | None = None) -> Any:
-        """`step(module)` with the module that runs. If the first call of the compiled module fails: warn,
-        `reset()` (e.g. drop half-made gradients) and do the step eagerly, as every later one."""
+    def run(self, step: Callable[..., Any], *args: Any) -> Any:
+        """`step(module, *args)` with the module that runs (no closure per call: this is the training step's
+        path). If the first call of the compiled module fails: warn, reset, and do the step eagerly from then on."""
         if not self.unproven:
-            return step(self.module)
+            return step(self.module, *args)
         try:
-            return step(self.module)
+            return step(self.module, *args)
         except Exception as err:  # noqa: BLE001 - any compile failure means: run eager
             warnings.warn(
                 f"{self.name}: torch.compile failed at the first step ({type(err).__name__}: {str(err)[:300]}); "
@@ -106,9 +109,9 @@ class CompiledModule:
                 stacklevel=2,
             )
             self.module, self.compiled = self.eager, False
-            if reset is not None:
-                reset()
-            return step(self.module)
+            if self.reset is not None:
+                self.reset()
+            return step(self.module, *args)
         finally:
             self.unproven = False
 

@@ -338,3 +338,22 @@ def test_bench_data_times_the_data_path_against_the_training_step(smoke_cache, t
 def test_overrides_without_data_are_a_user_error(tmp_path, capsys):
     assert main(["bench", "--arch", "tiny", "train.microbatch=8", "--out", str(tmp_path)]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_compiled_module_that_fails_at_its_first_call_falls_back_to_eager_once(monkeypatch):
+    from cramming_simple import runtime
+
+    eager = torch.nn.Linear(2, 2)
+
+    def broken(x):  # stands in for a compiled module whose first call (the real compile) fails
+        raise RuntimeError("inductor failed")
+
+    monkeypatch.setattr(runtime, "compile_model", lambda model, enabled: (broken, True))
+    resets = []
+    runner = runtime.CompiledModule(eager, True, "m", reset=lambda: resets.append(1))
+    x = torch.ones(1, 2)
+    with pytest.warns(UserWarning, match="m: torch.compile failed at the first step"):
+        out = runner.run(lambda module, scale: module(x) * scale, 2.0)
+    assert torch.equal(out, eager(x) * 2.0) and resets == [1] and not runner.compiled and runner.module is eager
+    runner.run(lambda module: module(x))  # later calls run eager, with no new warning or reset
+    assert resets == [1]

@@ -19,7 +19,7 @@ from ..markdown import table as markdown_table
 from ..model import MaskedLM, block_spec
 from ..optim import make_optimizer
 from ..reference import BASELINE
-from ..runtime import CompiledModule, autocast_dtype, environment, now_iso, seed_everything
+from ..runtime import autocast_dtype, environment, now_iso, seed_everything
 from ..train.config import PretrainConfig
 from .step import Contender, timed_step
 
@@ -59,9 +59,8 @@ def data_bench(
         model = MaskedLM(cfg.arch, BASELINE).train()
     spec = block_spec(BASELINE)
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, device=device)
-    contender = Contender(
-        BASELINE, spec.title, model, lambda m: m(**batch), optimizer, 0.0, CompiledModule(model, compile, BASELINE)
-    )
+    contender = Contender(BASELINE, spec.title, model, lambda m: m(**batch), optimizer, 0.0)
+    contender.compile(compile)
     train_times = []
     for r in range(warmup + steps):
         seconds, _ = timed_step(contender, dtype, device)

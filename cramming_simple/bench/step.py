@@ -125,8 +125,12 @@ class Contender:
         return self.runner is not None and self.runner.compiled
 
     def step(self, dtype: torch.dtype | None, device: torch.device) -> None:
-        self.runner.run(
-            lambda model: self._step(model, dtype, device), reset=lambda: self.optimizer.zero_grad(set_to_none=True)
+        self.runner.run(self._step, dtype, device)
+
+    def compile(self, enabled: bool) -> None:
+        """Run under torch.compile (falling back to eager, gradients dropped, if compiling fails)."""
+        self.runner = CompiledModule(
+            self.eager, enabled, self.name, reset=lambda: self.optimizer.zero_grad(set_to_none=True)
         )
 
     def _step(self, model: nn.Module, dtype: torch.dtype | None, device: torch.device) -> None:
@@ -344,7 +348,7 @@ def step_bench(
         )
     peak_method = count_cpu_memory(contenders, dtype, device)
     for c in contenders:
-        c.runner = CompiledModule(c.eager, compile, name=c.name)
+        c.compile(compile)
 
     time_rounds(contenders, warmup, steps, dtype, device)
 

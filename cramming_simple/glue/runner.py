@@ -75,11 +75,14 @@ class Job:
 
     def is_done(self, task: str, seed: int, warn: bool = False) -> bool:
         """A result (ok, or failed with a non-finite loss) of this protocol on this model exists."""
-        old = self.read_result(task, seed, warn)
+        return self.is_ours(self.read_result(task, seed, warn))
+
+    def is_ours(self, result: dict | None) -> bool:
+        """Whether a stored result is of this protocol on this model."""
         return (
-            old is not None
-            and old.get("protocol_hash") == self.protocol_hash
-            and old.get("model_hash") == self.model_hash
+            result is not None
+            and result.get("protocol_hash") == self.protocol_hash
+            and result.get("model_hash") == self.model_hash
         )
 
 
@@ -152,7 +155,7 @@ def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.devic
     }
     path = job.result_path(task, seed)
     old = job.read_result(task, seed)
-    if old is not None and not job.is_done(task, seed):
+    if old is not None and not job.is_ours(old):
         aside = path.parent / "previous" / f"{path.stem}-{old.get('protocol_hash')}-{old.get('model_hash')}.json"
         aside.parent.mkdir(exist_ok=True)
         path.replace(aside)

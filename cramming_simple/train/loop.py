@@ -252,7 +252,11 @@ class Trainer:
             if dist.world > 1
             else None
         )
-        self.runner = CompiledModule(self.ddp if self.ddp is not None else self.model, cfg.impl.compile)
+        self.runner = CompiledModule(
+            self.ddp if self.ddp is not None else self.model,
+            cfg.impl.compile,
+            reset=lambda: self.optimizer.zero_grad(set_to_none=True),
+        )
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -446,10 +450,7 @@ class Trainer:
     def microbatch(self, batch: dict) -> None:
         """Forward and backward of one microbatch; DDP all-reduces only on the last one of an optimiser step."""
         sync = self.accumulated == self.n_acc - 1
-        loss = self.runner.run(
-            lambda model: self.forward_backward(model, batch, 1.0 / self.n_acc, sync),
-            reset=lambda: self.optimizer.zero_grad(set_to_none=True),
-        )
+        loss = self.runner.run(self.forward_backward, batch, 1.0 / self.n_acc, sync)
         tokens = self.cfg.train.microbatch * self.cfg.arch.seq_len * self.dist.world
         self.window.add_microbatch(loss, tokens)
         self.accumulated += 1
