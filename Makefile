@@ -25,7 +25,12 @@ DEMO_TASKS ?= sst2,rte,stsb
 DEMO_RUNS ?= runs/demo
 DEMO_OUT ?= reports/demo
 DEMO_ARGS ?=
+# make demo's side-by-side speed: an interleaved bench of its blocks at the smoke size (arch tiny, microbatch 32)
+DEMO_BENCH_ARGS ?= --arch tiny --batch 32 --steps 6 --warmup 2
 GLUE_DIR ?=
+# make all PRETRAIN_SEEDS="0 1 2": replicate pretraining runs per block (runs/<block>-<budget>-s<seed>), which the
+# report folds into one row (GLUE over pretraining x fine-tuning seeds, speed and loss mean ± std)
+PRETRAIN_SEEDS ?=
 
 ifeq ($(GPUS),1)
 LAUNCH := $(CS)
@@ -42,7 +47,7 @@ help:
 	@echo "make glue BLOCK=sas [RUN=runs/..]     fine-tune the latest run of BLOCK on GLUE"
 	@echo "make report                           tables and plots from every run in $(RUNS)/"
 	@echo "make bench                            speed of every block at crammed-bert size"
-	@echo "make all BLOCKS=\"preln sas sasp\" BUDGET=24h PROTOCOL=paper"
+	@echo "make all BLOCKS=\"preln sas sasp\" BUDGET=24h PROTOCOL=paper [PRETRAIN_SEEDS=\"0 1 2\"]"
 
 setup: $(VENV)/.installed
 
@@ -75,7 +80,13 @@ demo: setup
 	done; fi
 	$(CS) report --runs-dir $(DEMO_RUNS) --out $(DEMO_OUT)
 	@echo ""
-	@echo "Demo done. Tables and plots: $(DEMO_OUT)/index.md (table1.md, table2.md, *.png, *.pdf); runs: $(DEMO_RUNS)/"
+	@cat $(DEMO_OUT)/table1.md
+	@echo ""
+	@echo "The Speed column above divides whole-run step counts, which move with everything else the machine does."
+	@echo "Side by side on this machine (interleaved bench of the same blocks at the demo's size, vs preln = tokens/s ratio):"
+	$(CS) bench $(DEMO_BENCH_ARGS) --blocks $(shell echo $(DEMO_BLOCKS) | tr ' ' ',') --out $(DEMO_OUT)/bench
+	@echo ""
+	@echo "Demo done. Tables and plots: $(DEMO_OUT)/index.md (table1.md, table2.md, *.png, *.pdf); side-by-side speed: $(DEMO_OUT)/bench/bench.md; runs: $(DEMO_RUNS)/"
 
 params: setup
 	$(CS) params
@@ -99,14 +110,18 @@ bench: setup
 # Pretrain every block, fine-tune every block, report. A block that fails (e.g. a non-finite loss) does not
 # stop the others; the report shows what is missing and why. Rerunning resumes and skips what is done.
 all: setup
-	@failed=""; for b in $(BLOCKS); do \
-	  $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) ARGS="$(ARGS)" || failed="$$failed pretrain:$$b"; \
-	done; for b in $(BLOCKS); do \
-	  if [ -f $(RUNS)/$$b-$(BUDGET)/model/config.json ]; then \
-	    $(MAKE) --no-print-directory glue RUN=$(RUNS)/$$b-$(BUDGET) PROTOCOL=$(PROTOCOL) TASKS=$(TASKS) SEEDS=$(SEEDS) GPUS=$(GPUS) GLUE_DIR=$(GLUE_DIR) GLUE_ARGS="$(GLUE_ARGS)" || failed="$$failed glue:$$b"; \
+	@failed=""; runs=""; for b in $(BLOCKS); do \
+	  for s in $(if $(PRETRAIN_SEEDS),$(PRETRAIN_SEEDS),-); do \
+	    if [ "$$s" = - ]; then name=$$b-$(BUDGET); extra=""; else name=$$b-$(BUDGET)-s$$s; extra="train.seed=$$s"; fi; \
+	    runs="$$runs $$name"; \
+	    $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) ARGS="--name $$name $$extra $(ARGS)" || failed="$$failed pretrain:$$name"; \
+	  done; \
+	done; for name in $$runs; do \
+	  if [ -f $(RUNS)/$$name/model/config.json ]; then \
+	    $(MAKE) --no-print-directory glue RUN=$(RUNS)/$$name PROTOCOL=$(PROTOCOL) TASKS=$(TASKS) SEEDS=$(SEEDS) GPUS=$(GPUS) GLUE_DIR=$(GLUE_DIR) GLUE_ARGS="$(GLUE_ARGS)" || failed="$$failed glue:$$name"; \
 	  fi; \
 	done; \
-	$(MAKE) --no-print-directory report RUNS=$(RUNS) OUT=$(OUT); \
+	$(MAKE) --no-print-directory report RUNS=$(RUNS) OUT=$(OUT) || failed="$$failed report"; \
 	if [ -n "$$failed" ]; then echo "make all: these steps did not finish:$$failed (rerun to resume)"; exit 1; fi
 
 clean-venv:

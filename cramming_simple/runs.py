@@ -2,14 +2,20 @@
 
 runs/<name>/
   config.yaml      resolved pretraining config (block, budget, arch, data, train, impl)
-  metrics.jsonl    a row every few seconds: microbatch_steps, elapsed_s, p, lr, batch_size, loss, tokens_per_s, ...
+  metrics.jsonl    a row every few seconds: microbatch_steps, elapsed_s, p, lr, batch_size, loss, tokens_per_s, ...;
+                   at each eval point a row {"kind": "eval", microbatch_steps, elapsed_s, p, eval_loss, eval_s}
+  diagnostics.jsonl  at each eval point: microbatch_steps, elapsed_s, p, embedding and per-layer statistics
+                   (model.diagnostics)
   summary.json     block, arch, budget_hours, params, microbatch_steps, tokens, elapsed_s, final_loss, device,
                    torch, world_size, completed, stop_reason, ...
   checkpoint.pt    full training state for --resume
   checkpoint.prev.pt  the checkpoint before it: --resume falls back to it when checkpoint.pt is damaged
   .lock            held (flock) by the process pretraining in this folder; a second one exits with code 2
   model/           model.safetensors, config.json, tokenizer files
+  model@<f>/       the model at budget fraction f (impl.keep_at), e.g. model@0.50
   glue/<task>/seed<k>.json, glue/summary.json
+  glue/<task>/seed<k>.predictions.npz   per validation example: index, prediction, label (per split)
+  glue@<f>/        the same for the snapshot model@<f> (glue --at f)
   glue/.locks/<task>-seed<k>.lock   held while a process fine-tunes that task/seed
 """
 
@@ -30,7 +36,17 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = (
     "model",
     "glue",
 )
-PREV_CHECKPOINT, LOCK = "checkpoint.prev.pt", ".lock"
+PREV_CHECKPOINT, LOCK, DIAGNOSTICS = "checkpoint.prev.pt", ".lock", "diagnostics.jsonl"
+
+
+def snapshot_name(fraction: float) -> str:
+    """model@0.50: the model kept at that fraction of the budget."""
+    return f"{MODEL}@{fraction:.2f}"
+
+
+def glue_name(fraction: float | None) -> str:
+    """glue (the final model's results) or glue@0.50 (the snapshot's)."""
+    return GLUE if fraction is None else f"{GLUE}@{fraction:.2f}"
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:

@@ -37,8 +37,14 @@ def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
         f"GLUE_DIR={glue_fixture(tmp_path / 'glue')}",
         "DEMO_TASKS=sst2,rte",
         f"DEMO_ARGS=hours=0.0015 data.cache_dir={smoke_cache} impl.device=cpu",  # a few seconds per block
+        "DEMO_BENCH_ARGS=--arch tiny --batch 8 --steps 2 --warmup 1",
     )
     assert f"Tables and plots: {out}/index.md" in done.stdout
+    # beside its table, the demo prints the side-by-side bench of the same blocks on the same machine
+    table_at, bench_at = done.stdout.index("| Block | Run | GLUE"), done.stdout.index("Side by side on this machine")
+    assert table_at < bench_at and (out / "bench" / "bench.md").exists()
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert {r["name"] for r in bench["rows"]} >= set(BLOCKS)
     for block in BLOCKS:
         summary = json.loads((runs / f"{block}-smoke" / "summary.json").read_text())
         assert summary["completed"] and summary["block"] == block
@@ -69,3 +75,26 @@ def test_make_all_runs_every_stage_and_a_rerun_skips_what_is_done(smoke_cache, t
     assert "SAS-P" in (out / "table1.md").read_text()
     again = make("all", *variables).stdout
     assert again.count("is complete; nothing to do") == 2 and again.count("0 of 1 task/seed runs to do") == 2
+
+
+def test_make_all_with_pretraining_seeds_runs_replicates_that_the_report_folds(smoke_cache, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    done = make(
+        "all",
+        "BLOCKS=preln",
+        "BUDGET=smoke",
+        "PRETRAIN_SEEDS=0 1",
+        "PROTOCOL=smoke",
+        "TASKS=rte",
+        f"RUNS={runs}",
+        f"OUT={out}",
+        f"GLUE_DIR={glue_fixture(tmp_path / 'glue')}",
+        f"ARGS=hours=0.0006 data.cache_dir={smoke_cache} impl.device=cpu",
+    )
+    for seed in (0, 1):
+        run = runs / f"preln-smoke-s{seed}"
+        assert "seed: " + str(seed) in (run / "config.yaml").read_text()
+        assert (run / "glue" / "rte" / "seed1.json").exists()
+    assert (out / "table1.md").exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    table1 = (out / "table1.md").read_text()
+    assert "preln-smoke-s0 + preln-smoke-s1" in table1 and "2 pretraining seeds (0,1)" in table1

@@ -816,3 +816,19 @@ def test_glue_workers_die_with_their_parent(pretrained_run, glue_dir, tmp_path):
     assert done < 3 * 8  # the queue was not simply worked off
     time.sleep(2)
     assert len(list(run.glob("glue/*/seed*.json"))) == done  # nobody is taking pairs any more
+
+
+def test_per_example_predictions_are_saved_beside_each_result_and_rescore_it(two_tasks):
+    from cramming_simple.glue.metrics import compute
+    from cramming_simple.glue.runner import predictions_path, read_predictions
+
+    for path in sorted(two_tasks.glob("glue/*/seed*.json")):
+        record = pd.read_json(path, typ="series").to_dict()
+        assert predictions_path(path).exists() and "predictions" not in record
+        saved = read_predictions(path)
+        assert set(saved) == set(record["metrics"])
+        for split, arrays in saved.items():
+            assert list(arrays["index"]) == list(range(len(arrays["label"]))) == list(range(len(arrays["prediction"])))
+            assert len(arrays["label"]) == record["examples"][split]
+            rescored = compute(list(record["metrics"][split]), arrays["prediction"], arrays["label"])
+            assert rescored == pytest.approx(record["metrics"][split])

@@ -39,8 +39,10 @@ SUMMARY_FIELDS = {
 }
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def metrics(run: Path, kind: str = "train") -> list[dict]:
+    """metrics.jsonl rows of one kind: training log windows (no "kind" key) or held-out evals ("kind": "eval")."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind", "train") == kind]
 
 
 # ------------------------------------------------------------------------------------------ configs

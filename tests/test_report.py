@@ -243,7 +243,7 @@ def test_markdown_latex_csv_agree(paper_like, stem):
     for cells, (_, row) in zip(md[1:], csv.iterrows()):
         shown = dict(zip(header, cells))
         for col, csv_col in numeric.items():
-            value = re.sub(r" \[\d+\]$", "", shown[col])
+            value = re.sub(r" ± [\d.]+$", "", re.sub(r"( \[\d+\])+$", "", shown[col]))  # "+0.4 ± 0.9 [3]" -> "+0.4"
             if value in ("", "-"):
                 assert pd.isna(row[csv_col]), (col, row.run)
                 continue

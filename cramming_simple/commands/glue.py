@@ -9,6 +9,7 @@ examples:
   cramming-simple glue runs/sas-24h
   cramming-simple glue --block sas --runs-dir runs --protocol cramming --tasks rte,mrpc --seeds 1 lr=2e-5
   cramming-simple glue runs/tiny-smoke --protocol smoke --data-dir ~/glue_data --gpus 2
+  cramming-simple glue runs/sas-24h --at 0.5          # the snapshot model@0.50/ (impl.keep_at); results in glue@0.50/
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import require
+from ..config import ConfigError, require
 from ..presets import list_presets
 
 
@@ -39,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="redo task/seed pairs that already have results")
     parser.add_argument(
+        "--at",
+        type=float,
+        metavar="FRACTION",
+        help="fine-tune the snapshot kept at this budget fraction (model@0.50/, from impl.keep_at) instead of "
+        "the final model; results go to glue@0.50/",
+    )
+    parser.add_argument(
         "--gpus", type=int, default=1, help="worker processes, one per GPU (on a machine without GPUs: CPU workers)"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="protocol overrides, e.g. lr=1e-4 epochs=3")
@@ -54,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..glue.score import results_table
     from ..glue.tasks import load_tasks
     from ..model import check_model
-    from ..runs import MODEL
+    from ..runs import GLUE, MODEL, glue_name, snapshot_name
     from ..runtime import file_sha256
 
     if args.run_dir and "=" in args.run_dir and not Path(args.run_dir).exists():  # `glue --block sas lr=1e-4`
@@ -68,7 +76,14 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be wrong is checked before the first step of any task: model, tokenizer, every
     # task's data, and that no other process is fine-tuning the same task/seed pairs.
-    model_dir = run_dir / MODEL
+    model_name = MODEL if args.at is None else snapshot_name(args.at)
+    model_dir = run_dir / model_name
+    if args.at is not None and not model_dir.is_dir():
+        kept = sorted(p.name for p in run_dir.glob(f"{MODEL}@*") if p.is_dir())
+        raise ConfigError(
+            f"{run_dir} has no snapshot {model_name}/ (kept: {', '.join(kept) or 'none'}); snapshots are kept by "
+            "pretraining with impl.keep_at=[0.25,0.5,0.75]"
+        )
     arch, block = check_model(model_dir)
     check_tokenizer(load_tokenizer(model_dir), arch.vocab_size, where=f"the tokenizer in {model_dir}")
     source = open_source(args.data_dir, table, tasks)
@@ -83,12 +98,17 @@ def run(args: argparse.Namespace) -> int:
         table,
         source,
         args.force,
+        model_name,
+        GLUE if args.at is None else glue_name(args.at),
     )
     plan = [(t, s) for t in tasks for s in protocol.seeds]
     todo = [item for item in plan if args.force or not job.is_done(*item, warn=True)]
     check_not_in_use(job, todo)
 
-    print(f"GLUE on {run_dir} ({block}): protocol {name} [{job.protocol_hash}], data from {source.describe()}")
+    print(
+        f"GLUE on {model_dir} ({block}): protocol {name} [{job.protocol_hash}], data from {source.describe()}, "
+        f"results in {job.glue_dir}"
+    )
     print(
         f"{len(todo)} of {len(plan)} task/seed runs to do"
         + (f" ({len(plan) - len(todo)} done before; --force redoes them)" if len(todo) < len(plan) else "")

@@ -1,11 +1,14 @@
 """Pretraining data: sources, tokenizer, packing into shards, and the MLM microbatch stream."""
 
-from .loader import MicrobatchStream, MLMCollator, PackedData, Prefetcher, permute
+from .loader import EVAL_SEED, MicrobatchStream, MLMCollator, PackedData, Prefetcher, Split, heldout_batches, permute
 from .packing import Prepared, prepare, prepared_path
 from .sources import SOURCES, DataConfig, DataError
 from .tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
 
 __all__ = [
+    "EVAL_SEED",
+    "Split",
+    "heldout_batches",
     "DataConfig",
     "DataError",
     "MLMCollator",

@@ -9,6 +9,8 @@ pseudo-random bijection evaluated pointwise, and the mask noise is a hash of (se
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -126,6 +128,12 @@ class MLMCollator:
         self.special[special_ids] = True
         self.ordinary = torch.nonzero(~self.special[:vocab]).squeeze(1)  # candidates for random replacement
 
+    def reseeded(self, seed: int) -> MLMCollator:
+        """The same masking with another seed (the held-out batches use data.EVAL_SEED)."""
+        other = copy.copy(self)
+        other.seed = seed
+        return other
+
     def noise(self, samples: np.ndarray, stream: int) -> torch.Tensor:
         """(B, T) uniforms, a pure function of (seed, stream, sample index, column)."""
         cells = samples.astype(np.uint64)[:, None] * np.uint64(self.seq_len) + np.arange(self.seq_len, dtype=np.uint64)
@@ -148,11 +156,44 @@ class MLMCollator:
 # ----------------------------------------------------------------------------------------------- batches
 
 
+@dataclass(frozen=True)
+class Split:
+    """Which prepared rows are held out for the eval loss and which are trained on: a pure function of the data.
+
+    A fixed bijection of [0, N) keyed by the data hash puts `held` rows first (the held-out slice) and the
+    other N - held after them (the training rows). Every run on the same preparation, whatever its block or
+    seed, holds out the same rows; no held-out row is ever trained on. held = min(holdout, N // 10).
+    """
+
+    n: int
+    held: int
+    key: int
+
+    @classmethod
+    def of(cls, data: PackedData, holdout: int) -> Split:
+        key = int(hashlib.sha256(data.root.name.encode()).hexdigest()[:15], 16)  # the folder name is the data hash
+        return cls(len(data), min(holdout, len(data) // 10), key)
+
+    @property
+    def train_size(self) -> int:
+        return self.n - self.held
+
+    def heldout_rows(self) -> np.ndarray:
+        return self._rows(np.arange(self.held, dtype=np.int64))
+
+    def train_rows(self, index: np.ndarray) -> np.ndarray:
+        """Training row i (0 <= i < n - held) -> its row in the prepared data."""
+        return self._rows(index + self.held) if self.held else index
+
+    def _rows(self, index: np.ndarray) -> np.ndarray:
+        return permute(index, self.n, key=self.key)
+
+
 @dataclass
 class MicrobatchStream:
     """Microbatch b of rank r holds samples [(b W + r) B, (b W + r + 1) B) of an endless shuffled stream.
 
-    Sample s is row permute(s mod N, N, key(epoch = s div N)) of the data.
+    Sample s is training row permute(s mod M, M, key(epoch = s div M)) of the M = N - held training rows.
     """
 
     data: PackedData
@@ -161,23 +202,38 @@ class MicrobatchStream:
     seed: int
     rank: int = 0
     world: int = 1
+    split: Split | None = None  # None: every row is a training row
 
     def samples(self, b: int) -> np.ndarray:
         start = (b * self.world + self.rank) * self.microbatch
         return np.arange(start, start + self.microbatch, dtype=np.int64)
 
     def rows_of(self, samples: np.ndarray) -> np.ndarray:
-        n = len(self.data)
+        n = self.split.train_size if self.split else len(self.data)
         epoch, position = np.divmod(samples, n)
         index = np.empty_like(samples)
         for e in np.unique(epoch):
             pick = epoch == e
             index[pick] = permute(position[pick], n, key=self.seed * 100_003 + int(e))
-        return index
+        return self.split.train_rows(index) if self.split else index
 
     def __call__(self, b: int) -> dict[str, torch.Tensor]:
         samples = self.samples(b)
         return self.collate(self.data.rows(self.rows_of(samples)), samples)
+
+
+EVAL_SEED = 2**31 - 1  # masking seed of the held-out batches: the same masks for every block and training seed
+
+
+def heldout_batches(data: PackedData, split: Split, collate: MLMCollator, batch: int) -> list[dict[str, torch.Tensor]]:
+    """The held-out slice as fixed MLM batches (CPU): masks from `collate` (built with EVAL_SEED), keyed by
+    the held-out index, so they are identical for every run on the same preparation."""
+    rows = split.heldout_rows()
+    out = []
+    for start in range(0, len(rows), batch):
+        index = np.arange(start, min(start + batch, len(rows)), dtype=np.int64)
+        out.append(collate(data.rows(rows[index]), index))
+    return out
 
 
 class Prefetcher:

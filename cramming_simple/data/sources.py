@@ -43,6 +43,7 @@ class DataConfig:
     shard_sequences: int = 65_536  # sequences per shard file
     cache_dir: str = "data"  # prepared data lives in <cache_dir>/<hash of this config + vocab + seq_len>/
     verify: bool = True  # check shard checksums when a run opens the data
+    holdout: int = 2048  # sequences held out for the eval loss (at most a tenth of the data); 0: none
 
     def validate(self) -> None:
         require(self.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}, got '{self.source}'")
@@ -59,6 +60,7 @@ class DataConfig:
             self.text_sample_by in ("line", "paragraph", "document"),
             "data.text_sample_by must be line, paragraph or document",
         )
+        require(self.holdout >= 0, f"data.holdout must be 0 or more sequences, got {self.holdout}")
         require(
             self.shard_sequences > 0 and self.tokenizer_documents > 0,
             "data.shard_sequences and data.tokenizer_documents must be positive",

@@ -34,17 +34,21 @@ def optimizer_and_schedule(model: torch.nn.Module, protocol: Protocol, train_exa
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, spec: TaskSpec, split: Encoded, protocol: Protocol, device: torch.device
-) -> dict[str, float | None]:
-    """Metrics on one split; None where a metric is undefined (e.g. Pearson of constant predictions)."""
+) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
+    """Metrics on one split (None where a metric is undefined, e.g. Pearson of constant predictions), and the
+    per-example predictions in the split's own order: {"index", "prediction", "label"} (for paired bootstraps)."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")  # similar lengths together: little padding. Metrics ignore order.
     with autocast(device, autocast_dtype(device)):
         logits = torch.cat(
             [model(ids, mask)[0].float() for ids, mask, _ in split.batches(order, protocol.eval_batch_size)]
         )
-    labels = split.labels[torch.from_numpy(order).to(device)]
-    scores = compute(spec.metrics, predictions(logits.cpu().numpy(), spec.regression), labels.cpu().numpy())
-    return {k: v if math.isfinite(v) else None for k, v in scores.items()}
+    preds = np.empty(len(order), dtype=np.float32 if spec.regression else np.int64)
+    preds[order] = predictions(logits.cpu().numpy(), spec.regression)
+    labels = split.labels.cpu().numpy()
+    scores = compute(spec.metrics, preds, labels)
+    per_example = {"index": np.arange(len(order)), "prediction": preds, "label": labels}
+    return {k: v if math.isfinite(v) else None for k, v in scores.items()}, per_example
 
 
 def finetune(
@@ -71,6 +75,7 @@ def finetune(
     progress = Progress(total, f"{task} seed {seed}", unit="step")
 
     epochs: list[dict] = []
+    per_example: dict[str, dict[str, np.ndarray]] = {}
     status, reason, step, train_time, eval_time = "ok", None, 0, 0.0, 0.0
     first_bad = torch.full((), -1, device=device)  # index of the first step with a non-finite loss
     for epoch in range(1, protocol.epochs + 1):
@@ -102,7 +107,11 @@ def finetune(
             )
             break
         with timed() as eval_t:
-            scores = {split: evaluate(model, spec, encoded, protocol, device) for split, encoded in data.evals.items()}
+            evaluated = {
+                split: evaluate(model, spec, encoded, protocol, device) for split, encoded in data.evals.items()
+            }
+            scores = {split: metrics for split, (metrics, _) in evaluated.items()}
+            per_example = {split: examples for split, (_, examples) in evaluated.items()}
         eval_time += eval_t["s"]
         epochs.append(
             {
@@ -133,4 +142,5 @@ def finetune(
         "eval_time_s": eval_time,
         "steps": total,
         "warmup_steps": warmup,
+        "predictions": per_example if status == "ok" else {},  # the last epoch's; written beside the result
     }

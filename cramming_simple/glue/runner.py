@@ -1,14 +1,16 @@
 """Running GLUE task/seed pairs: one after another in this process, or spread over worker processes (one per
 GPU; CPU workers on a machine without one), writing the same result files either way.
 
-Results live in RUN_DIR/glue/<task>/seed<k>.json, one per pair (see `glue.score` for the format), and
-RUN_DIR/glue/summary.json, rewritten after every pair. Each pair is locked while it trains
-(`glue/.locks/<task>-seed<k>.lock`), so two processes never train the same pair; a pair another process
-finished in the meantime is not trained again.
+Results live in RUN_DIR/glue/<task>/seed<k>.json, one per pair (see `glue.score` for the format), with the
+per-example validation predictions beside it (seed<k>.predictions.npz, written first), and
+RUN_DIR/glue/summary.json, rewritten after every pair. A snapshot's (`--at 0.5`: model@0.50/) go to
+glue@0.50/. Each pair is locked while it trains (`glue/.locks/<task>-seed<k>.lock`), so two processes never
+train the same pair; a pair another process finished in the meantime is not trained again.
 """
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import signal
@@ -20,13 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..config import require
 from ..data.tokenizer import load_tokenizer
 from ..errors import CorruptFileError, LockedError, UserError
 from ..runs import GLUE, MODEL
-from ..runtime import FileLock, Progress, die_with_parent, environment, now_iso, pick_device, read_json, write_json
+from ..runtime import (
+    FileLock,
+    Progress,
+    atomic_write_bytes,
+    die_with_parent,
+    environment,
+    now_iso,
+    pick_device,
+    read_json,
+    write_json,
+)
 from .config import Protocol, protocol_values
 from .data import Source, TaskData, load_task, prepare
 from .finetune import finetune
@@ -48,14 +61,24 @@ class Job:
     table: TaskTable
     source: Source
     force: bool = False  # redo pairs that already have a result
+    model_name: str = MODEL  # model@0.50 for a snapshot
+    glue_name: str = GLUE  # where its results go: glue@0.50 for a snapshot
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / self.model_name
+
+    @property
+    def glue_dir(self) -> Path:
+        return self.run_dir / self.glue_name
 
     def result_path(self, task: str, seed: int) -> Path:
-        return self.run_dir / GLUE / task / f"seed{seed}.json"
+        return self.glue_dir / task / f"seed{seed}.json"
 
     def lock(self, task: str, seed: int) -> FileLock:
         """Held while a process fine-tunes this task/seed: two processes never train the same pair."""
         return FileLock(
-            self.run_dir / GLUE / ".locks" / f"{task}-seed{seed}.lock",
+            self.glue_dir / ".locks" / f"{task}-seed{seed}.lock",
             f"GLUE {task} seed {seed} of {self.run_dir}",
             purpose="cramming-simple glue",
             advice="wait for it to finish, or leave that task/seed out (--tasks, --seeds)",
@@ -126,7 +149,7 @@ class Worker:
                     splits = load_task(job.source, task, job.table.tasks[task])
                     self.loaded = (
                         task,
-                        prepare(splits, load_tokenizer(job.run_dir / MODEL), job.protocol, self.device, task),
+                        prepare(splits, load_tokenizer(job.model_dir), job.protocol, self.device, task),
                     )
                 return "result", run_pair(job, task, seed, self.loaded[1], self.device)
         except UserError as err:
@@ -138,7 +161,8 @@ class Worker:
 def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.device) -> dict:
     """Fine-tune and score one pair; write its result file (a result of another protocol or model is kept aside)."""
     started = now_iso()
-    result = finetune(job.run_dir / MODEL, task, job.table.tasks[task], job.protocol, seed, data, device)
+    result = finetune(job.model_dir, task, job.table.tasks[task], job.protocol, seed, data, device)
+    per_example = result.pop("predictions")
     record = {
         "task": task,
         "seed": seed,
@@ -159,8 +183,36 @@ def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.devic
         aside = path.parent / "previous" / f"{path.stem}-{old.get('protocol_hash')}-{old.get('model_hash')}.json"
         aside.parent.mkdir(exist_ok=True)
         path.replace(aside)
+        if predictions_path(path).exists():
+            predictions_path(path).replace(predictions_path(aside))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if per_example:  # before the result: a result file always has its predictions beside it
+        buffer = io.BytesIO()
+        np.savez(buffer, **{f"{split}.{k}": v for split, arrays in per_example.items() for k, v in arrays.items()})
+        atomic_write_bytes(predictions_path(path), buffer.getvalue())
     write_json(path, record)
     return record
+
+
+def predictions_path(result: Path) -> Path:
+    """glue/<task>/seed<k>.json -> glue/<task>/seed<k>.predictions.npz"""
+    return result.with_name(f"{result.stem}.predictions.npz")
+
+
+def read_predictions(result: Path) -> dict[str, dict[str, np.ndarray]] | None:
+    """{split: {"index", "prediction", "label"}} saved beside a result, or None (none saved: an older run)."""
+    path = predictions_path(result)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as npz:
+            out: dict[str, dict[str, np.ndarray]] = {}
+            for key in npz.files:
+                split, name = key.rsplit(".", 1)
+                out.setdefault(split, {})[name] = npz[key]
+            return out
+    except (OSError, ValueError, KeyError) as err:
+        raise CorruptFileError(path, f"cannot be read ({type(err).__name__}: {err})") from None
 
 
 # ----------------------------------------------------------------------------------------------- many pairs
@@ -195,7 +247,7 @@ def run_pool(job: Job, todo: list[Item], workers: int, on_result: OnResult) -> l
     else:
         print(f"no GPU: running {workers} CPU worker processes")
         devices = [None] * workers
-    logs = job.run_dir / GLUE / "logs"
+    logs = job.glue_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     slots = ctx.Queue()
@@ -251,14 +303,16 @@ def write_summary(job: Job, tasks: list[str], seeds: list[int]) -> dict:
     """glue/summary.json over the requested tasks and seeds, from results of this protocol on this model only."""
     results = [
         r
-        for r in load_results(job.run_dir, unreadable=[])  # damaged files: warned about when planning
+        for r in load_results(
+            job.run_dir, unreadable=[], glue=job.glue_name
+        )  # damaged files: warned about when planning
         if r["task"] in tasks
         and r["seed"] in seeds
         and r.get("protocol_hash") == job.protocol_hash
         and r.get("model_hash") == job.model_hash
     ]
     summary = summarize(results, tasks, seeds)
-    write_json(job.run_dir / GLUE / "summary.json", summary)
+    write_json(job.glue_dir / "summary.json", summary)
     return summary
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CorruptFileError
+from ..runs import GLUE
 from ..runtime import read_json
 from .tasks import COLUMNS, TASKS
 
@@ -47,13 +48,13 @@ def glue_average(scores: dict[str, float]) -> float | None:
     return float(np.mean(values))
 
 
-def load_results(run_dir: str | Path, unreadable: list[CorruptFileError] | None = None) -> list[dict]:
-    """Every `glue/<task>/seed<k>.json` of a run, sorted by task then seed.
+def load_results(run_dir: str | Path, unreadable: list[CorruptFileError] | None = None, glue: str = GLUE) -> list[dict]:
+    """Every `glue/<task>/seed<k>.json` of a run (`glue@0.50/...` for a snapshot's), sorted by task then seed.
 
     A damaged file is left out: appended to `unreadable` when given, else reported as a warning on stderr.
     """
     results = []
-    for f in sorted(Path(run_dir, "glue").glob("*/seed*.json")):
+    for f in sorted(Path(run_dir, glue).glob("*/seed*.json")):
         try:
             result = read_json(f)
             if not isinstance(result, dict) or not {"task", "seed"} <= set(result):

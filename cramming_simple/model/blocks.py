@@ -68,16 +68,19 @@ class Parallel(nn.Module):
     def __init__(self, cfg: ArchConfig, layer: int):
         super().__init__()
         d, G = cfg.width, cfg.glu_width
-        self.heads, self.fused = cfg.heads, True
+        self.heads, self.fused, self.probe = cfg.heads, True, None
         self.norm = norm(cfg)
         self.w_in = linear(d, 3 * d + G, cfg.init_std)  # rows: [W^Q; W^K; W^V; W_up]
         self.w_out = linear(d + G // 2, d, cfg.init_std)  # columns: [W^P | W_down]
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
-        d = x.shape[-1]
-        q, k, v, h = project(self.norm(x), self.w_in.weight, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
-        a = merge_heads(attend(*(split_heads(t, self.heads) for t in (q, k, v)), mask, self.fused))  # (B, T, d)
+        d, normed = x.shape[-1], self.norm(x)
+        q, k, v, h = project(normed, self.w_in.weight, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
+        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
+        a = merge_heads(attend(q, k, v, mask, self.fused))  # (B, T, d)
+        if self.probe is not None:  # the attention sub-block's output here is A V, before the shared output GEMM
+            self.probe(q, k, mask, normed, a)
         if self.fused:
             out = self.w_out(torch.cat([a, glu(h, self.fused)], dim=-1))
         else:

@@ -3,6 +3,10 @@
 Every module with a fast path has a `fused` attribute (True by default). `set_fused(model, False)` switches
 the whole model to the plain reference path (one GEMM per weight, explicit T x T attention matrices), which
 tests compare against the fast path.
+
+Every module that computes attention has a `probe` attribute (None by default): `model.diagnostics` sets it
+to a function called with (q, k, mask, x, out) - queries and keys split into heads (B, H, T, dk), the
+sub-block's input (B, T, d) and its output (B, T, d) - to measure attention without changing the forward.
 """
 
 from __future__ import annotations
@@ -178,14 +182,17 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
-        self.heads, self.fused = cfg.heads, True
+        self.heads, self.fused, self.probe = cfg.heads, True, None
         self.qkv = linear(cfg.width, 3 * cfg.width, cfg.init_std)  # rows: [W^Q; W^K; W^V]
         self.proj = linear(cfg.width, cfg.width, cfg.init_std)
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
         d = x.shape[-1]
         q, k, v = (split_heads(t, self.heads) for t in project(x, self.qkv.weight, [d, d, d], self.fused))
-        return self.proj(merge_heads(attend(q, k, v, mask, self.fused)))
+        out = self.proj(merge_heads(attend(q, k, v, mask, self.fused)))
+        if self.probe is not None:
+            self.probe(q, k, mask, x, out)
+        return out
 
 
 class ShapedAttention(nn.Module):
@@ -202,7 +209,7 @@ class ShapedAttention(nn.Module):
     def __init__(self, cfg: ArchConfig, values: str, with_qk: bool = True):
         super().__init__()
         d, H = cfg.width, cfg.heads
-        self.heads, self.values, self.fused = H, values, True
+        self.heads, self.values, self.fused, self.probe = H, values, True, None
         if with_qk:
             self.qk = linear(d, 2 * d, cfg.init_std)  # rows: [W^Q; W^K]
             zero_query(self.qk.weight, d)
@@ -241,7 +248,10 @@ class ShapedAttention(nn.Module):
         )
         q, k, v = (split_heads(t, self.heads) for t in (q, k, self.value_of(x)))
         out = merge_heads(shaped_attend(q, k, v, alpha, beta, gamma, mask, self.fused))
-        return self.proj(out) if self.values == "full" else out
+        out = self.proj(out) if self.values == "full" else out
+        if self.probe is not None:
+            self.probe(q, k, mask, x, out)
+        return out
 
     def forward(self, x: Tensor, mask: KeyMask | None, gain: Tensor | None = None) -> Tensor:
         q, k = project(x, self.qk.weight, [x.shape[-1]] * 2, self.fused)

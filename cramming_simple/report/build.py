@@ -1,6 +1,9 @@
-"""A report from run folders: Table 1 (GLUE average, parameters, speed vs Pre-LN, MLM loss), Table 2 (GLUE
-per task) as Markdown, LaTeX and CSV, loss and schedule curves and GLUE per task as PNG and PDF, all tied
-together in index.md, with warnings where compared runs differ in what makes a comparison fair.
+"""A report from run folders: Table 1 (GLUE average and its difference to Pre-LN with a Welch interval,
+parameters, speed vs Pre-LN two ways, held-out MLM loss), Table 2 (GLUE per task, differences to Pre-LN with
+Welch intervals), Table 3 (paired bootstrap over validation examples) as Markdown, LaTeX and CSV; loss and
+schedule curves, GLUE per task, GLUE across the budget, the inside of the blocks per run and at init as PNG
+and PDF; all tied together in index.md, with warnings where compared runs differ in what makes a comparison
+fair. Replicate runs (differing only in train.seed) are one row.
 """
 
 from __future__ import annotations
@@ -8,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model import BLOCKS, ArchConfig, arch_config
+from ..model.diagnostics import at_init
 from ..reference import PAPER, load_reference, published_rows
-from . import plots, tables
-from .load import Runs, load_runs
+from . import paired, plots, tables
+from .load import Runs, load_runs, replicates
 
 # Run facts that make comparisons unfair when they differ: (column(s), what it is, what it breaks).
 COMPARED = (
@@ -75,10 +80,25 @@ def index(
             "Δ columns and rows are your number minus the paper's for the same block.",
             "",
         ]
-    titles = {"table1": "Table 1: GLUE average, size and speed", "table2": "Table 2: GLUE per task (mean over seeds)"}
+    titles = {
+        "table1": "Table 1: GLUE average, size and speed",
+        "table2": "Table 2: GLUE per task (mean over seeds)",
+        "table3": "Table 3: differences to Pre-LN, paired bootstrap over validation examples",
+    }
+    explain = {
+        "table1": "*vs Pre-LN*: GLUE average minus the Pre-LN run's with the same budget, hardware and GLUE "
+        "protocol, with a 95 % Welch interval over fine-tuning seeds (pretraining x fine-tuning seeds for "
+        "replicates). *Speed*: microbatch steps / Pre-LN's (the paper's measure); *Speed (tok/s)*: median tokens/s "
+        "over log windows / Pre-LN's. *MLM loss*: held-out loss of the final model.",
+        "table2": "*Δ vs … (95 % CI)* rows: the difference to the Pre-LN run, ± the half-width of a 95 % Welch "
+        "interval over seeds.",
+        "table3": "Each cell: the difference in the metric (percent points), with the 2.5 / 97.5 percentiles of "
+        f"{paired.REPLICATES} paired bootstrap replicates over validation examples (seeded): the interval a "
+        "reviewer asks for when seeds are few.",
+    }
     for stem, paths in table_files.items():
         links = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in paths)
-        lines += [f"## {titles[stem]}", "", f"Files: {links}", "", paths[0].read_text(), ""]
+        lines += [f"## {titles[stem]}", "", explain[stem], "", f"Files: {links}", "", paths[0].read_text(), ""]
     lines += ["## Figures", ""]
     for stem, caption in figures.items():
         lines += [f"### {caption}", "", f"![{caption}]({stem}.png)", "", f"[PDF]({stem}.pdf)", ""]
@@ -97,16 +117,21 @@ class Report:
 def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER) -> Report:
     """Load the runs, write both tables, the figures and index.md into `out`."""
     loaded = load_runs(run_dirs)
+    groups, pooled = replicates(loaded.runs, loaded.glue)
     t1_ref, t2_ref = load_reference(reference) if reference != "none" else (None, None)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(
         loaded,
         loaded.warnings + comparison_warnings(loaded.runs),
         {
-            "table1": tables.write(tables.table1(loaded.runs, loaded.problems, t1_ref), out, "table1"),
-            "table2": tables.write(tables.table2(loaded.runs, loaded.glue, loaded.problems, t2_ref), out, "table2"),
+            "table1": tables.write(tables.table1(groups, loaded.problems, t1_ref), out, "table1"),
+            "table2": tables.write(tables.table2(groups, pooled, loaded.problems, t2_ref), out, "table2"),
         },
     )
+    run_dirs_by_name = {name: Path(r.dir) for name, r in loaded.runs.iterrows()}
+    table3 = paired.paired_table(groups, run_dirs_by_name)
+    if not table3.shown.empty:
+        report.tables["table3"] = tables.write(table3, out, "table3")
     if "loss" in loaded.metrics:
         plots.loss_plot(loaded.runs, loaded.metrics, out, "hours")
         plots.loss_plot(loaded.runs, loaded.metrics, out, "steps")
@@ -119,6 +144,23 @@ def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER) -> Rep
     if loaded.glue["n"].sum() > 0:
         plots.glue_plot(loaded.runs, loaded.glue, out, published_rows(t2_ref))
         report.figures["glue_tasks"] = "GLUE per task (mean and std over seeds)"
+    if not loaded.budget_glue.empty:
+        plots.budget_glue_plot(loaded.runs, loaded.budget_glue, out)
+        report.figures["glue_vs_budget"] = "GLUE average against the fraction of the budget (snapshots, glue --at)"
+    for name, rows in loaded.diagnostics.items():
+        if rows:
+            label = loaded.runs.loc[name, "label"]
+            report.figures[plots.diagnostics_plot(name, label, rows, out)] = f"{label}: inside the blocks over training"
+            stem = plots.scalars_plot(name, label, rows, out)
+            if stem:
+                report.figures[stem] = f"{label}: learned scalars per layer"
+    arch = next((a for a in loaded.runs.arch if isinstance(a, dict)), None)
+    cfg = ArchConfig.from_dict(arch) if arch else arch_config("tiny")
+    plots.signal_plot({BLOCKS[b].title: m for b, m in at_init(cfg, list(BLOCKS)).items()}, cfg.seq_len, out)
+    report.figures["signal_at_init"] = (
+        f"Every block at init ({'the runs' if arch else 'tiny'} arch, random tokens): token cosine similarity "
+        "through depth, attention entropy relative to uniform"
+    )
     report.index = out / "index.md"
     report.index.write_text(index(loaded, report.warnings, report.tables, report.figures, reference))
     return report

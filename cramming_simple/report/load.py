@@ -2,6 +2,9 @@
 
 GLUE numbers are recomputed from the per-seed files (`glue/<task>/seed<k>.json`) with `glue.score`, never read
 from a glue/summary.json that may predate the last fine-tuning job.
+
+Runs that differ only in `train.seed` (same block, budget, data, hardware, recipe, GLUE protocol) are
+replicates: `replicates()` folds them into one row whose GLUE values pool pretraining x fine-tuning seeds.
 """
 
 from __future__ import annotations
@@ -10,31 +13,43 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
 from .. import runs as contract
-from ..config import ConfigError, load_yaml
+from ..config import ConfigError, config_hash, load_yaml
 from ..errors import CorruptFileError
-from ..glue.score import load_results, summarize
+from ..glue.score import load_results, mean_std, summarize
 from ..glue.tasks import COLUMNS, TASK_LABELS
 from ..model import BLOCKS
 from ..runtime import read_json
+from .stats import throughput
+
+# Config keys that do not make two runs different experiments: how they ran, not what they trained.
+NOT_AN_EXPERIMENT = {
+    "name": None,
+    "train": ("seed",),
+    "impl": ("checkpoint_minutes", "log_seconds", "eval_minutes", "keep_at", "prefetch", "threads"),
+    "data": ("cache_dir", "verify"),
+}
 
 
 @dataclass
 class Runs:
     runs: pd.DataFrame  # one row per run (index: run name), in BLOCKS order, then in the order given
     metrics: pd.DataFrame  # every metrics.jsonl row, with a `run` column
-    glue: pd.DataFrame  # one row per (run, column label): mean, std, n in percent
+    glue: pd.DataFrame  # one row per (run, column label): mean, std, n in percent, values {seed: score}
     problems: pd.DataFrame  # one row per (run, task, seed) that failed, was not run or is unreadable: status, reason
     warnings: list[str] = field(default_factory=list)  # damaged files that were left out, each named
+    diagnostics: dict[str, list[dict]] = field(default_factory=dict)  # run -> its diagnostics.jsonl rows
+    budget_glue: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, fraction, GLUE mean, std, n
 
 
 def load_runs(run_dirs: list[Path]) -> Runs:
     """Every run's facts, metrics and GLUE results. A damaged summary.json, config.yaml or seed file is left
     out with a warning naming it (its run stays a row, marked); it never stops the other runs' report."""
-    rows, metrics, glue, problems, warnings = [], [], [], [], []
+    rows, metrics, glue, problems, warnings, budget_glue, diagnostics = [], [], [], [], [], [], {}
     for run_dir in map(Path, run_dirs):
         if not (run_dir / contract.SUMMARY).exists():
             raise ConfigError(f"{run_dir} is not a run folder (no {contract.SUMMARY})")
@@ -52,10 +67,14 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         glue_summary["missing"] = [m for m in glue_summary["missing"] if (m["task"], m["seed"]) not in damaged]
         row.update(glue_fields(glue_summary))
         row["glue_models"] = " + ".join(sorted({r["model_hash"] for r in results if r.get("model_hash")}))
-        rows.append(row)
 
         m = read_metrics(run_dir / contract.METRICS)
         metrics.append(m.assign(run=row["name"]))
+        rates = throughput(train_rows(m)["tokens_per_s"] if "tokens_per_s" in m else [])
+        row.update(rate_median=rates["median"], rate_cv=rates["cv"], rate_windows=rates["windows"])
+        rows.append(row)
+        diagnostics[row["name"]] = [r for r in read_jsonl(run_dir / contract.DIAGNOSTICS) if "layers" in r]
+        budget_glue += snapshot_glue(run_dir, row["name"], glue_summary, row["budget_hours"])
         for c in COLUMNS:
             stats = glue_summary["columns"][c.label]
             glue.append(
@@ -66,6 +85,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
                     "mean": stats["mean"],
                     "std": stats["std"],
                     "n": stats["n"],
+                    "values": stats["values"],
                 }
             )
         problems += [{"run": row["name"], **f, "status": "failed"} for f in glue_summary["failed"]]
@@ -93,7 +113,52 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         glue=pd.DataFrame(glue),
         problems=pd.DataFrame(problems, columns=["run", "task", "seed", "status", "reason"]),
         warnings=warnings,
+        diagnostics=diagnostics,
+        budget_glue=pd.DataFrame(budget_glue, columns=["run", "fraction", "mean", "std", "n"]),
     )
+
+
+def snapshot_glue(run_dir: Path, name: str, final: dict, hours) -> list[dict]:
+    """GLUE averages of the snapshots a run kept and fine-tuned (glue@0.50/ ...), and of its final model (1.0)."""
+    out = []
+    for folder in sorted(run_dir.glob(f"{contract.GLUE}@*")):
+        try:
+            fraction = float(folder.name.split("@", 1)[1])
+        except ValueError:
+            continue
+        avg = summarize(load_results(run_dir, [], glue=folder.name))["glue_average"]
+        if avg:
+            out.append({"run": name, "fraction": fraction, "mean": avg["mean"], "std": avg["std"], "n": avg["n"]})
+    if out and final["glue_average"]:
+        avg = final["glue_average"]
+        out.append({"run": name, "fraction": 1.0, "mean": avg["mean"], "std": avg["std"], "n": avg["n"]})
+    return out
+
+
+def train_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The training log windows of metrics.jsonl (eval rows carry "kind": "eval")."""
+    if "kind" not in metrics:
+        return metrics
+    return metrics[metrics["kind"].fillna("train") == "train"]
+
+
+def eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    if "kind" not in metrics:
+        return metrics.iloc[:0]
+    return metrics[metrics["kind"] == "eval"]
+
+
+def experiment_key(cfg: dict, summary: dict) -> str:
+    """What must match for two runs to be replicates: the config without its seed and how-it-ran keys, plus the
+    hardware it ran on."""
+    kept = {}
+    for section, value in cfg.items():
+        drop = NOT_AN_EXPERIMENT.get(section, ())
+        if drop is None:
+            continue
+        kept[section] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+    facts = {k: summary.get(k) for k in ("block", "device", "world_size", "precision")}
+    return config_hash({"config": kept, **facts})
 
 
 def _task_seed(path: Path) -> tuple[str, int | None]:
@@ -129,6 +194,10 @@ def read_run(run_dir: Path) -> dict:
         "tokens": s.get("tokens"),
         "elapsed_s": s.get("elapsed_s"),
         "final_loss": s.get("final_loss"),
+        "eval_loss": s.get("eval_loss"),  # held-out MLM loss (runs before held-out evaluation: none)
+        "arch": s.get("arch"),
+        "train_seed": (cfg.get("train") or {}).get("seed"),
+        "experiment": experiment_key(cfg, s) if cfg and not problem else f"run:{run_dir}",
         "budget": s.get("budget") or cfg.get("budget"),
         "budget_hours": s.get("budget_hours") or cfg.get("hours"),
         "device": s.get("device"),
@@ -151,6 +220,7 @@ def glue_fields(summary: dict) -> dict:
         return " + ".join(map(str, value)) if isinstance(value, list) else value
 
     return {
+        "glue_values": list((avg.get("per_seed") or {}).values()),  # per fine-tuning seed: the Welch sample
         "glue_mean": avg.get("mean"),
         "glue_std": avg.get("std"),
         "glue_n": avg.get("n", 0),
@@ -161,15 +231,82 @@ def glue_fields(summary: dict) -> dict:
     }
 
 
-def read_metrics(path: Path) -> pd.DataFrame:
+def read_jsonl(path: Path) -> list[dict]:
     rows = []
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a row cut short by a crash, or by a run still writing
-    return pd.DataFrame(rows)
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    return pd.DataFrame(read_jsonl(path))
+
+
+def replicates(runs: pd.DataFrame, glue: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs folded by experiment (replicates differ only in train.seed): one row per experiment, in the runs'
+    order, and its GLUE columns pooled over pretraining x fine-tuning seeds.
+
+    A group of one is its run unchanged (named as the run). A larger group is named by its runs, joined; its
+    numbers are means over the runs (steps, losses, rates), `*_values` hold the per-run values and `members`
+    the run names. Its GLUE average is missing when any run's is.
+    """
+    groups, pooled = [], []
+    for _, members in runs.groupby("experiment", sort=False):
+        first = members.iloc[0]
+        names = list(members.name)
+        row = first.to_dict()
+        row |= {
+            "name": " + ".join(names),
+            "members": names,
+            "replicates": len(members),
+            "train_seeds": ",".join(str(s) for s in members.train_seed if s is not None and not pd.isna(s)),
+            "steps_values": [v for v in members.microbatch_steps if not pd.isna(v)],
+            "rate_values": [v for v in members.rate_median if v is not None and not pd.isna(v)],
+            "loss_values": [  # the MLM loss Table 1 shows: held-out where recorded, else training
+                e if e is not None and not pd.isna(e) else f for e, f in zip(members.eval_loss, members.final_loss)
+            ],
+            "glue_values": [v for vs in members.glue_values for v in vs],
+        }
+        if len(members) > 1:
+            missing = members[members.glue_mean.isna()]
+            values = row["glue_values"]
+            row |= {
+                "label": f"{first.title} ({len(members)} pretraining seeds)",
+                "completed": bool(members.completed.all()),
+                "summary_problem": next((p for p in members.summary_problem if p), ""),
+                "stop_reason": next((r for r in members.stop_reason if r not in (None, "budget", "max_steps")), None),
+                "microbatch_steps": members.microbatch_steps.mean(),
+                "final_loss": members.final_loss.mean(),
+                "eval_loss": pd.to_numeric(members.eval_loss).mean(),
+                "rate_median": pd.to_numeric(members.rate_median).mean(),
+                "rate_cv": pd.to_numeric(members.rate_cv).max(),
+                "glue_mean": None if not missing.empty else float(np.mean(values)),
+                "glue_std": None if not missing.empty or len(values) < 2 else float(np.std(values, ddof=1)),
+                "glue_n": 0 if not missing.empty else len(values),
+                "glue_missing": None if missing.empty else f"{missing.iloc[0]['name']}: {missing.iloc[0].glue_missing}",
+                "glue_seeds": ",".join(members.glue_seeds) if missing.empty else "",
+            }
+        groups.append(row)
+        for c in COLUMNS:
+            cells = glue[(glue.run.isin(names)) & (glue.column == c.label)]
+            values = [v for vs in cells["values"] for v in vs.values()]
+            pooled.append(
+                {
+                    "run": row["name"],
+                    "column": c.label,
+                    "task": c.task,
+                    **mean_std(values),
+                    "values": values,
+                }
+            )
+    frame = pd.DataFrame(groups).set_index("name", drop=False)
+    return frame, pd.DataFrame(pooled)
 
 
 def describe_problems(problems: pd.DataFrame) -> str:

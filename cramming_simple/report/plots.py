@@ -1,5 +1,7 @@
-"""The report's figures, each written as PNG and PDF: MLM loss against wall-clock hours (paper Fig. 7) and
-against microbatch steps (Fig. 24), the learning-rate and batch-size schedules, GLUE per task.
+"""The report's figures, each written as PNG and PDF: MLM loss (training, and held-out dashed) against
+wall-clock hours (paper Fig. 7) and against microbatch steps (Fig. 24), the learning-rate and batch-size
+schedules, GLUE per task, GLUE average against budget fraction, the inside of the blocks of each run over
+training (layer x time heatmaps, learned scalars per layer), and every block at init (signal propagation).
 
 Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no global state and no GUI backend
 (saving goes through Agg), so reports render on headless machines and inside tests.
@@ -7,17 +9,22 @@ Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no globa
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from ..glue.tasks import COLUMNS
 
 WIDTH = 5.5  # inches: fits a single paper column at full text width without rescaling the fonts much
 COLORS = [f"C{i}" for i in range(10)]
+COLORMAP = matplotlib.colormaps["viridis"]
 
 
 def save(fig: Figure, out: Path, stem: str) -> list[Path]:
@@ -27,16 +34,19 @@ def save(fig: Figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def curves(runs: pd.DataFrame, metrics: pd.DataFrame):
-    """(run row, colour, its finite metrics rows) for every run that logged metrics."""
+def curves(runs: pd.DataFrame, metrics: pd.DataFrame, kind: str = "train"):
+    """(run row, colour, its finite metrics rows of `kind`: train log windows or held-out evals) per run."""
+    column = "loss" if kind == "train" else "eval_loss"
     for i, (name, r) in enumerate(runs.iterrows()):
         m = metrics[metrics.run == name] if "run" in metrics else metrics.iloc[:0]
-        if "loss" in m and not m.empty:
+        m = m[m["kind"].fillna("train") == kind] if "kind" in m else (m if kind == "train" else m.iloc[:0])
+        if column in m and not m[column].isna().all():
             yield r, COLORS[i % len(COLORS)], m.replace([np.inf, -np.inf], np.nan)
 
 
 def loss_plot(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path, x: str) -> list[Path]:
-    """MLM loss against x = 'hours' (elapsed wall-clock) or 'steps' (microbatch steps)."""
+    """MLM loss against x = 'hours' (elapsed wall-clock) or 'steps' (microbatch steps): training loss solid,
+    held-out loss dashed with markers."""
     fig = Figure(figsize=(WIDTH, 3.6), layout="tight")
     ax = fig.add_subplot()
     top = []
@@ -44,6 +54,13 @@ def loss_plot(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path, x: str) -> l
         xs = m.elapsed_s / 3600 if x == "hours" else m.microbatch_steps
         ax.plot(xs, m.loss, color=color, lw=1.2, label=r.label)
         top.append(m.loss.iloc[len(m) // 20 :].max())  # ignore the first 5 %: the drop from ~10 would flatten the rest
+    held_out = False
+    for _, color, m in curves(runs, metrics, kind="eval"):
+        xs = m.elapsed_s / 3600 if x == "hours" else m.microbatch_steps
+        ax.plot(xs, m.eval_loss, color=color, lw=1.0, ls="--", marker=".", ms=4)
+        held_out = True
+    if held_out:
+        ax.plot([], [], color="black", ls="--", marker=".", label="held-out (dashed)")
     if top and np.isfinite(np.nanmax(top)):
         ax.set_ylim(top=np.nanmax(top) * 1.02)
     ax.set_xlabel("wall-clock training time (hours)" if x == "hours" else "microbatch steps")
@@ -103,3 +120,121 @@ def glue_plot(runs: pd.DataFrame, glue: pd.DataFrame, out: Path, published: dict
     ax.grid(axis="y", alpha=0.3)
     fig.legend(handles, names, fontsize="small", ncols=min(len(handles), 4), loc="outside upper center")
     return save(fig, out, "glue_tasks")
+
+
+def file_stem(prefix: str, name: str) -> str:
+    return f"{prefix}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}"
+
+
+STATS = (  # (key, title, log scale)
+    ("cos", "token cosine similarity", False),
+    ("kurtosis", "kurtosis (outliers)", True),
+    ("entropy", "attention entropy (nats)", False),
+    ("norm", "residual norm", True),
+)
+
+
+def layer_grid(rows: list[dict], key: str) -> np.ndarray:
+    """(layers, eval points) of one statistic; lists (per head) are averaged; missing values are NaN."""
+    depth = max(len(r["layers"]) for r in rows)
+    grid = np.full((depth, len(rows)), np.nan)
+    for j, row in enumerate(rows):
+        for i, layer in enumerate(row["layers"]):
+            value = layer.get(key, layer.get("scalars", {}).get(key))
+            if value is not None:
+                grid[i, j] = float(np.mean(value))
+    return grid
+
+
+def diagnostics_plot(name: str, label: str, rows: list[dict], out: Path) -> str:
+    """Layer x budget-fraction heatmaps of the residual-stream statistics and attention entropy of one run."""
+    fig = Figure(figsize=(WIDTH * 1.3, 5.0), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True, sharey=True).ravel()
+    p = np.array([r.get("p", 0.0) for r in rows])
+    for ax, (key, title, log) in zip(axes, STATS):
+        grid = layer_grid(rows, key)
+        values = np.log10(np.maximum(grid, 1e-12)) if log else grid
+        mesh = ax.pcolormesh(p, np.arange(grid.shape[0]), values, shading="nearest", cmap="viridis")
+        fig.colorbar(mesh, ax=ax, label=("log10 " if log else "") + title)
+        ax.set_title(title, fontsize="small")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[2:]:
+        ax.set_xlabel("fraction of the budget")
+    for ax in axes[::2]:
+        ax.set_ylabel("layer")
+    fig.suptitle(f"{label}: inside the blocks on a held-out batch", fontsize="medium")
+    stem = file_stem("diagnostics", name)
+    save(fig, out, stem)
+    return stem
+
+
+def scalars_plot(name: str, label: str, rows: list[dict], out: Path) -> str | None:
+    """Every learned scalar of the blocks (per-head gains averaged over heads) against the budget fraction, one
+    line per layer."""
+    keys = sorted({k for row in rows for layer in row["layers"] for k in layer.get("scalars", {})})
+    if not keys:
+        return None
+    cols = min(4, len(keys))
+    fig = Figure(figsize=(WIDTH * 1.3, 1.9 * math.ceil(len(keys) / cols) + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(math.ceil(len(keys) / cols), cols, sharex=True, squeeze=False)).ravel()
+    p = np.array([r.get("p", 0.0) for r in rows])
+    for ax, key in zip(axes, keys):
+        grid = layer_grid(rows, key)
+        for i, line in enumerate(grid):
+            if not np.isnan(line).all():
+                ax.plot(p, line, lw=1.0, color=COLORMAP(i / max(len(grid) - 1, 1)))
+        ax.set_title(key, fontsize="x-small")
+        ax.tick_params(labelsize="x-small")
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{label}: learned scalars per layer (dark: first layer, light: last)", fontsize="medium")
+    stem = file_stem("scalars", name)
+    save(fig, out, stem)
+    return stem
+
+
+def signal_plot(at_init: dict[str, dict], seq_len: int, out: Path) -> list[Path]:
+    """Every block at init: token cosine similarity through depth (0: the embedding) and the attention
+    entropy relative to uniform attention's (log T) per layer: the paper's signal-propagation view."""
+    fig = Figure(figsize=(WIDTH * 1.3, 3.2), layout="constrained")
+    cos_ax, ent_ax = fig.subplots(1, 2)
+    for i, (title, measured) in enumerate(at_init.items()):
+        cos = [measured["embedding"]["cos"]] + [layer["cos"] for layer in measured["layers"]]
+        entropy = [np.mean(layer["entropy"]) / math.log(seq_len) for layer in measured["layers"] if "entropy" in layer]
+        color = COLORS[i % len(COLORS)]
+        cos_ax.plot(range(len(cos)), cos, marker=".", color=color, label=title)
+        ent_ax.plot(range(1, len(entropy) + 1), entropy, marker=".", color=color, label=title)
+    cos_ax.set_xlabel("depth (0: embedding)")
+    cos_ax.set_ylabel("token cosine similarity")
+    ent_ax.set_xlabel("layer")
+    ent_ax.set_ylabel("attention entropy / log T")
+    for ax in (cos_ax, ent_ax):
+        ax.grid(alpha=0.3)
+    cos_ax.legend(fontsize="x-small")
+    return save(fig, out, "signal_at_init")
+
+
+def budget_glue_plot(runs: pd.DataFrame, budget_glue: pd.DataFrame, out: Path) -> list[Path]:
+    """GLUE average (mean and std over seeds) against the fraction of the budget a snapshot was kept at."""
+    fig = Figure(figsize=(WIDTH, 3.4), layout="tight")
+    ax = fig.add_subplot()
+    for i, (name, r) in enumerate(runs.iterrows()):
+        points = budget_glue[budget_glue.run == name].sort_values("fraction")
+        if points.empty:
+            continue
+        std = pd.to_numeric(points["std"]).to_numpy(float)
+        ax.errorbar(
+            points.fraction,
+            points["mean"],
+            yerr=std,
+            marker="o",
+            ms=4,
+            capsize=2.5,
+            color=COLORS[i % 10],
+            label=r.label,
+        )
+    ax.set_xlabel("fraction of the pretraining budget")
+    ax.set_ylabel("GLUE average")
+    ax.grid(alpha=0.3)
+    ax.legend(title="block", fontsize="small")
+    return save(fig, out, "glue_vs_budget")

@@ -11,12 +11,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..glue.tasks import COLUMNS
 from ..markdown import table as markdown_table
 from ..model import BLOCKS
 from ..reference import BASELINE, published_rows
+from . import stats
 from .load import describe_problems
 
 # What must match for microbatch steps to be comparable: same budget, same hardware, same microbatch.
@@ -87,8 +89,14 @@ def summary_note(run: pd.Series) -> str:
     return f"{run.name}: summary.json is unreadable, pretraining numbers missing ({run.summary_problem})"
 
 
+def members_of(run: pd.Series) -> list[str]:
+    """The run names behind a table row (several for a replicate group)."""
+    members = run.get("members")
+    return members if isinstance(members, list) else [run.name]
+
+
 def glue_note(run: pd.Series, problems: pd.DataFrame) -> str:
-    mine = problems[problems.run == run.name]
+    mine = problems[problems.run.isin(members_of(run))]
     if not run.glue_seeds:
         return f"{run.name}: GLUE not run"
     return f"{run.name}: no GLUE average ({describe_problems(mine) if not mine.empty else run.glue_missing})"
@@ -111,28 +119,124 @@ def with_int_columns(data: list[dict], columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame | None) -> Table:
-    """Block, GLUE average (mean ± std over seeds), parameters, microbatch steps, speed vs Pre-LN, MLM loss."""
+def glue_baseline(run: pd.Series, runs: pd.DataFrame, need_average: bool = True) -> pd.Series | None:
+    """The Pre-LN row with the same budget, hardware and GLUE protocol whose GLUE values `run`'s are compared to
+    (the last listed, when several); with need_average, both must have a GLUE average."""
+    if (need_average and missing(run.glue_mean)) or run.get("summary_problem") or not run.glue_seeds:
+        return None
+    for _, p in runs[runs.block == BASELINE].iloc[::-1].iterrows():
+        if all(same(p[k], run[k]) for k in (*SPEED_KEY, "glue_protocol_hash")) and p.glue_seeds:
+            if not need_average or not missing(p.glue_mean):
+                return p
+    return None
+
+
+def glue_baseline_columns(run: pd.Series, runs: pd.DataFrame) -> pd.Series | None:
+    """As glue_baseline, for per-task columns: an average is not needed (a column is compared where it exists)."""
+    return glue_baseline(run, runs, need_average=False)
+
+
+WELCH_NOTE = "95 % interval contains 0: within noise (Welch over fine-tuning seeds)"
+FEW_SEEDS_NOTE = "an interval needs at least two GLUE seeds on both sides"
+
+
+def interval_cell(interval: stats.Interval | None, notes: Notes, row_notes: list[str], digits: int = 1) -> str:
+    """'+0.4 [-0.3, +1.1]', marked within noise when the interval contains 0; '-' and a note without one."""
+    if interval is None:
+        return "-" + notes.mark(FEW_SEEDS_NOTE, row_notes)
+    text = f"{interval.diff:+.{digits}f} [{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]"
+    return text + (notes.mark(WELCH_NOTE, row_notes) if interval.within_noise else "")
+
+
+def speed_cells(r: pd.Series, base: pd.Series | None) -> dict:
+    """Speed two ways: microbatch steps / Pre-LN's (the paper's) and median tokens/s / Pre-LN's, and for
+    replicates the spread of the first over pretraining runs."""
+    if base is None:
+        return {"speed": None, "speed_std": None, "speed_rate": None}
+    ratios = [v / base.microbatch_steps for v in r.steps_values] or [r.microbatch_steps / base.microbatch_steps]
+    rate = r.rate_median / base.rate_median if not missing(r.rate_median) and not missing(base.rate_median) else None
+    return {
+        "speed": float(np.mean(ratios)),
+        "speed_std": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else None,
+        "speed_rate": rate,
+    }
+
+
+def steadiness_note(r: pd.Series, base: pd.Series | None, speed: dict) -> str | None:
+    """A footnote when a speed ratio cannot be taken at face value: the run's (or its baseline's) tokens/s
+    varied by more than 10 % between log windows, or the two speed ratios disagree by more than 5 %."""
+    reasons = []
+    for who in (r, base) if base is not None and base.name != r.name else (r,):
+        if not missing(who.rate_cv) and who.rate_cv > 0.10:
+            reasons.append(f"{who.name}'s tokens/s varied by {who.rate_cv:.0%} between log windows")
+    if speed["speed"] is not None and speed["speed_rate"] is not None:
+        gap = abs(speed["speed_rate"] / speed["speed"] - 1)
+        if gap > 0.05:
+            reasons.append(f"the step ratio and the median tokens/s ratio differ by {gap:.0%}")
+    if not reasons:
+        return None
+    return (
+        f"{r.name}: the machine was not steady ({'; '.join(reasons)}); `make bench` measures the blocks side by "
+        "side in one process"
+    )
+
+
+def table1(
+    runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame | None, glue: pd.DataFrame | None = None
+) -> Table:
+    """Block, GLUE average (mean ± std over seeds), its difference to Pre-LN with a 95 % Welch interval,
+    parameters, microbatch steps, speed vs Pre-LN (steps and median tokens/s), held-out MLM loss.
+
+    `runs` may be replicate groups (load.replicates): GLUE over pretraining x fine-tuning seeds, speed and
+    losses mean ± std over pretraining runs, with the counts in the CSV.
+    """
     notes, paper = Notes(), published_rows(reference)
     data, shown = [], []
     for name, r in runs.iterrows():
         row_notes: list[str] = []
-        base, speed_note = speed_baseline(r, runs)
-        speed = r.microbatch_steps / runs.microbatch_steps[base] if base else None
+        base_name, speed_note = speed_baseline(r, runs)
+        base = runs.loc[base_name] if base_name else None
+        speed = speed_cells(r, base)
+        unsteady = steadiness_note(r, base, speed) if base is not None else None
+        members = members_of(r)
+        gbase = glue_baseline(r, runs)
+        interval = stats.welch(r.glue_values, gbase.glue_values) if gbase is not None and gbase.name != name else None
+        loss = r.eval_loss if not missing(r.eval_loss) else r.final_loss
         d = {
             "kind": "run",
             "block": r.block,
             "title": r.title,
             "run": name,
+            "replicates": r.get("replicates", 1),
+            "train_seeds": r.get("train_seeds"),
             "glue_mean": r.glue_mean,
             "glue_std": r.glue_std,
             "glue_n": r.glue_n,
+            "glue_vs_preln": interval.diff if interval else None,
+            "glue_vs_preln_low": interval.low if interval else None,
+            "glue_vs_preln_high": interval.high if interval else None,
+            "glue_within_noise": interval.within_noise if interval else None,
+            "glue_baseline": gbase.name if gbase is not None else None,
             "params_m": None if missing(r.params) else r.params / 1e6,
             "microbatch_steps": r.microbatch_steps,
-            "speed": speed,
-            "speed_baseline": base,
+            **speed,
+            "speed_baseline": base_name,
+            "rate_median": r.rate_median,
+            "rate_cv": r.rate_cv,
+            "mlm_loss": loss,
+            "mlm_loss_std": np.std(r.loss_values, ddof=1) if len(r.get("loss_values") or []) > 1 else None,
+            "eval_loss": r.eval_loss,
             "final_loss": r.final_loss,
         }
+        if gbase is None:
+            vs_preln = ""
+        elif gbase.name == name:
+            vs_preln = "ref"
+        else:
+            vs_preln = interval_cell(interval, notes, row_notes)
+        speed_text = "-" if speed["speed"] is None else f"{speed['speed']:.2f}"
+        if speed["speed_std"] is not None:
+            speed_text += f" ± {speed['speed_std']:.2f}"
         s = {
             "Block": r.title,
             "Run": name
@@ -142,18 +246,37 @@ def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame |
                 else ""
                 if r.completed
                 else notes.mark(f"{name} did not complete (stop reason: {r.stop_reason})", row_notes)
+            )
+            + (
+                notes.mark(
+                    f"{name}: {len(members)} pretraining seeds ({r.train_seeds}); GLUE over all "
+                    f"{r.glue_n} pretraining x fine-tuning seeds, speed and MLM loss mean ± std over the "
+                    f"{len(members)} runs",
+                    row_notes,
+                )
+                if len(members) > 1
+                else ""
             ),
             "GLUE": glue_cell(r, problems, notes, row_notes),
+            "vs Pre-LN (95 % CI)": vs_preln,
             "Params (M)": fmt(d["params_m"], ".1f"),
             "Microbatch steps": fmt(r.microbatch_steps, ".0f"),
-            "Speed": ("-" if speed is None else f"{speed:.2f}")
-            + (notes.mark(speed_note, row_notes) if speed_note else ""),
-            "MLM loss": fmt(r.final_loss, ".3f") or "-",
+            "Speed": speed_text
+            + (notes.mark(speed_note, row_notes) if speed_note else "")
+            + (notes.mark(unsteady, row_notes) if unsteady else ""),
+            "Speed (tok/s)": fmt(speed["speed_rate"], ".2f") or "-",
+            "MLM loss": (fmt(loss, ".3f") or "-")
+            + (f" ± {np.std(r.loss_values, ddof=1):.3f}" if len(members) > 1 and len(r.loss_values) > 1 else "")
+            + (
+                notes.mark("training loss of the last log window: this run recorded no held-out loss", row_notes)
+                if missing(r.eval_loss) and not missing(r.final_loss)
+                else ""
+            ),
         }
         if reference is not None:
             p = paper.get(r.block)
             d["delta_glue"] = r.glue_mean - p.glue_mean if p is not None and not missing(r.glue_mean) else None
-            d["delta_speed"] = speed - p.speed if p is not None and speed is not None else None
+            d["delta_speed"] = speed["speed"] - p.speed if p is not None and speed["speed"] is not None else None
             s["Δ GLUE"], s["Δ speed"] = fmt(d["delta_glue"], "+.1f"), fmt(d["delta_speed"], "+.2f")
         data.append({**d, "notes": "; ".join(row_notes)})
         shown.append(s)
@@ -184,7 +307,9 @@ def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame |
                 "GLUE": glue + (note if glue_missing else ""),
                 "Params (M)": fmt(p.params_m, ".0f"),
                 "Microbatch steps": "",
+                "vs Pre-LN (95 % CI)": "",
                 "Speed": fmt(p.speed, ".2f"),
+                "Speed (tok/s)": "",
                 "MLM loss": "",
                 "Δ GLUE": "",
                 "Δ speed": "",
@@ -202,12 +327,12 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
         scores = glue[glue.run == name].set_index("column")
         d = {"kind": "run", "block": r.block, "title": r.title, "run": name}
         s = {"Block": r.title, "Run": name}
-        seeds = len(r.glue_seeds.split(",")) if r.glue_seeds else 0
+        seeds = len(r.glue_seeds.split(",")) if r.glue_seeds else 0  # pretraining x fine-tuning seeds in a group
         for c in COLUMNS:
             mean, std, n = scores.loc[c.label, ["mean", "std", "n"]]
             n = int(n)
             d[c.label], d[f"{c.label} std"], d[f"{c.label} n"] = mean, std, n
-            bad = problems[(problems.run == name) & (problems.task == c.task)]
+            bad = problems[(problems.run.isin(members_of(r))) & (problems.task == c.task)]
             if not seeds:
                 s[c.label] = "-" + notes.mark(f"{name}: GLUE not run", row_notes)
             elif n == seeds:
@@ -237,6 +362,25 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
                 }
             )
             shown.append({"Block": r.title, "Run": "Δ vs published", **{k: fmt(v, "+.1f") for k, v in deltas.items()}})
+        gbase = glue_baseline_columns(r, runs)
+        if gbase is not None and gbase.name != name:  # the difference to Pre-LN, with its Welch interval
+            base_scores = glue[glue.run == gbase.name].set_index("column")
+            d = {"kind": "vs_preln", "block": r.block, "title": r.title, "run": f"{name} - {gbase.name}"}
+            cells, row_notes = {}, []
+            for c in COLUMNS:
+                iv = stats.welch(scores.loc[c.label, "values"], base_scores.loc[c.label, "values"])
+                d[c.label] = iv.diff if iv else None
+                d[f"{c.label} low"], d[f"{c.label} high"] = (iv.low, iv.high) if iv else (None, None)
+                d[f"{c.label} within_noise"] = iv.within_noise if iv else None
+                if iv is None:
+                    cells[c.label] = "-" + notes.mark(FEW_SEEDS_NOTE, row_notes)
+                else:
+                    half = (iv.high - iv.low) / 2
+                    cells[c.label] = f"{iv.diff:+.1f} ± {half:.1f}" + (
+                        notes.mark(WELCH_NOTE, row_notes) if iv.within_noise else ""
+                    )
+            data.append({**d, "notes": "; ".join(row_notes)})
+            shown.append({"Block": r.title, "Run": f"Δ vs {gbase.name} (95 % CI)", **cells})
 
     first_published = len(shown) if reference is not None else None
     for _, p in reference.iterrows() if reference is not None else ():

@@ -81,6 +81,9 @@ class ImplConfig:
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU (decided when the config is validated)
     checkpoint_minutes: float = 30.0
     log_seconds: float = 10.0
+    eval_minutes: Optional[float] = None  # held-out loss + diagnostics every so often; None: budget / 24 (60 for
+    # 24 h); 0: only at the start and the end. Budget clock paused while scoring.
+    keep_at: List[float] = field(default_factory=list)  # budget fractions at which model@<f>/ snapshots are kept
     prefetch: int = 4  # microbatches prepared ahead on a background thread
     threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
 
@@ -94,6 +97,12 @@ class ImplConfig:
             self.checkpoint_minutes > 0 and self.log_seconds > 0,
             "impl.checkpoint_minutes and impl.log_seconds must be positive",
         )
+        require(self.eval_minutes is None or self.eval_minutes >= 0, "impl.eval_minutes must be 0 or more")
+        require(
+            all(0.0 < f < 1.0 for f in self.keep_at) and len(set(self.keep_at)) == len(self.keep_at),
+            f"impl.keep_at must be distinct budget fractions in (0, 1), got {self.keep_at}",
+        )
+        self.keep_at = sorted(self.keep_at)
         self.compile = compile_default(self.device) if self.compile is None else self.compile
 
 
@@ -120,6 +129,12 @@ class PretrainConfig:
     def budget_s(self) -> float:
         return self.hours * 3600.0
 
+    @property
+    def eval_every_s(self) -> float | None:
+        """Seconds of budget between held-out evaluations (None: only at the start and the end)."""
+        minutes = self.hours * 60 / 24 if self.impl.eval_minutes is None else self.impl.eval_minutes
+        return minutes * 60 if minutes > 0 else None
+
     @classmethod
     def from_budget(
         cls, budget: str, block: str | None = None, overrides: list[str] = (), name: str | None = None
@@ -145,4 +160,7 @@ class PretrainConfig:
         saved = Path(run_dir) / CONFIG
         if not saved.is_file():
             raise ConfigError(f"{run_dir} has no {CONFIG}: not a run folder")
-        return merge_typed(cls, None, [(str(saved), load_yaml(saved)), ("command line", list(overrides))])
+        raw = load_yaml(saved)
+        # A run started before held-out evaluation existed trained on every row: it resumes on the same stream.
+        older = [("older run", {"data": {"holdout": 0}})] if OmegaConf.select(raw, "data.holdout") is None else []
+        return merge_typed(cls, None, [(str(saved), raw), *older, ("command line", list(overrides))])

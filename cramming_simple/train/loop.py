@@ -8,6 +8,11 @@ Resuming restores weights, optimiser, counters, elapsed time and the data positi
 last checkpoint of a killed run is redone, and its time is not charged twice. A damaged `checkpoint.pt`
 falls back to `checkpoint.prev.pt`.
 
+Evaluation is not budget time either: at the start, every `impl.eval_minutes` of budget and at the end, the
+clock pauses while the held-out MLM loss is scored (an `eval_loss` row in metrics.jsonl) and the inside of
+the blocks is measured on one held-out batch (a row in diagnostics.jsonl); at each `impl.keep_at` fraction
+the model is saved as `model@<fraction>/` for `glue --at`.
+
 One process owns a run folder: rank 0 holds `runs/<name>/.lock` (flock) for the whole run, and a second
 start on the same folder exits with code 2 naming the holder. A full disk stops the run with exit code 5
 and `stop_reason: "disk_full"`, the previous checkpoint intact.
@@ -22,18 +27,38 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, to_yaml
-from ..data import MicrobatchStream, MLMCollator, PackedData, Prefetcher, check_tokenizer, load_tokenizer, prepare
+from ..data import (
+    MicrobatchStream,
+    MLMCollator,
+    PackedData,
+    Prefetcher,
+    Split,
+    check_tokenizer,
+    load_tokenizer,
+    prepare,
+)
 from ..errors import EXIT_DISK_FULL, DiskFullError, UserError
 from ..model import MaskedLM, count_params, save_model, unwrap
 from ..optim import make_optimizer
-from ..runs import CHECKPOINT, CONFIG, LOCK, METRICS, MODEL, PREV_CHECKPOINT, SUMMARY, read_summary
+from ..runs import (
+    CHECKPOINT,
+    CONFIG,
+    DIAGNOSTICS,
+    LOCK,
+    METRICS,
+    MODEL,
+    PREV_CHECKPOINT,
+    SUMMARY,
+    read_summary,
+    snapshot_name,
+)
 from ..runtime import (
     CompiledModule,
     FileLock,
@@ -55,6 +80,7 @@ from ..runtime import (
 from .checkpoint import UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .distributed import Dist, RankFailed, init_distributed
+from .evaluate import HeldOut
 from .schedules import accumulation_at, lr_at
 
 EXIT_CODES = {"budget": 0, "max_steps": 0, "nonfinite_loss": 3, "preempted": 4, "disk_full": 5}
@@ -69,6 +95,10 @@ class TrainState:
     step_time_s: float = 0.0  # recent seconds per microbatch: a resumed run must not start a step it cannot finish
     last_loss: float | None = None  # mean loss of the last log window, and over how many microbatches
     last_loss_steps: int = 0
+    eval_loss: float | None = None  # held-out MLM loss at the last eval point, and after which optimiser step
+    eval_step: int = -1
+    eval_s: float = 0.0  # time spent evaluating (budget clock paused), all sessions
+    snapshots: dict = field(default_factory=dict)  # "0.50" -> {dir, microbatch_steps, elapsed_s}
 
 
 class Clock:
@@ -231,7 +261,10 @@ class Trainer:
             len(self.tokenizer),
             cfg.train.seed,
         )
-        self.stream = MicrobatchStream(data, collate, cfg.train.microbatch, cfg.train.seed, dist.rank, dist.world)
+        self.split = Split.of(data, cfg.data.holdout)
+        self.stream = MicrobatchStream(
+            data, collate, cfg.train.microbatch, cfg.train.seed, dist.rank, dist.world, self.split
+        )
 
         seed_everything(cfg.train.seed)
         self.model = MaskedLM(cfg.arch, cfg.block).to(device)
@@ -239,6 +272,11 @@ class Trainer:
             self.model, lr_at(0.0, cfg.train.lr), cfg.train.weight_decay, tuple(cfg.train.betas), cfg.train.eps, device
         )
         self.dtype = autocast_dtype(device, cfg.impl.precision)
+        self.heldout = (
+            HeldOut(data, self.split, collate, cfg.train.microbatch, dist, device, self.dtype)
+            if self.split.held
+            else None
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.state = TrainState()
         self.keep_previous = True  # False while checkpoint.pt is known to be damaged: the good prev must stay
@@ -308,14 +346,14 @@ class Trainer:
             ) from None
         self.state, self.saved_step = state, state.microbatch_steps
         set_rng_state(rng)
-        metrics = self.run_dir / METRICS
-        if self.dist.main and metrics.exists():  # rows logged after the checkpoint describe work that is redone now
-            kept = [
-                line
-                for line in metrics.read_text(errors="replace").splitlines()
-                if _row_steps(line) <= self.state.microbatch_steps
-            ]
-            atomic_write_bytes(metrics, "".join(line + "\n" for line in kept).encode())
+        for log in (self.run_dir / METRICS, self.run_dir / DIAGNOSTICS):
+            if self.dist.main and log.exists():  # rows logged after the checkpoint describe work that is redone now
+                kept = [
+                    line
+                    for line in log.read_text(errors="replace").splitlines()
+                    if _row_steps(line) <= self.state.microbatch_steps
+                ]
+                atomic_write_bytes(log, "".join(line + "\n" for line in kept).encode())
         self.log(
             f"resuming {self.run_dir} at microbatch step {self.state.microbatch_steps} "
             f"({self.state.elapsed_s / 3600:.3f} h spent)",
@@ -384,8 +422,13 @@ class Trainer:
                 self.optimizer_step()
             if self.elapsed >= self.next_log:  # the same decision on every rank: elapsed is agreed
                 self.log_window()
-            if self.elapsed >= self.next_ckpt and self.accumulated == 0 and not self.nonfinite:
-                self.maybe_checkpoint()
+            if self.accumulated == 0 and not self.nonfinite:  # between optimiser steps, the same on every rank
+                if self.elapsed >= self.next_eval:
+                    self.evaluate()
+                if self.keep and self.elapsed >= self.keep[0] * self.cfg.budget_s:
+                    self.keep_snapshot(self.keep.pop(0))
+                if self.elapsed >= self.next_ckpt:
+                    self.maybe_checkpoint()
         return self.finish(stop)
 
     def begin(self) -> None:
@@ -407,12 +450,18 @@ class Trainer:
         )
         self.window = LogWindow(self.device)
         self.clock = Clock(st.elapsed_s)
+        self.elapsed = st.elapsed_s  # agreed by every rank (from the checkpoint); from here on, by decide_stop's vote
         self.next_log = st.elapsed_s + cfg.impl.log_seconds
         self.next_ckpt = st.elapsed_s + cfg.impl.checkpoint_minutes * 60
         self.last_tick: float | None = None  # st.step_time_s: EMA of seconds per microbatch (carried over a resume)
         self.accumulated, self.n_acc, self.lr = 0, 1, 0.0
         self.nonfinite, self.disk_full = False, None
+        every = cfg.eval_every_s
+        self.next_eval = (math.floor(st.elapsed_s / every) + 1) * every if every else math.inf  # a fixed grid
+        self.keep = [f for f in cfg.impl.keep_at if f * cfg.budget_s > st.elapsed_s]
         self.clock.start()
+        if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot
+            self.evaluate()
         self.window.start = self.clock.elapsed()
 
     def decide_stop(self) -> str | None:
@@ -522,6 +571,52 @@ class Trainer:
             self.checkpoint()
         self.next_ckpt = self.elapsed + self.cfg.impl.checkpoint_minutes * 60
 
+    def evaluate(self) -> None:
+        """Held-out loss (every rank scores its share) and, on rank 0, the diagnostics: the clock is paused."""
+        if self.heldout is None:
+            return
+        st = self.state
+        with self.clock.paused():
+            started = time.perf_counter()
+            loss = self.heldout.loss(self.model)
+            st.eval_loss, st.eval_step = (loss if math.isfinite(loss) else None), st.optimizer_steps
+            at = {
+                "microbatch_steps": st.microbatch_steps,
+                "optimizer_steps": st.optimizer_steps,
+                "tokens": st.tokens,
+                "elapsed_s": round(self.clock.elapsed(), 3),
+                "p": round(self.clock.elapsed() / self.cfg.budget_s, 6),
+            }
+            if self.dist.main:
+                diagnostics = self.heldout.diagnostics(self.model)
+                seconds = time.perf_counter() - started
+                try:
+                    append_jsonl(
+                        self.run_dir / METRICS,
+                        {"kind": "eval", **at, "eval_loss": st.eval_loss, "eval_s": round(seconds, 3)},
+                    )
+                    append_jsonl(self.run_dir / DIAGNOSTICS, {**at, **diagnostics})
+                except DiskFullError as err:  # every rank stops at the next vote
+                    self.disk_full = err
+            st.eval_s += time.perf_counter() - started
+        every = self.cfg.eval_every_s  # from the agreed elapsed time: every rank keeps the same grid point
+        self.next_eval = (math.floor(self.elapsed / every) + 1) * every if every else math.inf
+
+    def keep_snapshot(self, fraction: float) -> None:
+        """model@<fraction>/ (rank 0), clock paused: the model as it stands at that fraction of the budget."""
+        st, name = self.state, snapshot_name(fraction)
+        with self.clock.paused():
+            started = time.perf_counter()
+            if self.dist.main:
+                save_model(self.model, self.run_dir / name, self.tokenizer)
+            st.snapshots[f"{fraction:.2f}"] = {
+                "dir": name,
+                "microbatch_steps": st.microbatch_steps,
+                "elapsed_s": round(self.clock.elapsed(), 3),
+            }
+            st.eval_s += time.perf_counter() - started
+        self.log(f"kept {self.run_dir / name} at {fraction:.0%} of the budget", flush=True)
+
     def finish(self, stop: str) -> dict:
         """The steps since the last log join the final loss; a last checkpoint, the model, the summary."""
         st, dist = self.state, self.dist
@@ -539,6 +634,9 @@ class Trainer:
                 n = st.last_loss_steps + self.window.steps
                 st.last_loss, st.last_loss_steps = (st.last_loss * st.last_loss_steps + loss_total) / n, n
         completed = stop in ("budget", "max_steps")
+        if completed and st.eval_step != st.optimizer_steps:
+            self.evaluate()  # the final model's held-out loss (clock paused, as always)
+            st.elapsed_s = self.clock.elapsed()
         if stop == "nonfinite_loss":
             self.log(
                 f"non-finite loss or gradient: stopped at microbatch step {st.microbatch_steps}; the last good "
@@ -557,8 +655,9 @@ class Trainer:
             self.progress.close(loss=final_loss, step=st.microbatch_steps)
         self.log(
             f"{stop}: {st.microbatch_steps} microbatch steps, {st.tokens / 1e6:.1f}M tokens in "
-            f"{st.elapsed_s / 3600:.3f} h; "
-            f"final loss {final_loss:.4f}; {self.run_dir}",
+            f"{st.elapsed_s / 3600:.3f} h; final loss {final_loss:.4f}"
+            + (f", held-out loss {st.eval_loss:.4f}" if st.eval_loss is not None else "")
+            + f"; {self.run_dir}",
             flush=True,
         )
         return summary
@@ -582,6 +681,10 @@ class Trainer:
             "tokens": st.tokens,
             "elapsed_s": st.elapsed_s,
             "final_loss": st.last_loss,  # mean loss of the last log window (a short tail joins the window before it)
+            "eval_loss": st.eval_loss if st.eval_step == st.optimizer_steps else None,  # held-out, of the final model
+            "eval_sequences": self.split.held,
+            "eval_s": round(st.eval_s, 3),  # evaluation and snapshots: outside the budget
+            "snapshots": st.snapshots,
             **environment(self.device),
             "world_size": self.dist.world,
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype],
