@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import alive, children, pretrain_args
 from safetensors.torch import load_file
@@ -53,6 +54,17 @@ def test_two_gloo_processes_take_the_same_step_as_one_process_with_the_global_ba
     assert [s["world_size"] for s in summaries] == [2, 1] and all(s["optimizer_steps"] == 1 for s in summaries)
     for name, w in one.items():
         assert torch.allclose(two[name], w, atol=1e-6, rtol=1e-5), name
+    # the held-out loss, each rank scoring a share of the slice, is the one process's: at init and at the end
+    evals = [
+        [
+            json.loads(line)["eval_loss"]
+            for line in (tmp_path / d / "preln-smoke" / "metrics.jsonl").open()
+            if '"eval"' in line
+        ]
+        for d in ("two", "one")
+    ]
+    assert len(evals[0]) == len(evals[1]) == 2 and evals[0] == pytest.approx(evals[1], rel=1e-5)
+    assert summaries[0]["eval_loss"] == evals[0][-1] and summaries[1]["eval_loss"] == evals[1][-1]
     torch.manual_seed(0)  # the runs' init (train.seed 0): the step must have moved the weights away from it
     fresh = MaskedLM(arch_config("tiny"), "preln").encoder.state_dict()
     assert sum(not torch.allclose(fresh[n], one[n]) for n in one) > len(one) // 2

@@ -322,7 +322,7 @@ def test_runs_that_differ_only_in_the_training_seed_are_one_row(tmp_path):
         for seed in (0, 1):
             run = make_run(root, f"{block}-s{seed}", block)
             summary = json.loads((run / "summary.json").read_text())
-            summary["microbatch_steps"] += 10 * seed  # the second pretraining seed ran 10 more steps
+            summary["microbatch_steps"] += 5 * seed  # the second pretraining seed ran 5 more steps
             summary["eval_loss"] = 2.0 + seed / 10
             (run / "summary.json").write_text(json.dumps(summary))
             with_config(run, block, seed)
@@ -342,10 +342,13 @@ def test_runs_that_differ_only_in_the_training_seed_are_one_row(tmp_path):
     t1 = pd.read_csv(tmp_path / "out" / "table1.csv")
     runs = t1[t1.kind == "run"].set_index("run")
     row = runs.loc["sas-s0 + sas-s1"]
-    ratios = [900 / 805, 910 / 805]  # each sas run over the mean of the Pre-LN replicates (800, 810)
-    assert row.replicates == 2 and row.glue_n == 6
+    ratios = [900 / 802.5, 905 / 802.5]  # each sas run over the mean of the Pre-LN replicates (800, 805)
+    assert row.replicates == 2 and row.glue_n == 6 and row.microbatch_steps == 902.5
     assert (row.speed, row.speed_std) == pytest.approx((np.mean(ratios), np.std(ratios, ddof=1)))
-    assert "2 pretraining seeds (0,1)" in (tmp_path / "out" / "table1.md").read_text()
+    md = (tmp_path / "out" / "table1.md").read_text()
+    cells = {r[1]: dict(zip(md_rows(md)[0], r)) for r in md_rows(md)[1:]}
+    assert "2 pretraining seeds (0,1)" in md and cells["sas-lr"]["Microbatch steps"] == "900"
+    assert re.match(r"902\.5", next(c for n, c in cells.items() if n.startswith("sas-s0 + sas-s1"))["Microbatch steps"])
 
 
 def test_unsteady_throughput_gets_a_footnote_pointing_to_bench(tmp_path):

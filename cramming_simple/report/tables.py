@@ -111,12 +111,20 @@ def glue_cell(run: pd.Series, problems: pd.DataFrame, notes: Notes, row_notes: l
 
 
 def with_int_columns(data: list[dict], columns: list[str]) -> pd.DataFrame:
-    """Counts as nullable integers, so the CSV says 800, not 800.0, and a missing count stays empty."""
+    """Counts as nullable integers, so the CSV says 800, not 800.0, and a missing count stays empty. A column
+    holding a mean over replicate runs (802.5 steps) stays a float."""
     frame = pd.DataFrame(data)
     for c in columns:
         if c in frame:
-            frame[c] = frame[c].astype("Int64")
+            values = pd.to_numeric(frame[c]).dropna()
+            if (values == values.round()).all():
+                frame[c] = pd.to_numeric(frame[c]).astype("Int64")
     return frame
+
+
+def count(value) -> str:
+    """A count as text: 800, or 802.5 when it is a mean over replicates."""
+    return "" if missing(value) else format(value, ".0f" if float(value).is_integer() else ".1f")
 
 
 def glue_baseline(run: pd.Series, runs: pd.DataFrame, need_average: bool = True) -> pd.Series | None:
@@ -260,7 +268,7 @@ def table1(
             "GLUE": glue_cell(r, problems, notes, row_notes),
             "vs Pre-LN (95 % CI)": vs_preln,
             "Params (M)": fmt(d["params_m"], ".1f"),
-            "Microbatch steps": fmt(r.microbatch_steps, ".0f"),
+            "Microbatch steps": count(r.microbatch_steps),
             "Speed": speed_text
             + (notes.mark(speed_note, row_notes) if speed_note else "")
             + (notes.mark(unsteady, row_notes) if unsteady else ""),
