@@ -219,6 +219,12 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_ca
     steps = [r["microbatch_steps"] for r in metrics(run)]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # the lost work's rows were dropped
     assert any(s <= saved["microbatch_steps"] for s in steps) and steps[-1] > saved["microbatch_steps"]
+    # so were the eval rows and diagnostics of the lost work: every eval point once, in both files alike
+    evals = metrics(run, "eval")
+    diagnostics = [json.loads(line)["microbatch_steps"] for line in (run / "diagnostics.jsonl").open()]
+    at = [r["microbatch_steps"] for r in evals]
+    assert at == diagnostics == sorted(set(at)) and at[0] == 0
+    assert evals[-1]["optimizer_steps"] == summary["optimizer_steps"] and evals[-1]["eval_loss"] == summary["eval_loss"]
 
 
 def test_sigterm_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
