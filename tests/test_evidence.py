@@ -409,3 +409,12 @@ def test_snapshots_are_fine_tuned_with_glue_at_and_drawn_against_the_budget(smok
 
     points = load_runs([full]).budget_glue.set_index("fraction")["mean"]
     assert list(points.index) == [0.5, 1.0] and points[1.0] - points[0.5] == pytest.approx(5.0)
+
+
+def test_bootstrap_replicates_are_an_option_and_too_few_is_an_error(two_blocks_with_predictions, tmp_path):
+    root, _, _ = two_blocks_with_predictions
+    code, _, err = report(["--runs-dir", str(root), "--out", str(tmp_path / "out"), "--bootstrap", "300"])
+    assert code == 0, err
+    assert "300 paired bootstrap replicates" in (tmp_path / "out" / "index.md").read_text()
+    code, _, err = report(["--runs-dir", str(root), "--out", str(tmp_path / "few"), "--bootstrap", "5"])
+    assert code == 2 and "at least 100 replicates" in err

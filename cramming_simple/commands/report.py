@@ -1,6 +1,8 @@
-"""Tables and plots from run folders: Table 1 (GLUE average, parameters, speed vs Pre-LN, MLM loss), Table 2
-(GLUE per task) as Markdown, LaTeX and CSV, loss and schedule curves and GLUE per task as PNG and PDF, all
-tied together in index.md. GLUE numbers are recomputed from the per-seed result files.
+"""Tables and plots from run folders: Table 1 (GLUE average and its Welch interval against Pre-LN, parameters,
+speed vs Pre-LN two ways, held-out MLM loss), Table 2 (GLUE per task, with Welch rows against Pre-LN),
+Table 3 (paired bootstrap over validation examples) as Markdown, LaTeX and CSV; loss, schedule, GLUE,
+GLUE-across-the-budget and inside-the-blocks figures as PNG and PDF; all tied together in index.md. GLUE
+numbers are recomputed from the per-seed result files; runs that differ only in train.seed are one row.
 
   cramming-simple report                         every run under runs/
   cramming-simple report runs/preln-24h runs/sas-24h --out reports/sas
@@ -15,6 +17,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..reference import PAPER, reference_names
 from ..report.build import write_report
+from ..report.paired import REPLICATES
 from ..runs import find_runs
 
 
@@ -32,13 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[*reference_names(), "none"],
         help=f"published rows shown beside yours, with deltas (default: {PAPER})",
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=REPLICATES,
+        metavar="N",
+        help=f"replicates of Table 3's paired bootstrap (seeded; default: {REPLICATES})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     run_dirs = args.run_dirs or find_runs(args.runs_dir)
     if not run_dirs:
         raise ConfigError(f"no runs under {args.runs_dir}/ (run `make pretrain` first, or name run folders)")
-    report = write_report(run_dirs, args.out, args.reference)
+    if args.bootstrap < 100:
+        raise ConfigError(f"--bootstrap needs at least 100 replicates for a 95 % interval, got {args.bootstrap}")
+    report = write_report(run_dirs, args.out, args.reference, args.bootstrap)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     out = args.out

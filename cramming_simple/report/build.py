@@ -69,7 +69,12 @@ def run_line(r) -> str:
 
 
 def index(
-    loaded: Runs, warnings: list[str], table_files: dict[str, list[Path]], figures: dict[str, str], reference: str
+    loaded: Runs,
+    warnings: list[str],
+    table_files: dict[str, list[Path]],
+    figures: dict[str, str],
+    reference: str,
+    bootstrap: int = paired.REPLICATES,
 ) -> str:
     lines = ["# cramming-simple report", "", "## Runs", "", *(run_line(r) for _, r in loaded.runs.iterrows()), ""]
     if warnings:
@@ -93,7 +98,7 @@ def index(
         "table2": "*Δ vs … (95 % CI)* rows: the difference to the Pre-LN run, ± the half-width of a 95 % Welch "
         "interval over seeds.",
         "table3": "Each cell: the difference in the metric (percent points), with the 2.5 / 97.5 percentiles of "
-        f"{paired.REPLICATES} paired bootstrap replicates over validation examples (seeded): the interval a "
+        f"{bootstrap} paired bootstrap replicates over validation examples (seeded): the interval a "
         "reviewer asks for when seeds are few.",
     }
     for stem, paths in table_files.items():
@@ -114,7 +119,7 @@ class Report:
     index: Path | None = None
 
 
-def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER) -> Report:
+def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER, bootstrap: int = paired.REPLICATES) -> Report:
     """Load the runs, write both tables, the figures and index.md into `out`."""
     loaded = load_runs(run_dirs)
     groups, pooled = replicates(loaded.runs, loaded.glue)
@@ -129,7 +134,7 @@ def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER) -> Rep
         },
     )
     run_dirs_by_name = {name: Path(r.dir) for name, r in loaded.runs.iterrows()}
-    table3 = paired.paired_table(groups, run_dirs_by_name)
+    table3 = paired.paired_table(groups, run_dirs_by_name, replicates=bootstrap)
     if not table3.shown.empty:
         report.tables["table3"] = tables.write(table3, out, "table3")
     if "loss" in loaded.metrics:
@@ -162,5 +167,5 @@ def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER) -> Rep
         "through depth, attention entropy relative to uniform"
     )
     report.index = out / "index.md"
-    report.index.write_text(index(loaded, report.warnings, report.tables, report.figures, reference))
+    report.index.write_text(index(loaded, report.warnings, report.tables, report.figures, reference, bootstrap))
     return report
