@@ -263,6 +263,31 @@ def test_collator_split_is_80_10_10_over_many_draws():
     assert not np.isin(picked.numpy(), SPECIALS[:4]).any()  # random replacements are ordinary tokens
 
 
+def test_cramming_masking_takes_specials_too_with_exact_counts_per_row():
+    """train.masking=cramming: M = 32 of 128 positions, exactly 26 [MASK] / 3 random / 3 kept per row, [SEP] and
+    [CLS] may be chosen, random ids from the whole vocabulary; pad is never chosen."""
+    col = MLMCollator(128, 0.25, mask_id=4, special_ids=SPECIALS, vocab=1000, seed=0, masking="cramming")
+    rng = np.random.default_rng(2)
+    rows = rng.integers(5, 1000, size=(400, 128))
+    rows[:, 0], rows[:, 64] = 2, 3  # [CLS] first, a [SEP] mid-row, as packed sequences have them
+    rows[0, 100:] = 0  # a padded row
+    out = col(rows, np.arange(400))
+    picked = out["input_ids"].gather(1, out["positions"])
+    labels = out["labels"]
+    assert (labels != IGNORE).all()  # every row has at least 32 candidates
+    assert ((picked == 4).sum(1) >= 26).all()  # 26 [MASK] per row (a random id may also land on [MASK]: rarely)
+    assert ((picked == 4).sum(1) == 26).float().mean() > 0.9
+    kept = (picked == labels).sum(1)
+    assert ((kept >= 3) & (kept <= 6)).all() and (kept == 3).float().mean() > 0.9  # 3 kept (+ random hits)
+    chosen_specials = np.isin(np.take_along_axis(rows, out["positions"].numpy(), 1), [2, 3]).sum()
+    assert chosen_specials > 0.5 * 400 * 2 * 32 / 128  # specials are chosen as often as any token (~200 expected)
+    assert not np.isin(rows[0, out["positions"][0].numpy()], [0]).any()  # never pad
+    randoms = picked[(picked != 4) & (picked != labels)]
+    assert np.isin(randoms.numpy(), SPECIALS).any()  # the whole vocabulary, specials included (clean: never)
+    clean = MLMCollator(128, 0.25, mask_id=4, special_ids=SPECIALS, vocab=1000, seed=0)(rows, np.arange(400))
+    assert not np.isin(np.take_along_axis(rows, clean["positions"].numpy(), 1), SPECIALS).any()
+
+
 def test_permutation_is_a_bijection_and_depends_on_the_key():
     for n in (1, 2, 5, 64, 1000, 4099):
         assert sorted(permute(np.arange(n), n, key=3).tolist()) == list(range(n))

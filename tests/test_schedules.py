@@ -40,3 +40,47 @@ def test_accumulation_counts_the_global_batch():
     assert accumulation_at(0.6, 128, 8192, 0.6, world_size=8) == 8  # 8 ranks x 128 x 8 = 8192
     assert accumulation_at(0.6, 128, 8192, 0.6, world_size=1) == 64
     assert accumulation_at(1.0, 512, 8192, 0.6, world_size=32) == 1  # never below one microbatch per rank
+
+
+@pytest.mark.parametrize("p", [0.0, 0.001, 0.1, 0.3, 0.45, 0.59, 0.590625, 0.6, 0.8, 1.0])
+def test_cramming_ramp_is_its_formula(p):
+    # cramming: microbatch x (floor(p x 8192 / (0.6 x microbatch)) + 1), capped at 8192
+    expected = min(8192, 128 * (int(p * 8192 / (0.6 * 128)) + 1))
+    assert batch_at(p, 128, 8192, 0.6, ramp="cramming") == expected
+
+
+def test_cramming_ramp_reaches_the_cap_before_the_linear_one():
+    assert batch_at(0.3, 128, 8192, 0.6, ramp="cramming") == 4224 > batch_at(0.3, 128, 8192, 0.6) == 4096
+    first_full = min(i / 10_000 for i in range(10_001) if batch_at(i / 10_000, 128, 8192, 0.6, ramp="cramming") == 8192)
+    assert first_full == pytest.approx(63 * 0.6 * 128 / 8192, abs=1e-4) and first_full < 0.6  # p = 0.5906
+    assert accumulation_at(0.3, 128, 8192, 0.6, world_size=1, ramp="cramming") == 33
+
+
+def test_cramming_ramp_sets_the_learning_rate_every_microbatch(smoke_cache, tmp_path):
+    """linear: the LR changes only at optimiser steps; cramming: before every microbatch, as its LambdaLR did."""
+    from conftest import smoke_config
+
+    from cramming_simple.train.loop import Trainer
+
+    seen = {}
+    for ramp in ("linear", "cramming"):
+        cfg = smoke_config(smoke_cache, "preln", 4.0, f"train.ramp={ramp}", "train.batch_max=128", name=ramp)
+        lrs = []
+        original = Trainer.microbatch
+
+        def record(self, batch, lrs=lrs, original=original):
+            lrs.append((self.accumulated, self.optimizer.param_groups[0]["lr"]))
+            return original(self, batch)
+
+        from cramming_simple.train import loop
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(loop.Trainer, "microbatch", record)
+            loop.pretrain(cfg, tmp_path)
+        seen[ramp] = lrs
+    within_step = {r: [lr for acc, lr in seen[r] if acc > 0] for r in seen}
+    # with 4 microbatches per optimiser step, the LR moves inside a step only under cramming's ramp
+    assert within_step["linear"] and within_step["cramming"]
+    linear_changes = sum(a[1] != b[1] for a, b in zip(seen["linear"], seen["linear"][1:]) if b[0] > 0)
+    cramming_changes = sum(a[1] != b[1] for a, b in zip(seen["cramming"], seen["cramming"][1:]) if b[0] > 0)
+    assert linear_changes == 0 and cramming_changes > 0

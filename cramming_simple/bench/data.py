@@ -32,9 +32,7 @@ def data_bench(
     dtype = autocast_dtype(device, precision)
     prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
     tok = load_tokenizer(prepared.tokenizer_dir)
-    collate = MLMCollator(
-        cfg.arch.seq_len, cfg.train.mask_prob, tok.mask_token_id, tok.all_special_ids, len(tok), cfg.train.seed
-    )
+    collate = MLMCollator.for_tokenizer(tok, cfg.arch.seq_len, cfg.train.mask_prob, cfg.train.seed, cfg.train.masking)
     stream = MicrobatchStream(PackedData(prepared.path, verify=False), collate, cfg.train.microbatch, cfg.train.seed)
     n = DATA_BATCHES
 

@@ -112,21 +112,55 @@ class PackedData:
 # ----------------------------------------------------------------------------------------------- masking
 
 
-class MLMCollator:
-    """docs/recipe.md masking: exactly round(p T) positions per sequence, 80 % [MASK] / 10 % random / 10 % kept.
+MASKINGS = ("clean", "cramming")  # train.masking
 
-    Pad and special tokens are never chosen; a row with fewer maskable tokens than M gets IGNORE labels in
-    its spare slots. Output shapes are static: positions and labels are (B, M).
+
+class MLMCollator:
+    """docs/recipe.md masking: exactly M = round(p T) positions per sequence. Two rules (train.masking):
+
+    clean: pad and special tokens are never chosen; each chosen position is [MASK] / a random ordinary token /
+      kept with probability 80 / 10 / 10 %.
+    cramming (the published runs): any token but pad may be chosen, [SEP] and [CLS] included; exactly
+      round(0.8 M) [MASK], round(0.1 M) random ids from the whole vocabulary, the rest kept (26 / 3 / 3 of 32).
+    A row with fewer candidates than M gets IGNORE labels in its spare slots. Output shapes are static:
+    positions and labels are (B, M).
     """
 
-    def __init__(self, seq_len: int, mask_prob: float, mask_id: int, special_ids: list[int], vocab: int, seed: int):
-        self.seq_len, self.mask_id, self.seed = seq_len, mask_id, seed
+    def __init__(
+        self,
+        seq_len: int,
+        mask_prob: float,
+        mask_id: int,
+        special_ids: list[int],
+        vocab: int,
+        seed: int,
+        masking: str = "clean",
+        pad_id: int = 0,
+    ):
+        if masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+        self.seq_len, self.mask_id, self.seed, self.vocab = seq_len, mask_id, seed, vocab
+        self.masking, self.pad_id = masking, pad_id
         self.masked = round(mask_prob * seq_len)
         if not 0 < self.masked <= seq_len:
             raise ValueError(f"mask_prob {mask_prob} masks {self.masked} of {seq_len} tokens")
         self.special = torch.zeros(max(vocab, max(special_ids) + 1), dtype=torch.bool)
         self.special[special_ids] = True
         self.ordinary = torch.nonzero(~self.special[:vocab]).squeeze(1)  # candidates for random replacement
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, seq_len: int, mask_prob: float, seed: int, masking: str = "clean") -> MLMCollator:
+        """The collator of a Hugging Face tokenizer's [MASK], special tokens, vocabulary and pad."""
+        return cls(
+            seq_len,
+            mask_prob,
+            tokenizer.mask_token_id,
+            tokenizer.all_special_ids,
+            len(tokenizer),
+            seed,
+            masking,
+            tokenizer.pad_token_id or 0,
+        )
 
     def reseeded(self, seed: int) -> MLMCollator:
         """The same masking with another seed (the held-out batches use data.EVAL_SEED)."""
@@ -142,6 +176,8 @@ class MLMCollator:
     def __call__(self, rows: np.ndarray, samples: np.ndarray) -> dict[str, torch.Tensor]:
         """rows: (B, T) token ids; samples: (B,) their positions in the sample stream."""
         ids = torch.from_numpy(rows.astype(np.int64))  # (B, T)
+        if self.masking == "cramming":
+            return self.cramming(ids, samples)
         choose = self.noise(samples, 0).masked_fill(self.special[ids], 2.0)  # specials never win
         score, positions = choose.topk(self.masked, dim=1, largest=False, sorted=False)  # (B, M)
         labels = ids.gather(1, positions).masked_fill(score >= 2.0, IGNORE)
@@ -149,6 +185,20 @@ class MLMCollator:
         pick = (self.noise(samples, 2).gather(1, positions) * len(self.ordinary)).long()
         replaced = torch.where(action < 0.8, self.mask_id, torch.where(action < 0.9, self.ordinary[pick], labels))
         replaced = torch.where(labels == IGNORE, ids.gather(1, positions), replaced)
+        inputs = ids.scatter(1, positions, replaced)
+        return {"input_ids": inputs, "positions": positions, "labels": labels}
+
+    def cramming(self, ids: torch.Tensor, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        """The published runs' rule: specials may be chosen; exact [MASK] / random / kept counts per row."""
+        choose = self.noise(samples, 0).masked_fill(ids == self.pad_id, 2.0)  # only pad is never chosen
+        score, positions = choose.topk(self.masked, dim=1, largest=False, sorted=True)  # (B, M), random order
+        labels = ids.gather(1, positions).masked_fill(score >= 2.0, IGNORE)
+        slot = torch.arange(self.masked)  # the k-th chosen position of a row: its action is fixed by k
+        n_mask, n_random = round(0.8 * self.masked), round(0.1 * self.masked)
+        random_ids = (self.noise(samples, 2).gather(1, positions) * self.vocab).long()  # the whole vocabulary
+        kept = ids.gather(1, positions)
+        replaced = torch.where(slot < n_mask, self.mask_id, torch.where(slot < n_mask + n_random, random_ids, kept))
+        replaced = torch.where(labels == IGNORE, kept, replaced)
         inputs = ids.scatter(1, positions, replaced)
         return {"input_ids": inputs, "positions": positions, "labels": labels}
 

@@ -13,11 +13,13 @@ from typing import List, Optional
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, load_yaml, merge_typed, require
+from ..data.loader import MASKINGS
 from ..data.sources import DataConfig
 from ..model import ArchConfig, arch_config, block_spec
 from ..presets import find_preset
 from ..runs import CONFIG
 from ..runtime import PRECISIONS, compile_default
+from .schedules import RAMPS
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,15 @@ class TrainConfig:
     microbatch: int = 128  # sequences per microbatch (per GPU)
     batch_max: int = 8192  # effective batch (sequences, all GPUs) reached at p = ramp_end
     ramp_end: float = 0.6
+    ramp: str = "linear"  # linear (batch rounded down to microbatches, LR set once per optimiser step) | cramming
+    # (its stepwise formula, and the LR set before every microbatch, as its per-microbatch LambdaLR did)
     lr: Optional[float] = None  # peak of the budget triangle; None: the block's recipe (BLOCK_RECIPES)
     weight_decay: Optional[float] = None  # None: the block's default
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-12
     grad_clip: float = 0.5
     mask_prob: float = 0.25
+    masking: str = "clean"  # clean (never specials, 80/10/10 by chance) | cramming (specials too, exact counts)
     seed: int = 0
     max_steps: Optional[int] = None  # stop after this many microbatch steps (stop_reason "max_steps")
 
@@ -65,11 +70,13 @@ class TrainConfig:
             "train.microbatch must be positive and at most train.batch_max",
         )
         require(0.0 < self.ramp_end <= 1.0, f"train.ramp_end must be in (0, 1], got {self.ramp_end}")
+        require(self.ramp in RAMPS, f"train.ramp must be one of {', '.join(RAMPS)}, got '{self.ramp}'")
         require(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"train.betas must be two values in [0, 1), got {self.betas}",
         )
         require(0.0 < self.mask_prob < 1.0, f"train.mask_prob must be in (0, 1), got {self.mask_prob}")
+        require(self.masking in MASKINGS, f"train.masking must be one of {', '.join(MASKINGS)}, got '{self.masking}'")
         require(self.grad_clip > 0 and self.eps > 0, "train.grad_clip and train.eps must be positive")
         require(self.lr is None or self.lr > 0, "train.lr must be positive")
 

@@ -253,13 +253,8 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.prepared.tokenizer_dir)
         check_tokenizer(self.tokenizer, cfg.arch.vocab_size)
         data = PackedData(self.prepared.path, verify=cfg.data.verify)
-        collate = MLMCollator(
-            cfg.arch.seq_len,
-            cfg.train.mask_prob,
-            self.tokenizer.mask_token_id,
-            self.tokenizer.all_special_ids,
-            len(self.tokenizer),
-            cfg.train.seed,
+        collate = MLMCollator.for_tokenizer(
+            self.tokenizer, cfg.arch.seq_len, cfg.train.mask_prob, cfg.train.seed, cfg.train.masking
         )
         self.split = Split.of(data, cfg.data.holdout)
         self.stream = MicrobatchStream(
@@ -417,6 +412,8 @@ class Trainer:
                 break
             if self.accumulated == 0:  # schedules: pure functions of p, decided once per optimiser step
                 self.set_schedules()
+            elif self.cfg.train.ramp == "cramming":  # cramming's LambdaLR stepped every microbatch
+                self.set_lr(self.elapsed / self.cfg.budget_s)
             self.microbatch(next(self.prefetch))
             if self.accumulated == self.n_acc:
                 self.optimizer_step()
@@ -491,8 +488,11 @@ class Trainer:
 
     def set_schedules(self) -> None:
         train, p = self.cfg.train, self.elapsed / self.cfg.budget_s
-        self.n_acc = accumulation_at(p, train.microbatch, train.batch_max, train.ramp_end, self.dist.world)
-        self.lr = lr_at(p, train.lr)
+        self.n_acc = accumulation_at(p, train.microbatch, train.batch_max, train.ramp_end, self.dist.world, train.ramp)
+        self.set_lr(p)
+
+    def set_lr(self, p: float) -> None:
+        self.lr = lr_at(p, self.cfg.train.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
 

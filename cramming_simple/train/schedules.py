@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+RAMPS = ("linear", "cramming")  # train.ramp: ours, and the one the published runs used (docs/recipe.md)
+
 
 def clamp01(p: float) -> float:
     return min(max(p, 0.0), 1.0)
@@ -13,16 +17,25 @@ def lr_at(p: float, peak: float) -> float:
     return peak * min(0.25 + p, 4.0 * (1.0 - p))
 
 
-def batch_at(p: float, microbatch: int, batch_max: int, ramp_end: float = 0.6) -> int:
-    """Effective batch: from one microbatch at p = 0 linearly up to batch_max at p = ramp_end, then flat.
+def batch_at(p: float, microbatch: int, batch_max: int, ramp_end: float = 0.6, ramp: str = "linear") -> int:
+    """Effective batch, never below one microbatch.
 
-    Always a multiple of `microbatch` (rounded down), never below one microbatch.
+    linear: from one microbatch at p = 0 linearly up to batch_max at p = ramp_end, then flat; a multiple of
+      `microbatch` (rounded down).
+    cramming: microbatch * (floor(p * batch_max / (ramp_end * microbatch)) + 1), capped at batch_max: one
+      microbatch more every ramp_end * microbatch / batch_max of the budget, so the cap is reached slightly
+      before p = ramp_end (cramming's formula, with which the published numbers were trained).
     """
-    target = microbatch + (batch_max - microbatch) * min(clamp01(p) / ramp_end, 1.0)
+    p = clamp01(p)
+    if ramp == "cramming":
+        return min(batch_max, microbatch * (math.floor(p * batch_max / (ramp_end * microbatch)) + 1))
+    target = microbatch + (batch_max - microbatch) * min(p / ramp_end, 1.0)
     return max(microbatch, int(target // microbatch) * microbatch)
 
 
-def accumulation_at(p: float, microbatch: int, batch_max: int, ramp_end: float = 0.6, world_size: int = 1) -> int:
+def accumulation_at(
+    p: float, microbatch: int, batch_max: int, ramp_end: float = 0.6, world_size: int = 1, ramp: str = "linear"
+) -> int:
     """Microbatches per optimiser step on each rank; the ramp counts the global batch over all ranks."""
     global_micro = microbatch * world_size
-    return batch_at(p, global_micro, max(batch_max, global_micro), ramp_end) // global_micro
+    return max(1, batch_at(p, global_micro, max(batch_max, global_micro), ramp_end, ramp) // global_micro)
