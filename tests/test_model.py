@@ -60,6 +60,32 @@ def test_crammed_bert_parameter_counts_match_paper_table_1(block):
     assert abs((counts["params"] - counts["non_embedding"]) - 25.2e6) < 0.1e6
 
 
+def test_first_layer_norm_gives_the_no_norm_block_a_norm_in_layer_0_only():
+    """arch.first_layer_norm (the official code's "always use LN in first layer"): parameter count + 2 x width."""
+    from dataclasses import replace
+
+    cfg = arch_config("crammed-bert")
+    with torch.device("meta"):
+        plain = MaskedLM(cfg, "sasp-nonorm")
+        kept = MaskedLM(replace(cfg, first_layer_norm=True), "sasp-nonorm")
+        others = {b: count_params(MaskedLM(replace(cfg, first_layer_norm=True), b)) for b in ("preln", "sasp")}
+    assert count_params(kept)["params"] == count_params(plain)["params"] + 2 * cfg.width
+    layers = kept.encoder.layers
+    assert isinstance(layers[0].norm, torch.nn.LayerNorm) and not isinstance(layers[1].norm, torch.nn.LayerNorm)
+    assert not isinstance(plain.encoder.layers[0].norm, torch.nn.LayerNorm)
+    with torch.device("meta"):  # blocks that have norms anyway are unchanged
+        assert others == {b: count_params(MaskedLM(cfg, b)) for b in ("preln", "sasp")}
+
+
+def test_first_layer_norm_survives_save_and_load(tmp_path):
+    from dataclasses import replace
+
+    model = MaskedLM(replace(arch_config("tiny"), first_layer_norm=True), "sasp-nonorm")
+    save_model(model, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert loaded.encoder.cfg.first_layer_norm and isinstance(loaded.encoder.layers[0].norm, torch.nn.LayerNorm)
+
+
 # ------------------------------------------------------------------------------------------ init identities
 
 

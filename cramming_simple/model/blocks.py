@@ -111,14 +111,15 @@ class SAS(nn.Module):
 class SASP(nn.Module):
     """Y = beta_SA * SMHA(Norm X) + beta_FF * MLP(Norm X): one shared Norm, no skip at all.
 
-    with_norm=False gives `sasp-nonorm`. One input GEMM makes Q, K and the MLP's hidden layer.
+    with_norm=False gives `sasp-nonorm` (layer 0 keeps its norm when arch.first_layer_norm is set). One input
+    GEMM makes Q, K and the MLP's hidden layer.
     """
 
     def __init__(self, cfg: ArchConfig, layer: int, with_norm: bool = True):
         super().__init__()
         d, G = cfg.width, cfg.glu_width
         self.fused = True
-        self.norm = norm(cfg) if with_norm else nn.Identity()
+        self.norm = norm(cfg) if with_norm or (layer == 0 and cfg.first_layer_norm) else nn.Identity()
         self.w_in = linear(d, 2 * d + G, cfg.init_std)  # rows: [W^Q; W^K; W_up]
         zero_query(self.w_in.weight, d)
         self.attn = ShapedAttention(cfg, "reparam" if layer == 0 else "identity", with_qk=False)

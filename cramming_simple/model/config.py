@@ -21,6 +21,9 @@ class ArchConfig:
     init_std: float = 0.02
     beta_ff_init: float = 0.05  # shaped-attention blocks: MLP branch gain at init (0.1 in the GPT runs)
     dropout: float = 0.0  # pretraining runs without dropout; GLUE fine-tuning sets 0.1
+    # The official simplified-blocks code's "always use LN in first layer": a block without norms (sasp-nonorm)
+    # keeps a LayerNorm on layer 0's input. Off by default: the embedding's LayerNorm already normalises it.
+    first_layer_norm: bool = False
 
     def validate(self) -> None:
         for name in ("vocab_size", "seq_len", "width", "depth", "heads", "glu_width"):
