@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import smoke_config
+from conftest import pretrain_args, smoke_config
 
 from cramming_simple.cli import main
 from cramming_simple.config import ConfigError
@@ -137,22 +137,15 @@ def test_nan_loss_stops_with_nonfinite_reason_and_keeps_the_last_good_checkpoint
 
     monkeypatch.setattr(MaskedLM, "forward", forward)
     code = main(
-        [
-            "pretrain",
-            "--block",
-            "preln",
-            "--budget",
-            "smoke",
-            "--runs-dir",
-            str(tmp_path),
+        pretrain_args(
+            smoke_cache,
+            tmp_path,
             "--name",
             "nan-run",
             "hours=0.0167",
-            f"data.cache_dir={smoke_cache}",
-            "impl.device=cpu",
             "impl.checkpoint_minutes=0.01",
             "impl.log_seconds=0.3",
-        ]
+        )
     )
     assert code == 3
     summary = json.loads((run / "summary.json").read_text())
@@ -186,20 +179,14 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_cache, tmp_path):
     budget_s = 20.0
-    args = [
-        "pretrain",
-        "--block",
-        "sasp",
-        "--budget",
-        "smoke",
-        "--runs-dir",
-        str(tmp_path),
+    args = pretrain_args(
+        smoke_cache,
+        tmp_path,
         f"hours={budget_s / 3600}",
-        f"data.cache_dir={smoke_cache}",
-        "impl.device=cpu",
         "impl.checkpoint_minutes=0.05",
         "impl.log_seconds=0.5",
-    ]
+        block="sasp",
+    )
     run = tmp_path / "sasp-smoke"
     proc = run_cli(args)
     wait_for(run / "checkpoint.pt", proc)
@@ -228,19 +215,7 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_ca
 
 
 def test_sigterm_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
-    args = [
-        "pretrain",
-        "--block",
-        "preln",
-        "--budget",
-        "smoke",
-        "--runs-dir",
-        str(tmp_path),
-        "hours=1",
-        f"data.cache_dir={smoke_cache}",
-        "impl.device=cpu",
-        "impl.log_seconds=0.3",
-    ]
+    args = pretrain_args(smoke_cache, tmp_path, "hours=1", "impl.log_seconds=0.3")
     run = tmp_path / "preln-smoke"
     proc = run_cli(args)
     wait_for(run / "metrics.jsonl", proc)

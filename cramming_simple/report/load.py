@@ -74,7 +74,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         row.update(rate_median=rates["median"], rate_cv=rates["cv"], rate_windows=rates["windows"])
         rows.append(row)
         diagnostics[row["name"]] = [r for r in read_jsonl(run_dir / contract.DIAGNOSTICS) if "layers" in r]
-        budget_glue += snapshot_glue(run_dir, row["name"], glue_summary, row["budget_hours"])
+        budget_glue += snapshot_glue(run_dir, row["name"], glue_summary)
         for c in COLUMNS:
             stats = glue_summary["columns"][c.label]
             glue.append(
@@ -118,7 +118,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     )
 
 
-def snapshot_glue(run_dir: Path, name: str, final: dict, hours) -> list[dict]:
+def snapshot_glue(run_dir: Path, name: str, final: dict) -> list[dict]:
     """GLUE averages of the snapshots a run kept and fine-tuned (glue@0.50/ ...), and of its final model (1.0)."""
     out = []
     for folder in sorted(run_dir.glob(f"{contract.GLUE}@*")):

@@ -16,28 +16,28 @@ import pandas as pd
 
 from ..errors import CorruptFileError
 from ..glue.runner import read_predictions
+from ..glue.score import load_results
 from ..glue.tasks import COLUMNS
 from ..runs import GLUE
-from ..runtime import read_json
 from . import stats
-from .tables import Notes, Table, fmt, glue_baseline_columns, members_of
+from .tables import Notes, Table, fmt, glue_baseline, members_of
 
 REPLICATES = 1000
 BOOTSTRAP_NOTE = "95 % interval contains 0: within noise (paired bootstrap over validation examples)"
 
 
-def prediction_sets(run_dirs: dict[str, Path], members: list[str], task: str, split: str, protocol_hash) -> list:
-    """[(predictions, labels)] of every ok seed result of `task` in the members' run folders."""
+def prediction_sets(results: dict[Path, list[dict]], task: str, split: str, protocol_hash) -> list:
+    """[(predictions, labels)] of every ok seed result of `task` (of this protocol) in the given run folders'
+    results (`glue.score.load_results`, damaged files already left out and warned about)."""
     out = []
-    for member in members:
-        for result in sorted(Path(run_dirs[member], GLUE, task).glob("seed*.json")):
+    for run_dir, records in results.items():
+        for r in records:
+            if r["task"] != task or r.get("status") != "ok" or r.get("protocol_hash") != protocol_hash:
+                continue
             try:
-                record = read_json(result)
-                if record.get("status") != "ok" or record.get("protocol_hash") != protocol_hash:
-                    continue
-                arrays = (read_predictions(result) or {}).get(split)
-            except (CorruptFileError, AttributeError):
-                continue  # a damaged file: the report warns about it elsewhere
+                arrays = (read_predictions(Path(run_dir, GLUE, task, f"seed{r['seed']}.json")) or {}).get(split)
+            except CorruptFileError:
+                continue  # damaged predictions: that seed is left out of the bootstrap
             if arrays is not None:
                 out.append((arrays["prediction"], arrays["label"]))
     return out
@@ -63,8 +63,13 @@ def compare(
 
 def paired_table(runs: pd.DataFrame, run_dirs: dict[str, Path], replicates: int = REPLICATES, seed: int = 0) -> Table:
     notes, data, shown = Notes(), [], []
+    results = {name: load_results(run_dir, unreadable=[]) for name, run_dir in run_dirs.items()}  # read once
+
+    def results_of(group: pd.Series) -> dict[Path, list[dict]]:
+        return {run_dirs[m]: results[m] for m in members_of(group)}
+
     for name, r in runs.iterrows():
-        base = glue_baseline_columns(r, runs)
+        base = glue_baseline(r, runs, need_average=False)
         if base is None or base.name == name:
             continue
         row_notes: list[str] = []
@@ -72,8 +77,8 @@ def paired_table(runs: pd.DataFrame, run_dirs: dict[str, Path], replicates: int 
         s = {"Block": r.title, "Run": f"{name} vs {base.name}"}
         per_replicate, points = [], []
         for k, c in enumerate(COLUMNS):
-            mine = prediction_sets(run_dirs, members_of(r), c.task, c.split, r.glue_protocol_hash)
-            theirs = prediction_sets(run_dirs, members_of(base), c.task, c.split, base.glue_protocol_hash)
+            mine = prediction_sets(results_of(r), c.task, c.split, r.glue_protocol_hash)
+            theirs = prediction_sets(results_of(base), c.task, c.split, base.glue_protocol_hash)
             rng = np.random.default_rng([seed, k])  # one stream per column: a column's interval never moves
             result = compare(mine, theirs, c.metric, rng, replicates) if mine and theirs else None
             if result is None:

@@ -139,11 +139,6 @@ def glue_baseline(run: pd.Series, runs: pd.DataFrame, need_average: bool = True)
     return None
 
 
-def glue_baseline_columns(run: pd.Series, runs: pd.DataFrame) -> pd.Series | None:
-    """As glue_baseline, for per-task columns: an average is not needed (a column is compared where it exists)."""
-    return glue_baseline(run, runs, need_average=False)
-
-
 WELCH_NOTE = "95 % interval contains 0: within noise (Welch over fine-tuning seeds)"
 FEW_SEEDS_NOTE = "an interval needs at least two GLUE seeds on both sides"
 
@@ -370,7 +365,7 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
                 }
             )
             shown.append({"Block": r.title, "Run": "Δ vs published", **{k: fmt(v, "+.1f") for k, v in deltas.items()}})
-        gbase = glue_baseline_columns(r, runs)
+        gbase = glue_baseline(r, runs, need_average=False)  # per column: compared wherever a column exists
         if gbase is not None and gbase.name != name:  # the difference to Pre-LN, with its Welch interval
             base_scores = glue[glue.run == gbase.name].set_index("column")
             d = {"kind": "vs_preln", "block": r.block, "title": r.title, "run": f"{name} - {gbase.name}"}

@@ -453,8 +453,7 @@ class Trainer:
         self.last_tick: float | None = None  # st.step_time_s: EMA of seconds per microbatch (carried over a resume)
         self.accumulated, self.n_acc, self.lr = 0, 1, 0.0
         self.nonfinite, self.disk_full = False, None
-        every = cfg.eval_every_s
-        self.next_eval = (math.floor(st.elapsed_s / every) + 1) * every if every else math.inf  # a fixed grid
+        self.next_eval = self.eval_point_after(st.elapsed_s)
         self.keep = [f for f in cfg.impl.keep_at if f * cfg.budget_s > st.elapsed_s]
         self.clock.start()
         if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot
@@ -599,8 +598,12 @@ class Trainer:
                 except DiskFullError as err:  # every rank stops at the next vote
                     self.disk_full = err
             st.eval_s += time.perf_counter() - started
-        every = self.cfg.eval_every_s  # from the agreed elapsed time: every rank keeps the same grid point
-        self.next_eval = (math.floor(self.elapsed / every) + 1) * every if every else math.inf
+        self.next_eval = self.eval_point_after(self.elapsed)  # the agreed time: every rank keeps the same point
+
+    def eval_point_after(self, elapsed: float) -> float:
+        """The next point of the fixed eval grid (every impl.eval_minutes of budget) after `elapsed`."""
+        every = self.cfg.eval_every_s
+        return (math.floor(elapsed / every) + 1) * every if every else math.inf
 
     def keep_snapshot(self, fraction: float) -> None:
         """model@<fraction>/ (rank 0), clock paused: the model as it stands at that fraction of the budget."""
