@@ -390,7 +390,8 @@ def test_each_task_schedule_comes_from_its_own_step_count():
 
     def lr_trace(examples: int) -> list[float]:
         model = torch.nn.Linear(2, 2)
-        optimizer, scheduler = finetune.optimizer_and_schedule(model, paper, examples, torch.device("cpu"))
+        total, warmup = finetune.schedule_steps(examples, paper)
+        optimizer, scheduler = finetune.optimizer_and_schedule(model, paper, total, warmup, torch.device("cpu"))
         trace = []
         for _ in range(finetune.schedule_steps(examples, paper)[0]):
             trace.append(scheduler.get_last_lr()[0])

@@ -33,7 +33,9 @@ def data_bench(
     prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
     tok = load_tokenizer(prepared.tokenizer_dir)
     collate = MLMCollator.for_tokenizer(tok, cfg.arch.seq_len, cfg.train.mask_prob, cfg.train.seed, cfg.train.masking)
-    stream = MicrobatchStream(PackedData(prepared.path, verify=False), collate, cfg.train.microbatch, cfg.train.seed)
+    stream = MicrobatchStream(
+        PackedData(prepared.path, verify=False), collate, cfg.train.microbatch, cfg.train.seed, order=cfg.data.order
+    )
     n = DATA_BATCHES
 
     produce = []
@@ -56,7 +58,9 @@ def data_bench(
     with torch.device(device):
         model = MaskedLM(cfg.arch, BASELINE).train()
     spec = block_spec(BASELINE)
-    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, device=device)
+    optimizer = make_optimizer(
+        model, cfg.train.lr, cfg.train.weight_decay, device=device, decay_rule=cfg.train.decay_rule
+    )
     contender = Contender(BASELINE, spec.title, model, lambda m: m(**batch), optimizer, 0.0)
     contender.compile(compile)
     train_times = []

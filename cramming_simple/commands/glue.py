@@ -15,6 +15,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..glue.score import results_table
     from ..glue.tasks import load_tasks
     from ..model import check_model
+    from ..profiles import profile_of
     from ..runs import GLUE, MODEL, glue_name, snapshot_name
     from ..runtime import file_sha256
 
@@ -86,9 +88,18 @@ def run(args: argparse.Namespace) -> int:
         )
     arch, block = check_model(model_dir)
     check_tokenizer(load_tokenizer(model_dir), arch.vocab_size, where=f"the tokenizer in {model_dir}")
-    source = open_source(args.data_dir, table, tasks)
+    first_task = protocol.warmup_task if protocol.warmup_from == "first_task" else None
+    require(
+        first_task is None or first_task in table.tasks,
+        f"warmup_task must be a GLUE task ({', '.join(table.tasks)}), got {first_task!r}",
+    )
+    source = open_source(args.data_dir, table, [*tasks, *([first_task] if first_task not in (None, *tasks) else [])])
     for task in tasks:
         check_counts(task, load_task(source, task, table.tasks[task]), protocol)
+    first_task_examples = None
+    if first_task is not None:  # every task's warmup is this task's (the published runs' schedule)
+        available = len(load_task(source, first_task, table.tasks[first_task])["train"])
+        first_task_examples = min(available, protocol.max_train_examples or available)
     job = Job(
         run_dir,
         name,
@@ -100,13 +111,15 @@ def run(args: argparse.Namespace) -> int:
         args.force,
         model_name,
         GLUE if args.at is None else glue_name(args.at),
+        first_task_examples,
     )
     plan = [(t, s) for t in tasks for s in protocol.seeds]
     todo = [item for item in plan if args.force or not job.is_done(*item, warn=True)]
     check_not_in_use(job, todo)
 
     print(
-        f"GLUE on {model_dir} ({block}): protocol {name} [{job.protocol_hash}], data from {source.describe()}, "
+        f"GLUE on {model_dir} ({block}): protocol {name} [{job.protocol_hash}, profile "
+        f"{profile_of('glue', dataclasses.asdict(protocol))}], data from {source.describe()}, "
         f"results in {job.glue_dir}"
     )
     print(

@@ -10,6 +10,7 @@ pseudo-random bijection evaluated pointwise, and the mask noise is a hash of (se
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import queue
 import threading
@@ -23,7 +24,7 @@ import torch
 from ..model import IGNORE
 from ..runtime import file_sha256, read_json
 from .packing import MANIFEST
-from .sources import DataError
+from .sources import ORDERS, DataError
 
 # ----------------------------------------------------------------------------------------------- hashing
 
@@ -235,15 +236,26 @@ class Split:
         """Training row i (0 <= i < n - held) -> its row in the prepared data."""
         return self._rows(index + self.held) if self.held else index
 
+    def stored_train_rows(self, index: np.ndarray) -> np.ndarray:
+        """Training row i -> the i-th prepared row that is not held out: the training rows in stored order."""
+        return index + np.searchsorted(self._trained_before_held, index, side="right") if self.held else index
+
+    @functools.cached_property
+    def _trained_before_held(self) -> np.ndarray:
+        """For each held-out row in stored order, how many training rows are stored before it (non-decreasing)."""
+        return np.sort(self.heldout_rows()) - np.arange(self.held)
+
     def _rows(self, index: np.ndarray) -> np.ndarray:
         return permute(index, self.n, key=self.key)
 
 
 @dataclass
 class MicrobatchStream:
-    """Microbatch b of rank r holds samples [(b W + r) B, (b W + r + 1) B) of an endless shuffled stream.
+    """Microbatch b of rank r holds samples [(b W + r) B, (b W + r + 1) B) of an endless stream of training rows.
 
-    Sample s is training row permute(s mod M, M, key(epoch = s div M)) of the M = N - held training rows.
+    order='shuffle': sample s is training row permute(s mod M, M, key(seed, epoch = s div M)) of the
+    M = N - held training rows. order='stored': sample s is training row s mod M, the rows as prepared (for
+    a hub source, the hub's row order), the seed unused; ranks take turns through it a microbatch at a time.
     """
 
     data: PackedData
@@ -253,6 +265,11 @@ class MicrobatchStream:
     rank: int = 0
     world: int = 1
     split: Split | None = None  # None: every row is a training row
+    order: str = "shuffle"
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
 
     def samples(self, b: int) -> np.ndarray:
         start = (b * self.world + self.rank) * self.microbatch
@@ -261,6 +278,8 @@ class MicrobatchStream:
     def rows_of(self, samples: np.ndarray) -> np.ndarray:
         n = self.split.train_size if self.split else len(self.data)
         epoch, position = np.divmod(samples, n)
+        if self.order == "stored":
+            return self.split.stored_train_rows(position) if self.split else position
         index = np.empty_like(samples)
         for e in np.unique(epoch):
             pick = epoch == e

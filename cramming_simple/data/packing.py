@@ -32,7 +32,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer"
 # Config fields that do not change the prepared bytes, so they stay out of the cache key.
-NOT_IN_KEY = ("cache_dir", "verify", "holdout")  # how a run reads prepared data, not what it is
+NOT_IN_KEY = ("cache_dir", "verify", "holdout", "order")  # how a run reads prepared data, not what it is
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Iterator, List, Optional
 from ..config import ConfigError, require
 
 SOURCES = ("hub", "hub-pretokenized", "text", "builtin")
+ORDERS = ("shuffle", "stored")  # data.order
 OFFLINE_HINT = (
     "Offline alternatives: data.source=text data.files='[path/*.txt]' (also .jsonl, .parquet), or data.source=builtin."
 )
@@ -44,6 +45,8 @@ class DataConfig:
     cache_dir: str = "data"  # prepared data lives in <cache_dir>/<hash of this config + vocab + seq_len>/
     verify: bool = True  # check shard checksums when a run opens the data
     holdout: int = 2048  # sequences held out for the eval loss (at most a tenth of the data); 0: none
+    order: str = "shuffle"  # shuffle (a seeded permutation per epoch) | stored (the prepared rows in order, as
+    # cramming streamed its pre-tokenised upload; that upload is sorted by a sentence-length curriculum)
 
     def validate(self) -> None:
         require(self.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}, got '{self.source}'")
@@ -60,6 +63,7 @@ class DataConfig:
             self.text_sample_by in ("line", "paragraph", "document"),
             "data.text_sample_by must be line, paragraph or document",
         )
+        require(self.order in ORDERS, f"data.order must be one of {', '.join(ORDERS)}, got '{self.order}'")
         require(self.holdout >= 0, f"data.holdout must be 0 or more sequences, got {self.holdout}")
         require(
             self.shard_sequences > 0 and self.tokenizer_documents > 0,

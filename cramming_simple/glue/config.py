@@ -12,8 +12,10 @@ from typing import Optional
 
 from ..config import config_hash, load_yaml, merge_typed, require
 from ..presets import find_preset
+from ..runtime import PRECISIONS
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # transformers.get_scheduler names
+WARMUP_FROM = ("each_task", "first_task")
 
 
 @dataclass
@@ -34,6 +36,13 @@ class Protocol:
     max_train_examples: Optional[int] = None  # a fixed random subset of the training set (smoke runs); None: all
     max_eval_examples: Optional[int] = None  # a fixed random subset of each evaluation split; None: all
     eval_batch_size: int = 128
+    # How the code behind the published numbers fine-tuned (cramming_simple.profiles; the `published` protocol):
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | fp32
+    head_width: Optional[int] = None  # width of the head's dense layer; None: the encoder's width (cramming: 1024)
+    attention_dropout: float = 0.0  # dropout on the attention probabilities while fine-tuning (cramming: 0.1)
+    warmup_from: str = "each_task"  # each_task: warmup from each task's own steps | first_task: every task takes
+    # the warmup step count of `warmup_task` (cramming kept its first task's count for all later tasks)
+    warmup_task: str = "cola"  # the first task of cramming's GLUE task list
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
@@ -48,6 +57,15 @@ class Protocol:
         require(
             bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}"
         )
+        require(
+            self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        )
+        require(self.head_width is None or self.head_width > 0, f"head_width must be positive, got {self.head_width}")
+        require(0 <= self.attention_dropout < 1, f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        require(
+            self.warmup_from in WARMUP_FROM,
+            f"warmup_from must be one of {', '.join(WARMUP_FROM)}, got {self.warmup_from!r}",
+        )
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             require(value is None or value > 0, f"{name} must be positive or null, got {value}")
@@ -61,11 +79,24 @@ def load_protocol(name: str, overrides: list[str] = ()) -> tuple[str, Protocol]:
     return path.stem, protocol
 
 
+# Keys added after results were first stored, with the value that reproduces what ran before them. At that
+# value they stay out of the protocol's values, so the hash of an unchanged protocol (which decides whether a
+# stored result is reused) stays what it was.
+ADDED_LATER = {
+    "precision": "auto",
+    "head_width": None,
+    "attention_dropout": 0.0,
+    "warmup_from": "each_task",
+}
+
+
 def protocol_values(protocol: Protocol) -> dict:
     """What a result depends on: every protocol value except the seed list (each result has its own seed)."""
     values = dataclasses.asdict(protocol)
     values.pop("seeds")
-    return values
+    if values["warmup_from"] == "each_task":
+        values.pop("warmup_task")  # unused: any value is the same protocol
+    return {k: v for k, v in values.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
 
 
 def protocol_hash(protocol: Protocol) -> str:

@@ -18,16 +18,31 @@ from .metrics import compute, predictions
 from .tasks import TaskSpec
 
 
-def schedule_steps(train_examples: int, protocol: Protocol) -> tuple[int, int]:
-    """(optimiser steps, warmup steps) of one task: both from that task's own size, never another's."""
-    total = protocol.epochs * math.ceil(train_examples / protocol.batch_size)
+def optimizer_steps(train_examples: int, protocol: Protocol) -> int:
+    return protocol.epochs * math.ceil(train_examples / protocol.batch_size)
+
+
+def schedule_steps(train_examples: int, protocol: Protocol, first_task_examples: int | None = None) -> tuple[int, int]:
+    """(optimiser steps, warmup steps) of one task.
+
+    warmup_from=each_task: the warmup is ceil(warmup x this task's steps), from its own size, never another's.
+    warmup_from=first_task (the published runs): int(warmup x the steps of `warmup_task`, which has
+    `first_task_examples` training examples), for every task, as cramming computed it for its first task and
+    then kept it.
+    """
+    total = optimizer_steps(train_examples, protocol)
+    if protocol.warmup_from == "first_task":
+        if first_task_examples is None:
+            raise ValueError("warmup_from=first_task needs the training set size of warmup_task")
+        return total, int(protocol.warmup * optimizer_steps(first_task_examples, protocol))
     return total, math.ceil(protocol.warmup * total)
 
 
-def optimizer_and_schedule(model: torch.nn.Module, protocol: Protocol, train_examples: int, device: torch.device):
+def optimizer_and_schedule(
+    model: torch.nn.Module, protocol: Protocol, total: int, warmup: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW (no decay on biases, norms, gains) and the per-step LR schedule with warmup, for one task."""
     optimizer = make_optimizer(model, protocol.lr, protocol.weight_decay, protocol.betas, protocol.eps, device)
-    total, warmup = schedule_steps(train_examples, protocol)
     return optimizer, get_scheduler(protocol.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
@@ -39,7 +54,7 @@ def evaluate(
     per-example predictions in the split's own order: {"index", "prediction", "label"} (for paired bootstraps)."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")  # similar lengths together: little padding. Metrics ignore order.
-    with autocast(device, autocast_dtype(device)):
+    with autocast(device, autocast_dtype(device, protocol.precision)):
         logits = torch.cat(
             [model(ids, mask)[0].float() for ids, mask, _ in split.batches(order, protocol.eval_batch_size)]
         )
@@ -60,18 +75,28 @@ def finetune(
     data: TaskData,
     device: torch.device,
     log_every: int = 50,
+    first_task_examples: int | None = None,
 ) -> dict:
     """Train for the protocol's epochs and score the evaluation splits after each; the last epoch's scores count.
 
     A non-finite training loss ends the run as 'failed'. It is caught without a host sync per step: the step
-    of the first bad loss is kept on the device and read at log points and at the end of every epoch.
+    of the first bad loss is kept on the device and read at log points and at the end of every epoch. Under
+    fp16 a GradScaler skips the steps whose gradients overflow (as cramming's did); the loss itself is checked
+    all the same.
     """
     seed_everything(seed)  # the fresh head's init, dropout and the data order all follow the seed
-    model = load_model(model_dir, num_labels=spec.num_labels, dropout=protocol.dropout).to(device)
-    optimizer, scheduler = optimizer_and_schedule(model, protocol, len(data.train), device)
-    total, warmup = schedule_steps(len(data.train), protocol)
+    model = load_model(
+        model_dir,
+        num_labels=spec.num_labels,
+        head_width=protocol.head_width,
+        dropout=protocol.dropout,
+        attention_dropout=protocol.attention_dropout,
+    ).to(device)
+    total, warmup = schedule_steps(len(data.train), protocol, first_task_examples)
+    optimizer, scheduler = optimizer_and_schedule(model, protocol, total, warmup, device)
     per_epoch = total // protocol.epochs
-    dtype, order_rng = autocast_dtype(device), np.random.default_rng(seed)
+    dtype, order_rng = autocast_dtype(device, protocol.precision), np.random.default_rng(seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = Progress(total, f"{task} seed {seed}", unit="step")
 
     epochs: list[dict] = []
@@ -85,8 +110,9 @@ def finetune(
             for ids, mask, labels in data.train.batches(order_rng.permutation(len(data.train)), protocol.batch_size):
                 with autocast(device, dtype):
                     _, loss = model(ids, mask, labels)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss.detach()

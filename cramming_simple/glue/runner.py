@@ -63,6 +63,7 @@ class Job:
     force: bool = False  # redo pairs that already have a result
     model_name: str = MODEL  # model@0.50 for a snapshot
     glue_name: str = GLUE  # where its results go: glue@0.50 for a snapshot
+    first_task_examples: int | None = None  # warmup_from=first_task: training examples of the protocol's warmup_task
 
     @property
     def model_dir(self) -> Path:
@@ -161,7 +162,16 @@ class Worker:
 def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.device) -> dict:
     """Fine-tune and score one pair; write its result file (a result of another protocol or model is kept aside)."""
     started = now_iso()
-    result = finetune(job.model_dir, task, job.table.tasks[task], job.protocol, seed, data, device)
+    result = finetune(
+        job.model_dir,
+        task,
+        job.table.tasks[task],
+        job.protocol,
+        seed,
+        data,
+        device,
+        first_task_examples=job.first_task_examples,
+    )
     per_example = result.pop("predictions")
     record = {
         "task": task,

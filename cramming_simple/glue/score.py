@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CorruptFileError
+from ..profiles import profile_of
 from ..runs import GLUE
 from ..runtime import read_json
 from .tasks import COLUMNS, TASKS
@@ -119,9 +120,11 @@ def summarize(results: list[dict], tasks: Iterable[str] = TASKS, seeds: Iterable
         average = {**mean_std(averages.values()), "per_seed": {str(s): a for s, a in averages.items()}}
 
     protocols = sorted({(r.get("protocol"), r.get("protocol_hash")) for r in results}, key=str)
+    profiles = sorted({profile_of("glue", r.get("config") or {}) for r in results})
     return {
         "protocol": protocols[0][0] if len(protocols) == 1 else [p[0] for p in protocols],
         "protocol_hash": protocols[0][1] if len(protocols) == 1 else [p[1] for p in protocols],
+        "profile": profiles[0] if len(profiles) == 1 else profiles,  # clean | published | mixed (...)
         "tasks": tasks,
         "seeds": seeds,
         "columns": columns,

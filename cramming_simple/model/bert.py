@@ -61,17 +61,19 @@ class MaskedLM(nn.Module):
 class SequenceClassifier(nn.Module):
     """GLUE head: first token -> dense -> tanh -> dropout -> linear. num_labels=1 is regression (MSE).
 
+    head_width: the dense layer's output width (None: the encoder's width; cramming's head: 1024).
     The head's two Linears keep their biases, as in cramming's pooler and classifier; the no-bias rule is
     the encoder's.
     """
 
-    def __init__(self, cfg: ArchConfig, block: str, num_labels: int):
+    def __init__(self, cfg: ArchConfig, block: str, num_labels: int, head_width: int | None = None):
         super().__init__()
         self.num_labels = num_labels
+        head_width = head_width or cfg.width
         self.encoder = Encoder(cfg, block)
-        self.dense = nn.Linear(cfg.width, cfg.width)
+        self.dense = nn.Linear(cfg.width, head_width)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.width, num_labels)
+        self.out = nn.Linear(head_width, num_labels)
         for layer in (self.dense, self.out):
             nn.init.normal_(layer.weight, std=cfg.init_std)
             nn.init.zeros_(layer.bias)

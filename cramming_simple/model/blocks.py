@@ -22,6 +22,7 @@ from .layers import (
     KeyMask,
     ShapedAttention,
     attend,
+    attention_dropout,
     glu,
     linear,
     merge_heads,
@@ -69,6 +70,7 @@ class Parallel(nn.Module):
         super().__init__()
         d, G = cfg.width, cfg.glu_width
         self.heads, self.fused, self.probe = cfg.heads, True, None
+        self.attention_dropout = cfg.attention_dropout
         self.norm = norm(cfg)
         self.w_in = linear(d, 3 * d + G, cfg.init_std)  # rows: [W^Q; W^K; W^V; W_up]
         self.w_out = linear(d + G // 2, d, cfg.init_std)  # columns: [W^P | W_down]
@@ -78,7 +80,7 @@ class Parallel(nn.Module):
         d, normed = x.shape[-1], self.norm(x)
         q, k, v, h = project(normed, self.w_in.weight, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
-        a = merge_heads(attend(q, k, v, mask, self.fused))  # (B, T, d)
+        a = merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self)))  # (B, T, d)
         if self.probe is not None:  # the attention sub-block's output here is A V, before the shared output GEMM
             self.probe(q, k, mask, normed, a)
         if self.fused:

@@ -21,6 +21,7 @@ class ArchConfig:
     init_std: float = 0.02
     beta_ff_init: float = 0.05  # shaped-attention blocks: MLP branch gain at init (0.1 in the GPT runs)
     dropout: float = 0.0  # pretraining runs without dropout; GLUE fine-tuning sets 0.1
+    attention_dropout: float = 0.0  # on the attention probabilities, in training mode only (GLUE's attention_dropout)
     # The official simplified-blocks code's "always use LN in first layer": a block without norms (sasp-nonorm)
     # keeps a LayerNorm on layer 0's input. Off by default: the embedding's LayerNorm already normalises it.
     first_layer_norm: bool = False
@@ -31,7 +32,8 @@ class ArchConfig:
         require(self.width % self.heads == 0, f"arch.heads ({self.heads}) must divide arch.width ({self.width})")
         require(self.glu_width % 2 == 0, f"arch.glu_width must be even (value and gate halves), got {self.glu_width}")
         require(self.norm_eps > 0 and self.init_std > 0, "arch.norm_eps and arch.init_std must be positive")
-        require(0.0 <= self.dropout < 1.0, f"arch.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout"):
+            require(0.0 <= getattr(self, name) < 1.0, f"arch.{name} must be in [0, 1), got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ArchConfig:

@@ -138,8 +138,11 @@ def check_model(path: str | Path) -> tuple[ArchConfig, str]:
     return arch, block
 
 
-def load_model(path: str | Path, num_labels: int | None = None, **arch_overrides: Any) -> nn.Module:
-    """Load a saved model: the MLM model, or (num_labels given) a SequenceClassifier with a fresh head.
+def load_model(
+    path: str | Path, num_labels: int | None = None, head_width: int | None = None, **arch_overrides: Any
+) -> nn.Module:
+    """Load a saved model: the MLM model, or (num_labels given) a SequenceClassifier with a fresh head of
+    `head_width` (None: the encoder's width).
 
     arch_overrides change execution-time values such as dropout; shapes come from the saved config.
     """
@@ -148,7 +151,7 @@ def load_model(path: str | Path, num_labels: int | None = None, **arch_overrides
     for key, value in arch_overrides.items():
         setattr(arch, key, value)
     arch.validate()
-    model = MaskedLM(arch, block) if num_labels is None else SequenceClassifier(arch, block, num_labels)
+    model = MaskedLM(arch, block) if num_labels is None else SequenceClassifier(arch, block, num_labels, head_width)
     load_encoder_state(model, load_file(str(path / WEIGHTS)))
     return model
 

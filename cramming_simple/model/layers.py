@@ -144,11 +144,14 @@ def uniform_matrix(v: Tensor, mask: KeyMask | None) -> Tensor:
     return (mask.valid / mask.count).transpose(-2, -1).expand(-1, -1, T, -1)  # (B, 1, T, T)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: KeyMask | None, fused: bool) -> Tensor:
-    """A_h V_h for every head. q, k, v: (B, H, T, dk) -> (B, H, T, dk)."""
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: KeyMask | None, fused: bool, dropout: float = 0.0) -> Tensor:
+    """A_h V_h for every head, with dropout on the attention probabilities A_h (pass 0 outside training).
+    q, k, v: (B, H, T, dk) -> (B, H, T, dk)."""
     if fused:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.allow)
-    return attention_matrix(q, k, mask) @ v
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if mask is None else mask.allow, dropout_p=dropout
+        )
+    return F.dropout(attention_matrix(q, k, mask), dropout) @ v
 
 
 def key_mean(v: Tensor, mask: KeyMask | None) -> Tensor:
@@ -159,9 +162,18 @@ def key_mean(v: Tensor, mask: KeyMask | None) -> Tensor:
 
 
 def shaped_attend(
-    q: Tensor, k: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor, mask: KeyMask | None, fused: bool
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    gamma: Tensor,
+    mask: KeyMask | None,
+    fused: bool,
+    dropout: float = 0.0,
 ) -> Tensor:
     """(alpha_h I + beta_h A_h - gamma_h C) V_h for every head. q, k, v: (B, H, T, dk); gains: (H,).
+    dropout acts on the attention probabilities A_h only: the identity and centring terms are not attention.
 
     fused: A_h V_h through fused SDPA plus two cheap terms (alpha_h V_h, gamma_h * mean of V_h), combined
     in two passes over (B, H, T, dk) (addcmul: a + b * c); no T x T matrix is built.
@@ -170,11 +182,16 @@ def shaped_attend(
     alpha, beta, gamma = (g.view(1, -1, 1, 1) for g in (alpha, beta, gamma))  # (1, H, 1, 1)
     if fused:
         centred = torch.addcmul(-gamma * key_mean(v, mask), alpha, v)  # alpha_h V_h - gamma_h C V_h
-        return torch.addcmul(centred, beta, attend(q, k, v, mask, fused=True))
+        return torch.addcmul(centred, beta, attend(q, k, v, mask, fused=True, dropout=dropout))
     T = v.shape[-2]
     eye = torch.eye(T, dtype=v.dtype, device=v.device)
-    shaped = alpha * eye + beta * attention_matrix(q, k, mask) - gamma * uniform_matrix(v, mask)
+    shaped = alpha * eye + beta * F.dropout(attention_matrix(q, k, mask), dropout) - gamma * uniform_matrix(v, mask)
     return shaped @ v
+
+
+def attention_dropout(module: nn.Module) -> float:
+    """The dropout rate on attention probabilities of a module with an `attention_dropout`: 0 unless training."""
+    return module.attention_dropout if module.training else 0.0
 
 
 class Attention(nn.Module):
@@ -183,13 +200,14 @@ class Attention(nn.Module):
     def __init__(self, cfg: ArchConfig):
         super().__init__()
         self.heads, self.fused, self.probe = cfg.heads, True, None
+        self.attention_dropout = cfg.attention_dropout
         self.qkv = linear(cfg.width, 3 * cfg.width, cfg.init_std)  # rows: [W^Q; W^K; W^V]
         self.proj = linear(cfg.width, cfg.width, cfg.init_std)
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
         d = x.shape[-1]
         q, k, v = (split_heads(t, self.heads) for t in project(x, self.qkv.weight, [d, d, d], self.fused))
-        out = self.proj(merge_heads(attend(q, k, v, mask, self.fused)))
+        out = self.proj(merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self))))
         if self.probe is not None:
             self.probe(q, k, mask, x, out)
         return out
@@ -210,6 +228,7 @@ class ShapedAttention(nn.Module):
         super().__init__()
         d, H = cfg.width, cfg.heads
         self.heads, self.values, self.fused, self.probe = H, values, True, None
+        self.attention_dropout = cfg.attention_dropout
         if with_qk:
             self.qk = linear(d, 2 * d, cfg.init_std)  # rows: [W^Q; W^K]
             zero_query(self.qk.weight, d)
@@ -247,7 +266,7 @@ class ShapedAttention(nn.Module):
             else (g * gain for g in (self.alpha, self.beta, self.gamma))
         )
         q, k, v = (split_heads(t, self.heads) for t in (q, k, self.value_of(x)))
-        out = merge_heads(shaped_attend(q, k, v, alpha, beta, gamma, mask, self.fused))
+        out = merge_heads(shaped_attend(q, k, v, alpha, beta, gamma, mask, self.fused, attention_dropout(self)))
         out = self.proj(out) if self.values == "full" else out
         if self.probe is not None:
             self.probe(q, k, mask, x, out)

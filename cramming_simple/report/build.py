@@ -25,6 +25,12 @@ COMPARED = (
     (("microbatch",), "microbatch", "microbatch steps of different sizes are not comparable"),
     (("data_source", "data_name", "data_hash"), "pretraining data", "losses and GLUE scores are not comparable"),
     (("glue_protocol", "glue_protocol_hash"), "GLUE protocol", "GLUE scores are not comparable"),
+    (
+        ("profile",),
+        "pretraining profile (docs/recipe.md, Two profiles)",
+        "differences between them mix the blocks with the recipes",
+    ),
+    (("glue_profile",), "GLUE profile (docs/recipe.md, Two profiles)", "GLUE differences mix blocks and recipes"),
 )
 
 
@@ -58,11 +64,15 @@ def comparison_warnings(runs) -> list[str]:
 
 
 def run_line(r) -> str:
-    glue = f"{r.glue_protocol} (hash {r.glue_protocol_hash}), seeds {r.glue_seeds}" if r.glue_seeds else "not run"
+    glue = (
+        f"{r.glue_protocol} (hash {r.glue_protocol_hash}, profile {r.glue_profile}), seeds {r.glue_seeds}"
+        if r.glue_seeds
+        else "not run"
+    )
     state = "completed" if r.completed else f"**not completed** (stop reason: {r.stop_reason})"
     hours = "?" if tables.missing(r.budget_hours) else f"{r.budget_hours:g}"
     return (
-        f"- **{r.name}** ({r.title}): device {r.device}, budget {r.budget} ({hours} h), "
+        f"- **{r.name}** ({r.title}): profile {r.profile}, device {r.device}, budget {r.budget} ({hours} h), "
         f"data {r.data_source}/{r.data_name} (hash {r.data_hash}), world size {r.world_size}, precision {r.precision}, "
         f"microbatch {r.microbatch}; GLUE protocol {glue}; {state}"
     )

@@ -23,6 +23,7 @@ from ..errors import CorruptFileError
 from ..glue.score import load_results, mean_std, summarize
 from ..glue.tasks import COLUMNS, TASK_LABELS
 from ..model import BLOCKS
+from ..profiles import profile_of, switches
 from ..runtime import read_json
 from .stats import throughput
 
@@ -33,6 +34,10 @@ NOT_AN_EXPERIMENT = {
     "impl": ("checkpoint_minutes", "log_seconds", "eval_minutes", "keep_at", "prefetch", "threads"),
     "data": ("cache_dir", "verify"),
 }
+
+# Config keys added by later versions, with the value that reproduces what ran before them: a run that records
+# one at that value is the same experiment as an older run that does not record it.
+ADDED_LATER = {s.key: s.clean for s in switches("pretrain")} | {"arch.attention_dropout": 0.0}
 
 
 @dataclass
@@ -156,6 +161,15 @@ def experiment_key(cfg: dict, summary: dict) -> str:
         drop = NOT_AN_EXPERIMENT.get(section, ())
         if drop is None:
             continue
+        if isinstance(value, dict):  # a key added by a later version, at the value that ran before it: left out
+            drop = (
+                *drop,
+                *(
+                    k
+                    for k, v in value.items()
+                    if f"{section}.{k}" in ADDED_LATER and ADDED_LATER[f"{section}.{k}"] == v
+                ),
+            )
         kept[section] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
     facts = {k: summary.get(k) for k in ("block", "device", "world_size", "precision")}
     return config_hash({"config": kept, **facts})
@@ -203,6 +217,7 @@ def read_run(run_dir: Path) -> dict:
         "device": s.get("device"),
         "world_size": s.get("world_size", 1),
         "precision": s.get("precision"),
+        "profile": profile_of("pretrain", cfg) if cfg else None,  # clean | published | mixed (...)
         "data_source": data.get("source"),
         "data_name": data.get("name"),
         "data_hash": data.get("hash"),
@@ -228,6 +243,7 @@ def glue_fields(summary: dict) -> dict:
         "glue_seeds": ",".join(map(str, summary["seeds"])),
         "glue_protocol": as_text(summary["protocol"]) if summary["seeds"] else None,
         "glue_protocol_hash": as_text(summary["protocol_hash"]) if summary["seeds"] else None,
+        "glue_profile": as_text(summary["profile"]) if summary["seeds"] else None,
     }
 
 

@@ -22,7 +22,7 @@ from . import stats
 from .load import describe_problems
 
 # What must match for microbatch steps to be comparable: same budget, same hardware, same microbatch.
-SPEED_KEY = ("budget", "budget_hours", "device", "world_size", "microbatch")
+SPEED_KEY = ("budget", "budget_hours", "device", "world_size", "microbatch", "profile")
 TEXT_COLUMNS = ("Block", "Run")
 
 
@@ -72,7 +72,7 @@ def speed_baseline(run: pd.Series, runs: pd.DataFrame) -> tuple[str | None, str 
         return None, f"{run.name} did not complete: its microbatch steps do not fill the budget"
     matching = prelns[[all(same(p[k], run[k]) for k in SPEED_KEY) for _, p in prelns.iterrows()]]
     if matching.empty:
-        return None, f"{run.name}: no Pre-LN run with the same budget, device, world size and microbatch"
+        return None, f"{run.name}: no Pre-LN run with the same budget, device, world size, microbatch and profile"
     base = matching.iloc[-1]
     if not base.completed:
         return None, f"the Pre-LN run {base.name} did not complete: its microbatch steps do not fill the budget"

@@ -16,6 +16,7 @@ from ..config import ConfigError, load_yaml, merge_typed, require
 from ..data.loader import MASKINGS
 from ..data.sources import DataConfig
 from ..model import ArchConfig, arch_config, block_spec
+from ..optim import DECAY_RULES
 from ..presets import find_preset
 from ..runs import CONFIG
 from ..runtime import PRECISIONS, compile_default
@@ -61,6 +62,8 @@ class TrainConfig:
     grad_clip: float = 0.5
     mask_prob: float = 0.25
     masking: str = "clean"  # clean (never specials, 80/10/10 by chance) | cramming (specials too, exact counts)
+    decay_rule: str = "ndim"  # ndim (no decay on tensors with ndim < 2) | names (cramming's rule by name: the
+    # position scale is decayed too)
     seed: int = 0
     max_steps: Optional[int] = None  # stop after this many microbatch steps (stop_reason "max_steps")
 
@@ -77,6 +80,10 @@ class TrainConfig:
         )
         require(0.0 < self.mask_prob < 1.0, f"train.mask_prob must be in (0, 1), got {self.mask_prob}")
         require(self.masking in MASKINGS, f"train.masking must be one of {', '.join(MASKINGS)}, got '{self.masking}'")
+        require(
+            self.decay_rule in DECAY_RULES,
+            f"train.decay_rule must be one of {', '.join(DECAY_RULES)}, got '{self.decay_rule}'",
+        )
         require(self.grad_clip > 0 and self.eps > 0, "train.grad_clip and train.eps must be positive")
         require(self.lr is None or self.lr > 0, "train.lr must be positive")
 

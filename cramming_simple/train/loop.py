@@ -47,6 +47,7 @@ from ..data import (
 from ..errors import EXIT_DISK_FULL, DiskFullError, UserError
 from ..model import MaskedLM, count_params, save_model, unwrap
 from ..optim import make_optimizer
+from ..profiles import profile_of
 from ..runs import (
     CHECKPOINT,
     CONFIG,
@@ -258,13 +259,19 @@ class Trainer:
         )
         self.split = Split.of(data, cfg.data.holdout)
         self.stream = MicrobatchStream(
-            data, collate, cfg.train.microbatch, cfg.train.seed, dist.rank, dist.world, self.split
+            data, collate, cfg.train.microbatch, cfg.train.seed, dist.rank, dist.world, self.split, cfg.data.order
         )
 
         seed_everything(cfg.train.seed)
         self.model = MaskedLM(cfg.arch, cfg.block).to(device)
         self.optimizer = make_optimizer(
-            self.model, lr_at(0.0, cfg.train.lr), cfg.train.weight_decay, tuple(cfg.train.betas), cfg.train.eps, device
+            self.model,
+            lr_at(0.0, cfg.train.lr),
+            cfg.train.weight_decay,
+            tuple(cfg.train.betas),
+            cfg.train.eps,
+            device,
+            cfg.train.decay_rule,
         )
         self.dtype = autocast_dtype(device, cfg.impl.precision)
         self.heldout = (
@@ -442,7 +449,7 @@ class Trainer:
             f"pretraining {cfg.block} ({count_params(self.model)['params'] / 1e6:.1f}M params) for {cfg.hours:g} h "
             f"on {environment(self.device)['device']}"
             f" x{self.dist.world}, {'compiled' if self.runner.compiled else 'eager'}, data {self.prepared.path} "
-            f"({len(self.stream.data)} sequences)",
+            f"({len(self.stream.data)} sequences), profile {profile_of('pretrain', asdict(cfg))}",
             flush=True,
         )
         self.window = LogWindow(self.device)
@@ -676,6 +683,7 @@ class Trainer:
             "arch": asdict(cfg.arch),
             "budget": cfg.budget,
             "budget_hours": cfg.hours,
+            "profile": profile_of("pretrain", asdict(cfg)),  # clean | published | mixed (...): docs/recipe.md
             "params": counts["params"],
             "non_embedding_params": counts["non_embedding"],
             "microbatch": cfg.train.microbatch,
