@@ -268,7 +268,7 @@ def test_every_shipped_yaml_parses_and_validates():
     assert table.tasks["mnli"].tsv.label_map == {"entailment": 0, "neutral": 1, "contradiction": 2}
     assert table.tasks["stsb"].regression and table.tasks["stsb"].num_labels == 1
     presets = sorted(p.stem for p in shipped("glue").glob("*.yaml") if p.stem != "tasks")
-    assert presets == ["cramming", "paper", "smoke"]
+    assert presets == ["cramming", "paper", "published", "smoke", "smoke-published"]
     loaded = {name: load_protocol(name)[1] for name in presets}
     paper = loaded["paper"]
     assert paper == Protocol()  # the dataclass defaults are the paper's protocol, so partial presets inherit it

@@ -90,7 +90,7 @@ def test_overrides_apply_and_typos_fail_listing_valid_keys():
         PretrainConfig.from_budget("smoke", "preln", ["arch.heads=3"])
     with pytest.raises(ConfigError, match="Valid blocks"):
         PretrainConfig.from_budget("smoke", "pre-ln")
-    with pytest.raises(ConfigError, match="Available: 1h, 24h, smoke"):
+    with pytest.raises(ConfigError, match="Available: 1h, 24h, 24h-published, smoke, smoke-published"):
         PretrainConfig.from_budget("2h", "preln")
 
 
@@ -100,7 +100,7 @@ def test_overrides_apply_and_typos_fail_listing_valid_keys():
 @pytest.mark.parametrize("block", ["preln", "sas", "sasp"])
 def test_smoke_run_finishes_within_budget_and_learns(smoke_cache, tmp_path, block):
     seconds = 12.0
-    cfg = smoke_config(smoke_cache, block, seconds, "impl.log_seconds=1", "train.batch_max=64")
+    cfg = smoke_config(smoke_cache, block, seconds, "impl.log_seconds=1", "train.batch_max=64", "impl.eval_minutes=0")
     summary = pretrain(cfg, tmp_path)
     run = tmp_path / cfg.name
     assert SUMMARY_FIELDS <= set(summary) and summary == json.loads((run / "summary.json").read_text())

@@ -270,7 +270,8 @@ def test_index_lists_every_run_and_no_warning_for_matching_runs(paper_like):
     index = (out / "index.md").read_text()
     for name in ("preln-24h", "sas-24h", "sasp-24h"):
         assert re.search(
-            rf"\*\*{name}\*\*.*NVIDIA H100 80GB HBM3, budget 24h \(24 h\).*hash abc.*world size 1.*paper \(hash p1\)",
+            rf"\*\*{name}\*\*.*profile clean, device NVIDIA H100 80GB HBM3, budget 24h \(24 h\).*hash abc.*"
+            r"world size 1.*paper \(hash p1, profile clean\)",
             index,
         )
     assert "warning" not in stderr and "## Warnings" not in index

@@ -64,7 +64,9 @@ def test_cramming_ramp_sets_the_learning_rate_every_microbatch(smoke_cache, tmp_
 
     seen = {}
     for ramp in ("linear", "cramming"):
-        cfg = smoke_config(smoke_cache, "preln", 4.0, f"train.ramp={ramp}", "train.batch_max=128", name=ramp)
+        cfg = smoke_config(
+            smoke_cache, "preln", 4.0, f"train.ramp={ramp}", "train.batch_max=128", "impl.eval_minutes=0", name=ramp
+        )
         lrs = []
         original = Trainer.microbatch
 
