@@ -73,7 +73,7 @@ class Protocol:
 
 def load_protocol(name: str, overrides: list[str] = ()) -> tuple[str, Protocol]:
     """(protocol name, Protocol) from a preset name or YAML path plus `key=value` overrides."""
-    require(name != "tasks", "'tasks' is the task table, not a protocol; use paper, cramming or smoke")
+    require(name != "tasks", "'tasks' is the task table, not a protocol; use paper, published, cramming or smoke")
     path = find_preset("glue", name)
     protocol = merge_typed(Protocol, None, [(str(path), load_yaml(path)), ("command line", list(overrides))])
     return path.stem, protocol
