@@ -12,6 +12,7 @@ from typing import Optional
 
 from ..config import config_hash, load_yaml, merge_typed, require
 from ..presets import find_preset
+from ..profiles import switches
 from ..runtime import PRECISIONS
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # transformers.get_scheduler names
@@ -79,15 +80,10 @@ def load_protocol(name: str, overrides: list[str] = ()) -> tuple[str, Protocol]:
     return path.stem, protocol
 
 
-# Keys added after results were first stored, with the value that reproduces what ran before them. At that
-# value they stay out of the protocol's values, so the hash of an unchanged protocol (which decides whether a
+# Keys added after results were first stored (the profile switches), at the clean value that reproduces what
+# ran before them, stay out of the protocol's values: the hash of an unchanged protocol (which decides whether a
 # stored result is reused) stays what it was.
-ADDED_LATER = {
-    "precision": "auto",
-    "head_width": None,
-    "attention_dropout": 0.0,
-    "warmup_from": "each_task",
-}
+ADDED_LATER = {s.key: s.clean for s in switches("glue")}
 
 
 def protocol_values(protocol: Protocol) -> dict:
