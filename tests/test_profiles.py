@@ -28,6 +28,7 @@ from cramming_simple.model.layers import Attention, KeyMask, ShapedAttention
 from cramming_simple.optim import decays, make_optimizer
 from cramming_simple.presets import CHECKOUT
 from cramming_simple.profiles import SWITCHES, profile_of, switches
+from cramming_simple.runtime import autocast_dtype, precision_name
 from cramming_simple.train import loop
 from cramming_simple.train.config import PretrainConfig
 from cramming_simple.train.loop import pretrain
@@ -306,7 +307,8 @@ def test_both_profiles_run_end_to_end_and_the_report_names_them(smoke_cache, tmp
         profile = "clean" if budget == "smoke" else "published"
         assert f"profile {profile}" in out
         summary = json.loads((runs / f"sasp-nonorm-{budget}" / "summary.json").read_text())
-        assert summary["profile"] == profile and summary["precision"] == ("fp16" if profile == "published" else "fp32")
+        auto = precision_name(autocast_dtype(torch.device("cpu"), "auto"))  # bf16 where the CPU has it
+        assert summary["profile"] == profile and summary["precision"] == ("fp16" if profile == "published" else auto)
         assert math.isfinite(summary["eval_loss"])
     published_run = runs / "sasp-nonorm-smoke-published"
     clean_params = json.loads((runs / "sasp-nonorm-smoke" / "summary.json").read_text())["params"]

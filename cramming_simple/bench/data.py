@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 
 import torch
 
@@ -19,7 +20,7 @@ from ..markdown import table as markdown_table
 from ..model import MaskedLM, block_spec
 from ..optim import make_optimizer
 from ..reference import BASELINE
-from ..runtime import autocast_dtype, environment, now_iso, seed_everything
+from ..runtime import autocast_dtype, environment, now_iso, precision_name, seed_everything
 from ..train.config import PretrainConfig
 from .step import Contender, timed_step
 
@@ -61,7 +62,7 @@ def data_bench(
     optimizer = make_optimizer(
         model, cfg.train.lr, cfg.train.weight_decay, device=device, decay_rule=cfg.train.decay_rule
     )
-    contender = Contender(BASELINE, spec.title, model, lambda m: m(**batch), optimizer, 0.0)
+    contender = Contender(BASELINE, spec.title, model, lambda m: m(**batch), optimizer, Counter())
     contender.compile(compile)
     train_times = []
     for r in range(warmup + steps):
@@ -106,7 +107,7 @@ def data_bench(
             "batches": n,
             "train_steps": steps,
             "compile": contender.compiled,
-            "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+            "precision": precision_name(dtype),
             "threads": torch.get_num_threads(),
         },
         "environment": environment(device),

@@ -10,17 +10,24 @@ Reported per block: median steps/s and tokens/s, tokens/s relative to `preln` (t
 column; `preln` is therefore always timed), peak memory, parameters, and the matmul FLOP rate, with MFU
 on GPUs whose dense bf16 peak is known. `--peer hf` adds Hugging Face's BertForMaskedLM of the same size.
 
+The matmul ceiling (`Ceiling`): the matrix products each step makes (`step_gemms`: forward and backward shapes
+of every weight, attention and the sparse decoder) run as bare matmuls in the same run and precision,
+interleaved with the steps. A row's matmul efficiency, its FLOP rate over the ceiling's, says how much of the
+step is spent outside matrix products.
+
 Inputs: random token ids with exactly round(0.25 T) masked positions per row (static shapes), made once
 before timing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import resource
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,8 +38,18 @@ from ..markdown import table as markdown_table
 from ..model import IGNORE, ArchConfig, MaskedLM, arch_config, block_spec
 from ..optim import make_optimizer
 from ..reference import BASELINE, published_speeds
-from ..runtime import CompiledModule, Progress, autocast, autocast_dtype, environment, now_iso, seed_everything
+from ..runtime import (
+    CompiledModule,
+    Progress,
+    autocast,
+    autocast_dtype,
+    environment,
+    now_iso,
+    precision_name,
+    seed_everything,
+)
 from ..train.config import block_recipe
+from .profile import kernel_names, profile_step, render_profiles
 
 MASK_PROB = 0.25  # the recipe's masking rate (docs/recipe.md): exactly round(0.25 T) masked positions per sequence
 # (batch, timed steps, warm-up steps) by device type: a few minutes for all blocks on either.
@@ -50,11 +67,18 @@ PEAK_TFLOPS = [
     ("4090", 165.0),  # approximate
 ]
 FLOP_FORMULA = (
-    "FLOPs per step = 3 x B x (2 T N + 4 T^2 d L + 2 P d V): forward + backward = 3 x the forward matmuls; "
+    "FLOPs per step = 3 x B x (2 T N + 4 T^2 d L + 2 P d V), the matrix products listed by step_gemms: forward "
+    "+ backward = 3 x the forward matmuls; "
     "N = weights of the matrices every token passes through (all matrices of the blocks, plus Hugging Face's "
     "MLM transform); 4 T^2 d L = attention scores Q K^T and A V over all heads and layers; P = positions "
     "that reach the decoder (the masked ones with sparse prediction, all T for hf-bert); no FLOPs for "
     "elementwise ops, norms, softmax or the embedding lookup."
+)
+CEILING_NOTE = (
+    "TFLOP/s of the same step's matrix products (FLOPs above) run alone as bare torch.matmul calls in the "
+    "step's precision, each shape timed back to back, interleaved with the steps; matmul eff.: TFLOP/s over "
+    "the ceiling, the share of the step its matmuls alone would take (the rest: norms, activations, softmax, "
+    "casts, the optimiser, overheads)."
 )
 
 
@@ -87,16 +111,52 @@ def make_batch(cfg: ArchConfig, batch: int, device: torch.device, seed: int) -> 
 # ----------------------------------------------------------------------------------------------- FLOPs
 
 
-def matrix_weights(module: nn.Module) -> int:
-    """Weights of all matrices in `module`: in the blocks every one of them is a per-token matmul."""
-    return sum(p.numel() for p in module.parameters() if p.ndim == 2)
+@dataclass(frozen=True)
+class Gemm:
+    """One matrix product: (batch, m, k) @ (batch, k, n)."""
+
+    m: int
+    k: int
+    n: int
+    batch: int = 1
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.k * self.n
 
 
-def step_flops(cfg: ArchConfig, batch: int, token_weights: int, predicted: int) -> float:
-    """Matmul FLOPs of one training step (see FLOP_FORMULA); `predicted` is P, positions per row decoded."""
-    T, d, L, V = cfg.seq_len, cfg.width, cfg.depth, cfg.vocab_size
-    forward = 2 * T * token_weights + 4 * T * T * d * L + 2 * predicted * d * V  # one sequence
-    return 3.0 * batch * forward
+def linear_gemms(tokens: int, fan_in: int, fan_out: int) -> list[Gemm]:
+    """x W^T for `tokens` rows: forward, then backward's input gradient and weight gradient."""
+    return [Gemm(tokens, fan_in, fan_out), Gemm(tokens, fan_out, fan_in), Gemm(fan_out, tokens, fan_in)]
+
+
+def attention_gemms(batch: int, cfg: ArchConfig) -> list[Gemm]:
+    """One layer's Q K^T and A V over all heads, and backward's four products (dV, dA, dQ, dK)."""
+    T, dk, BH = cfg.seq_len, cfg.width // cfg.heads, batch * cfg.heads
+    return (
+        [Gemm(T, dk, T, BH), Gemm(T, T, dk, BH)] + [Gemm(T, T, dk, BH), Gemm(T, dk, T, BH)] + 2 * [Gemm(T, T, dk, BH)]
+    )
+
+
+def matrices(module: nn.Module) -> list[tuple[int, int]]:
+    """(out, in) of every matrix in `module`: in the blocks every one of them is a per-token matmul."""
+    return [tuple(p.shape) for p in module.parameters() if p.ndim == 2]
+
+
+def step_gemms(cfg: ArchConfig, batch: int, token_matrices: list[tuple[int, int]], predicted: int) -> Counter:
+    """The matrix products of one training step (see FLOP_FORMULA), counted: every matrix that every token passes
+    through, attention in every layer, and the decoder at `predicted` positions per row."""
+    gemms: Counter = Counter()
+    for fan_out, fan_in in token_matrices:
+        gemms.update(linear_gemms(batch * cfg.seq_len, fan_in, fan_out))
+    for _ in range(cfg.depth):
+        gemms.update(attention_gemms(batch, cfg))
+    gemms.update(linear_gemms(batch * predicted, cfg.width, cfg.vocab_size))
+    return gemms
+
+
+def gemm_flops(gemms: Counter) -> float:
+    return float(sum(g.flops * count for g, count in gemms.items()))
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -115,10 +175,15 @@ class Contender:
     eager: nn.Module  # the plain module
     loss: Callable[[nn.Module], Tensor]  # one forward, returning the scalar loss
     optimizer: torch.optim.Optimizer
-    flops: float  # matmul FLOPs of one training step
+    gemms: Counter  # the matrix products of one training step (step_gemms)
     runner: CompiledModule | None = None  # what runs: compiled (with its eager fallback) or eager
     times: list[float] = field(default_factory=list)
     peak_bytes: int = 0
+
+    @property
+    def flops(self) -> float:
+        """Matmul FLOPs of one training step."""
+        return gemm_flops(self.gemms)
 
     @property
     def compiled(self) -> bool:
@@ -158,7 +223,7 @@ def block_contender(name: str, cfg: ArchConfig, data: Batch, device: torch.devic
         eager=model,
         loss=lambda m: m(data.input_ids, data.positions, data.labels),
         optimizer=make_optimizer(model, recipe.lr, recipe.weight_decay, device=device),
-        flops=step_flops(cfg, len(data.input_ids), matrix_weights(model.encoder.layers), data.positions.shape[1]),
+        gemms=step_gemms(cfg, len(data.input_ids), matrices(model.encoder.layers), data.positions.shape[1]),
     )
 
 
@@ -193,14 +258,14 @@ def hf_contender(cfg: ArchConfig, data: Batch, device: torch.device) -> Contende
     labels = data.dense_labels()
     recipe = block_recipe(BASELINE)
     # Per token: the blocks' matrices and the MLM head's dense transform; the decoder runs at all T positions.
-    token_weights = matrix_weights(model.bert.encoder) + matrix_weights(model.cls.predictions.transform)
+    token_matrices = matrices(model.bert.encoder) + matrices(model.cls.predictions.transform)
     return Contender(
         name="hf-bert",
         title="Hugging Face BERT",
         eager=model,
         loss=lambda m: m(input_ids=data.input_ids, labels=labels).loss,
         optimizer=make_optimizer(model, recipe.lr, recipe.weight_decay, device=device),
-        flops=step_flops(cfg, len(data.input_ids), token_weights, cfg.seq_len),
+        gemms=step_gemms(cfg, len(data.input_ids), token_matrices, cfg.seq_len),
     )
 
 
@@ -239,15 +304,85 @@ def timed_step(c: Contender, dtype: torch.dtype | None, device: torch.device) ->
     return seconds, torch.cuda.max_memory_allocated(device) - base + c.state_bytes() if cuda else 0
 
 
+class Ceiling:
+    """The matmul ceiling: the matrix products of every contender's step (`Contender.gemms`), timed as bare
+    `torch.matmul` calls on random operands in the step's precision. Each distinct shape runs back to back as often
+    as a step runs it at most, and is timed per call; a row's ceiling is the time its step's products take this
+    way, so achieved FLOP/s over the ceiling's FLOP/s ("matmul efficiency") is the share of the step the matmuls
+    would need on their own. It is timed round by round with the contenders, so drift hits both alike."""
+
+    def __init__(self, contenders: list[Contender], dtype: torch.dtype | None, device: torch.device, seed: int):
+        self.repeats: dict[Gemm, int] = {}
+        for c in contenders:
+            for g, count in c.gemms.items():
+                self.repeats[g] = max(self.repeats.get(g, 0), count)
+        g = torch.Generator(device).manual_seed(seed)
+        dtype = dtype or torch.float32
+
+        def operand(batch: int, rows: int, cols: int) -> Tensor:
+            shape = (rows, cols) if batch == 1 else (batch, rows, cols)
+            return torch.randn(shape, generator=g, device=device, dtype=dtype)
+
+        self.operands = {
+            gemm: (operand(gemm.batch, gemm.m, gemm.k), operand(gemm.batch, gemm.k, gemm.n)) for gemm in self.repeats
+        }
+        self.times: dict[Gemm, list[float]] = {gemm: [] for gemm in self.repeats}
+
+    def time_round(self, device: torch.device, keep: bool) -> None:
+        cuda = device.type == "cuda"
+        for gemm, (a, b) in self.operands.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(self.repeats[gemm]):
+                torch.matmul(a, b)
+            if cuda:
+                torch.cuda.synchronize(device)
+            if keep:
+                self.times[gemm].append((time.perf_counter() - start) / self.repeats[gemm])
+
+    def seconds(self, gemms: Counter) -> float:
+        """The bare-matmul time of one step's products: sum over shapes of count x median seconds per call."""
+        return sum(count * statistics.median(self.times[g]) for g, count in gemms.items())
+
+    def shapes(self) -> list[dict]:
+        """Per distinct shape: its size, calls timed back to back, median seconds and TFLOP/s per call."""
+        rows = []
+        for g, times in self.times.items():
+            median = statistics.median(times)
+            rows.append(
+                {
+                    "batch": g.batch,
+                    "m": g.m,
+                    "k": g.k,
+                    "n": g.n,
+                    "repeats": self.repeats[g],
+                    "s_median": median,
+                    "tflops": g.flops / median / 1e12,
+                }
+            )
+        return rows
+
+
 def time_rounds(
-    contenders: list[Contender], warmup: int, steps: int, dtype: torch.dtype | None, device: torch.device
+    contenders: list[Contender],
+    warmup: int,
+    steps: int,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    ceiling: Ceiling | None = None,
 ) -> None:
-    """Round r: one step of every contender, the order rotated by r. Rounds before `warmup` are not kept."""
+    """Round r: one step of every contender (and one pass of the ceiling's products), the order rotated by r.
+    Rounds before `warmup` are not kept."""
     progress = Progress(warmup + steps, "bench", unit="round", log_every=10.0, file=sys.stderr)
     gc.collect()
+    entries: list = contenders + ([ceiling] if ceiling is not None else [])
     for r in range(warmup + steps):
-        k = r % len(contenders)
-        for c in contenders[k:] + contenders[:k]:
+        k = r % len(entries)
+        for c in entries[k:] + entries[:k]:
+            if c is ceiling:
+                ceiling.time_round(device, keep=r >= warmup)
+                continue
             seconds, peak_bytes = timed_step(c, dtype, device)
             if r >= warmup:
                 c.times.append(seconds)
@@ -259,7 +394,10 @@ def time_rounds(
 # ----------------------------------------------------------------------------------------------- results
 
 
-def result_row(c: Contender, tokens_per_step: int, peak: float | None, paper: dict[str, float]) -> dict:
+def result_row(
+    c: Contender, tokens_per_step: int, peak: float | None, paper: dict[str, float], ceiling_s: float
+) -> dict:
+    """One row of the table; `ceiling_s`: the step's matrix products alone (`Ceiling.seconds`)."""
     median = statistics.median(c.times)
     q1, _, q3 = statistics.quantiles(c.times, n=4) if len(c.times) > 1 else (median, median, median)
     tflops = c.flops / median / 1e12
@@ -277,6 +415,9 @@ def result_row(c: Contender, tokens_per_step: int, peak: float | None, paper: di
         "peak_mem_mb": c.peak_bytes / 2**20,
         "flops_per_step": c.flops,
         "tflops": tflops,
+        "ceiling_s": ceiling_s,  # the step's matrix products alone, as bare matmuls (Ceiling)
+        "ceiling_tflops": c.flops / ceiling_s / 1e12,
+        "matmul_efficiency": ceiling_s / median,  # achieved TFLOP/s over the ceiling's
         "mfu": tflops / peak if peak else None,
         "compiled": c.compiled,
     }
@@ -295,6 +436,8 @@ def render(result: dict) -> str:
         "spread": lambda r: f"{r['step_s_iqr_pct']:.0f}%",
         "peak MB": lambda r: f"{r['peak_mem_mb']:,.0f}",
         "TFLOP/s": lambda r: f"{r['tflops']:.3g}",
+        "ceiling": lambda r: f"{r['ceiling_tflops']:.3g}",
+        "matmul eff.": lambda r: f"{100 * r['matmul_efficiency']:.0f}%",
     }
     if cuda:
         columns["MFU"] = lambda r: "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
@@ -314,8 +457,11 @@ def render(result: dict) -> str:
         "(RTX 2080 Ti, 24 h budget).",
         f"- peak MB: {result['peak_mem_method']}",
         f"- {FLOP_FORMULA}",
+        f"- ceiling: {CEILING_NOTE}",
     ]
     lines += [f"- {note}" for note in result["notes"]]
+    if result.get("profile"):
+        lines += ["", render_profiles(result["profile"], {r["name"]: r["title"] for r in result["rows"]}).rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -330,8 +476,15 @@ def step_bench(
     compile: bool = False,
     peer: str | None = None,
     seed: int = 0,
+    profile: int = 0,
 ) -> dict:
-    """Time `names` (BASELINE first, always) and the optional peer round by round; the result as bench.json holds it."""
+    """Time `names` (BASELINE first, always) and the optional peer round by round; the result as bench.json holds it.
+    `profile`: after timing, profile that many steps of every row (`bench.profile`)."""
+    with kernel_names() if profile else contextlib.nullcontext():
+        return _step_bench(arch, names, batch, steps, warmup, device, precision, compile, peer, seed, profile)
+
+
+def _step_bench(arch, names, batch, steps, warmup, device, precision, compile, peer, seed, profile) -> dict:
     cfg = arch_config(arch)
     names = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
     dtype = autocast_dtype(device, precision)
@@ -349,8 +502,9 @@ def step_bench(
     peak_method = count_cpu_memory(contenders, dtype, device)
     for c in contenders:
         c.compile(compile)
+    ceiling = Ceiling(contenders, dtype, device, seed)
 
-    time_rounds(contenders, warmup, steps, dtype, device)
+    time_rounds(contenders, warmup, steps, dtype, device, ceiling)
 
     if device.type == "cpu":
         for c in contenders:
@@ -371,11 +525,16 @@ def step_bench(
         notes.append("compile fell back to eager for: " + ", ".join(c.name for c in contenders if not c.compiled))
 
     paper = published_speeds()
-    rows = [result_row(c, data.input_ids.numel(), peak, paper) for c in contenders]
+    rows = [result_row(c, data.input_ids.numel(), peak, paper, ceiling.seconds(c.gemms)) for c in contenders]
     for r in rows:
         r["ratio_vs_preln"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
+    profiles = {}
+    if profile:
+        notes.append(f"profile: {profile} steps per row after timing, inductor's CPU kernels named (kernel profiling)")
+        profiles = {c.name: profile_step(lambda c=c: c.step(dtype, device), profile, device) for c in contenders}
     return {
         "rows": rows,
+        "profile": profiles,
         "device": env["device"],
         "device_type": device.type,
         "date": now_iso(),
@@ -387,7 +546,7 @@ def step_bench(
             "steps": steps,
             "warmup": warmup,
             "compile": compile,
-            "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+            "precision": precision_name(dtype),
             "threads": torch.get_num_threads(),
             "peer": peer,
             "seed": seed,
@@ -395,6 +554,8 @@ def step_bench(
         "peak_tflops": peak,
         "peak_mem_method": peak_method,
         "flop_formula": FLOP_FORMULA,
+        "ceiling_note": CEILING_NOTE,
+        "ceiling_shapes": ceiling.shapes(),
         "environment": env,
         "notes": notes,
     }

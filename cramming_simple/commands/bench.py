@@ -4,10 +4,13 @@ against its training step). Writes bench.md and bench.json (bench_data.* with --
 A training step is forward with the sparse-prediction MLM loss, backward, AdamW step, zero_grad. Blocks take
 turns round by round, in an order rotated every round, so drift of the machine hits all alike; the first
 --warmup rounds (compile, allocator warm-up) are not timed. Reported per block: median steps/s and tokens/s,
-tokens/s relative to preln (always timed), spread, peak memory, parameters, TFLOP/s, and MFU on GPUs whose
-dense bf16 peak is known. `--peer hf` adds Hugging Face's BertForMaskedLM of the same size.
+tokens/s relative to preln (always timed), spread, peak memory, parameters, TFLOP/s, the matmul ceiling (the
+step's matrix products alone, as bare matmuls timed in the same rounds) and matmul efficiency, and MFU on GPUs
+whose dense bf16 peak is known. `--peer hf` adds Hugging Face's BertForMaskedLM of the same size; `--profile`
+adds where a step's time goes (torch.profiler, by kind of operator). docs/speed.md explains it all.
 
   cramming-simple bench --arch crammed-bert --peer hf --compile
+  cramming-simple bench --arch crammed-bert --blocks sasp --compile --profile
   cramming-simple bench --data --budget smoke train.microbatch=128
 """
 
@@ -41,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
-        "--precision", default="auto", choices=PRECISIONS, help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU"
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="autocast dtype; auto: bf16 on CUDA and on CPUs with native bf16 (AMX, AVX-512 BF16, Arm BF16), else fp32",
     )
     parser.add_argument(
         "--compile",
@@ -52,6 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--peer", choices=["hf"], help="also time Hugging Face BertForMaskedLM of the same size (row 'hf-bert')"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="STEPS",
+        help="after timing, profile STEPS (default 2) steps of every row with torch.profiler: time per kind of "
+        "operator (matmul, attention, optimiser, compiled kernels, other) and the largest operators, in bench.md",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -97,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
     if batch < 1 or steps < 1 or warmup < 0:
         raise ConfigError("--batch and --steps must be positive, --warmup non-negative")
 
-    result = step_bench(args.arch, names, batch, steps, warmup, device, args.precision, compile, args.peer, args.seed)
+    if args.profile < 0:
+        raise ConfigError("--profile takes a number of steps (at least 1)")
+    result = step_bench(
+        args.arch, names, batch, steps, warmup, device, args.precision, compile, args.peer, args.seed, args.profile
+    )
     out = Path(args.out)
     write_json(out / "bench.json", result)
     (out / "bench.md").write_text(render(result))

@@ -38,7 +38,7 @@ class Protocol:
     max_eval_examples: Optional[int] = None  # a fixed random subset of each evaluation split; None: all
     eval_batch_size: int = 128
     # How the code behind the published numbers fine-tuned (cramming_simple.profiles; the `published` protocol):
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | fp32
+    precision: str = "auto"  # auto (bf16 on CUDA and bf16 CPUs, else fp32) | bf16 | fp16 (GradScaler) | fp32
     head_width: Optional[int] = None  # width of the head's dense layer; None: the encoder's width (cramming: 1024)
     attention_dropout: float = 0.0  # dropout on the attention probabilities while fine-tuning (cramming: 0.1)
     warmup_from: str = "each_task"  # each_task: warmup from each task's own steps | first_task: every task takes

@@ -91,7 +91,7 @@ class TrainConfig:
 @dataclass
 class ImplConfig:
     device: str = "auto"  # auto | cuda | cpu
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with GradScaler) | fp32
+    precision: str = "auto"  # auto (bf16 on CUDA and bf16 CPUs, else fp32) | bf16 | fp16 (GradScaler) | fp32
     compile: Optional[bool] = None  # None: on for CUDA, off for CPU (decided when the config is validated)
     checkpoint_minutes: float = 30.0
     log_seconds: float = 10.0
