@@ -159,3 +159,26 @@ def test_ranks_whose_launcher_is_killed_checkpoint_and_exit(smoke_cache, tmp_pat
     assert saved["state"]["microbatch_steps"] == summary["microbatch_steps"] > 0
     check(torchrun("-m", "cramming_simple", *args, "--resume"))
     assert json.loads((run / "summary.json").read_text())["completed"]
+
+
+def _vote_on_rank(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from cramming_simple.train.distributed import Dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        votes = Dist(rank=rank, world=2, group=dist.group.WORLD).vote(10.0 + rank, [0.5, 0.2][rank], rank == 1, False)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(votes))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_stop_vote_agrees_on_time_and_step_time(tmp_path):
+    """Each rank measures its own step time; the budget rule (elapsed + step time >= budget) must use the same
+    value on every rank, or one rank stops a step early and waits in the final eval while the other trains on."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_vote_on_rank, args=(f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
+    votes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert votes[0] == votes[1] == [11.0, 0.5, [True, False]]

@@ -38,17 +38,18 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def vote(self, elapsed: float, *flags: bool) -> tuple[float, list[bool]]:
-        """(max elapsed over ranks, each flag OR-ed over ranks)."""
+    def vote(self, elapsed: float, step_s: float, *flags: bool) -> tuple[float, float, list[bool]]:
+        """(max elapsed over ranks, max seconds per step over ranks, each flag OR-ed over ranks): one all-reduce.
+        Every decision taken from these is the same on every rank."""
         if self.world == 1:
-            return elapsed, list(flags)
-        t = torch.tensor([elapsed, *map(float, flags)], dtype=torch.float64)
+            return elapsed, step_s, list(flags)
+        t = torch.tensor([elapsed, step_s, *map(float, flags)], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        return float(t[0]), [bool(v) for v in t[1:]]
+        return float(t[0]), float(t[1]), [bool(v) for v in t[2:]]
 
     def max(self, value: float) -> float:
         """The largest `value` over ranks (host side, e.g. an error's exit code that only rank 0 knows)."""
-        return self.vote(value)[0]
+        return self.vote(value, 0.0)[0]
 
     def fail_together(self, error: Exception | None) -> None:
         """Call on every rank after work that only some ranks did: if any failed, all raise (the failing rank its

@@ -478,14 +478,16 @@ class Trainer:
             )
         self.last_tick = now
         at_boundary = self.accumulated == 0
-        self.elapsed, (preempt, bad, no_space) = self.dist.vote(
-            now, self.signals.requested and at_boundary, self.nonfinite, self.disk_full is not None
+        # Each rank's step-time EMA is its own clock's: the stop rule uses the largest, so that no rank stops a
+        # step before the others (it would wait in the final eval's all-reduce while they train on).
+        self.elapsed, step_s, (preempt, bad, no_space) = self.dist.vote(
+            now, st.step_time_s, self.signals.requested and at_boundary, self.nonfinite, self.disk_full is not None
         )
         if no_space:
             raise self.disk_full or RankFailed(EXIT_DISK_FULL)
         if bad:
             return "nonfinite_loss"
-        if self.elapsed + st.step_time_s >= self.cfg.budget_s:
+        if self.elapsed + step_s >= self.cfg.budget_s:
             return "budget"
         if preempt:
             return "preempted"
