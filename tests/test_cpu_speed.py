@@ -114,7 +114,7 @@ def test_the_cpu_bf16_attention_path_equals_sdpa(padded):
     assert torch.allclose(fast.float(), slow, atol=2e-2, rtol=2e-2)
 
 
-def test_fp32_and_gpu_keep_sdpa(monkeypatch):
+def test_fp32_keeps_sdpa_and_cpu_bf16_does_not(monkeypatch):
     calls = []
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(a[0].dtype) or a[2])
     q, k, v = heads(1, torch.float32)

@@ -17,21 +17,23 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..markdown import table as markdown_table
 
+MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")  # CPU: the aten ops, by exact name
+MATMUL_KERNELS = ("gemm", "gemv", "nvjet", "cutlass", "xmma")  # CUDA: substrings of the kernels' names
 KINDS = {  # substrings of operator names (CPU: aten ops and inductor's kernels; CUDA: the kernels themselves)
-    "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "gemm", "gemv", "nvjet", "cutlass", "xmma"),
     "attention (SDPA)": ("scaled_dot_product", "flash", "fmha", "attention"),
     "optimiser": ("adam", "_foreach", "multi_tensor_apply"),
     "compiled kernels": ("graph_", "cpp_fused", "triton_", "CompiledFxGraph"),
 }
+KIND_NAMES = ("matmul", *KINDS)
 TOP = 12  # operators listed per row
 
 
 def kind_of(name: str) -> str:
     """The kind of an operator or kernel, by name. Compiled kernels first: their names include the ops they
-    fuse ('cpp_fused__softmax_...'); matmul ops by exact name on CPU (aten::mm, not aten::mm_backward's glue)."""
+    fuse ('cpp_fused__softmax_...'); matmul ops by exact name (aten::mm, not glue such as aten::mm_backward)."""
     if any(key in name for key in KINDS["compiled kernels"]):
         return "compiled kernels"
-    if name in KINDS["matmul"][:4] or (not name.startswith("aten::") and any(k in name for k in KINDS["matmul"][4:])):
+    if name in MATMUL_OPS or (not name.startswith("aten::") and any(key in name for key in MATMUL_KERNELS)):
         return "matmul"
     for kind in ("attention (SDPA)", "optimiser"):
         if any(key in name.lower() for key in KINDS[kind]):
@@ -79,7 +81,7 @@ def profile_step(step, steps: int, device: torch.device) -> dict:
         if us > 0:
             ops.append({"name": e.key, "kind": kind_of(e.key), "ms": us / 1000 / steps, "calls": e.count // steps})
     total = sum(op["ms"] for op in ops)
-    kinds = {kind: 0.0 for kind in [*KINDS, "other"]}
+    kinds = {kind: 0.0 for kind in [*KIND_NAMES, "other"]}
     for op in ops:
         kinds[op["kind"]] += op["ms"]
     ops.sort(key=lambda op: -op["ms"])
