@@ -38,7 +38,7 @@ else
 LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m cramming_simple
 endif
 
-.PHONY: help setup test format demo data pretrain glue report bench all params clean-venv
+.PHONY: help setup test format demo data pretrain glue report bench check-block all params clean-venv
 
 help:
 	@echo "make demo | make test                 first two commands on a fresh machine"
@@ -47,6 +47,7 @@ help:
 	@echo "make glue BLOCK=sas [RUN=runs/..]     fine-tune the latest run of BLOCK on GLUE"
 	@echo "make report                           tables and plots from every run in $(RUNS)/"
 	@echo "make bench                            speed of every block at crammed-bert size"
+	@echo "make check-block BLOCK=my.py:MyBlock  a block's report card before any GPU time (BLOCK: any block)"
 	@echo "make all BLOCKS=\"preln sas sasp\" BUDGET=24h PROTOCOL=paper [PRETRAIN_SEEDS=\"0 1 2\"]"
 
 setup: $(VENV)/.installed
@@ -107,12 +108,17 @@ report: setup
 bench: setup
 	$(CS) bench --arch crammed-bert --peer hf --compile --out reports/bench $(ARGS)
 
+# A block's report card before any GPU time, e.g. make check-block BLOCK=examples/blocks/rezero.py:ReZero ARGS="--arch tiny"
+check-block: setup
+	$(CS) check-block $(BLOCK) $(ARGS)
+
 # Pretrain every block, fine-tune every block, report. A block that fails (e.g. a non-finite loss) does not
 # stop the others; the report shows what is missing and why. Rerunning resumes and skips what is done.
 all: setup
 	@failed=""; runs=""; for b in $(BLOCKS); do \
 	  for s in $(if $(PRETRAIN_SEEDS),$(PRETRAIN_SEEDS),-); do \
-	    if [ "$$s" = - ]; then name=$$b-$(BUDGET); extra=""; else name=$$b-$(BUDGET)-s$$s; extra="train.seed=$$s"; fi; \
+	    case $$b in *:*) short=$$(echo "$${b##*:}" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g');; *) short=$$b;; esac; \
+	    if [ "$$s" = - ]; then name=$$short-$(BUDGET); extra=""; else name=$$short-$(BUDGET)-s$$s; extra="train.seed=$$s"; fi; \
 	    runs="$$runs $$name"; \
 	    $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) ARGS="--name $$name $$extra $(ARGS)" || failed="$$failed pretrain:$$name"; \
 	  done; \

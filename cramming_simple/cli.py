@@ -47,7 +47,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, help_line in COMMANDS.items():
         p = add_parser(name, help_line)
         if name == command:
-            module = importlib.import_module(f"cramming_simple.commands.{name}")
+            module = importlib.import_module(f"cramming_simple.commands.{name.replace('-', '_')}")
             p.description = module.__doc__
             module.add_arguments(p)
             p.set_defaults(func=module.run)

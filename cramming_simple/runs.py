@@ -1,17 +1,17 @@
 """The run folder contract: `runs/<name>/` and what lives in it. Reports, GLUE and tests depend on these names.
 
 runs/<name>/
-  config.yaml      resolved pretraining config (block, budget, arch, data, train, impl)
+  config.yaml      resolved pretraining config (block, block_source, budget, arch, data, train, impl)
   metrics.jsonl    a row every few seconds: microbatch_steps, elapsed_s, p, lr, batch_size, loss, tokens_per_s, ...;
                    at each eval point a row {"kind": "eval", microbatch_steps, elapsed_s, p, eval_loss, eval_s}
   diagnostics.jsonl  at each eval point: microbatch_steps, elapsed_s, p, embedding and per-layer statistics
                    (model.diagnostics)
-  summary.json     block, arch, budget_hours, params, microbatch_steps, tokens, elapsed_s, final_loss, device,
-                   torch, world_size, completed, stop_reason, ...
+  summary.json     block, block_title, block_source, arch, budget_hours, params, microbatch_steps, tokens,
+                   elapsed_s, final_loss, device, torch, world_size, completed, stop_reason, ...
   checkpoint.pt    full training state for --resume
   checkpoint.prev.pt  the checkpoint before it: --resume falls back to it when checkpoint.pt is damaged
   .lock            held (flock) by the process pretraining in this folder; a second one exits with code 2
-  model/           model.safetensors, config.json, tokenizer files
+  model/           model.safetensors, config.json, tokenizer files; block.py for a user's block (its source)
   model@<f>/       the model at budget fraction f (impl.keep_at), e.g. model@0.50
   glue/<task>/seed<k>.json, glue/summary.json
   glue/<task>/seed<k>.predictions.npz   per validation example: index, prediction, label (per split)

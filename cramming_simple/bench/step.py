@@ -466,7 +466,7 @@ def render(result: dict) -> str:
 
 
 def step_bench(
-    arch: str,
+    arch: str | ArchConfig,
     names: list[str],
     batch: int,
     steps: int,
@@ -485,7 +485,8 @@ def step_bench(
 
 
 def _step_bench(arch, names, batch, steps, warmup, device, precision, compile, peer, seed, profile) -> dict:
-    cfg = arch_config(arch)
+    cfg = arch if isinstance(arch, ArchConfig) else arch_config(arch)
+    arch = cfg.preset if isinstance(arch, ArchConfig) else arch
     names = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
     dtype = autocast_dtype(device, precision)
     env, notes = environment(device), []

@@ -4,7 +4,7 @@ packages below it (`model`, `data`, `train`, `glue`, `report`, `bench`), which n
 Every module has `add_arguments(parser)` and `run(args) -> int`; its docstring is the subcommand's help.
 """
 
-# name -> help line; the module is cramming_simple.commands.<name> (imported only when its command runs)
+# name -> help line; the module is cramming_simple.commands.<name, '-' as '_'> (imported only when its command runs)
 COMMANDS = {
     "params": "parameter count of every block",
     "data": "prepare a budget's pretraining data ahead of time",
@@ -12,4 +12,5 @@ COMMANDS = {
     "glue": "fine-tune a pretrained run on GLUE",
     "report": "tables and plots from run folders",
     "bench": "time training steps of every block side by side",
+    "check-block": "a block's report card before any GPU time (shapes, gradients, signal, trainability, speed)",
 }

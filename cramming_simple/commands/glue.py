@@ -25,7 +25,11 @@ from ..presets import list_presets
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder with model/ in it (or use --block)")
-    parser.add_argument("--block", help="instead of RUN_DIR: the latest run of this block under --runs-dir")
+    parser.add_argument(
+        "--block",
+        help="instead of RUN_DIR: the latest run of this block (a name, path/to/file.py:Class or module:Class) "
+        "under --runs-dir",
+    )
     parser.add_argument("--runs-dir", default="runs", help="where --block looks for runs (default: runs)")
     parser.add_argument(
         "--protocol",
@@ -141,10 +145,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resolve_run(args: argparse.Namespace) -> Path:
+    from ..model import block_spec
     from ..runs import latest_run
 
     if args.block:
         require(args.run_dir is None, "give either RUN_DIR or --block, not both")
-        return latest_run(args.runs_dir, args.block)
+        return latest_run(args.runs_dir, block_spec(args.block).ref)
     require(args.run_dir is not None, "give a run folder (RUN_DIR) or --block NAME [--runs-dir DIR]")
     return Path(args.run_dir)

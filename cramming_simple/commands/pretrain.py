@@ -19,7 +19,11 @@ from ..runs import CONFIG
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--block", help=f"one of: {', '.join(BLOCKS)}")
+    p.add_argument(
+        "--block",
+        help=f"one of {', '.join(BLOCKS)}, or your own: path/to/file.py:Class, package.module:Class, or a name an "
+        "installed package registers (docs/your-block.md)",
+    )
     p.add_argument(
         "--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path"
     )
@@ -38,13 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace):
     """The run's config: its saved config.yaml when resuming, else the budget preset; overrides on top."""
+    from ..model import block_spec
     from ..train.config import PretrainConfig
 
     cfg = PretrainConfig.from_budget(args.budget, args.block, args.overrides, args.name)
     run_dir = Path(args.runs_dir) / cfg.name
     if args.resume and (run_dir / CONFIG).exists():
         cfg = PretrainConfig.from_run(run_dir, args.overrides)
-        if args.block and args.block != cfg.block:
+        if args.block and block_spec(args.block).ref != cfg.block:
             raise ConfigError(f"{run_dir / CONFIG} is a run of block '{cfg.block}', not '{args.block}'")
     return cfg
 

@@ -1,15 +1,27 @@
-"""The model zoo: the crammed-BERT encoder with seven interchangeable blocks (docs/blocks.md)."""
+"""The model zoo: the crammed-BERT encoder with seven interchangeable blocks (docs/blocks.md), and a user's own
+(model.registry, docs/your-block.md)."""
 
 from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, count_params
-from .blocks import BLOCKS, BlockSpec, block_spec
+from .blocks import BLOCKS, BlockSpec
 from .config import PRESETS, ArchConfig, arch_config
 from .io import check_model, clean_state_dict, load_model, read_model_config, save_model, unwrap
-from .layers import set_fused
+from .layers import KeyMask, set_fused
+from .registry import (
+    ENTRY_POINT_GROUP,
+    block_spec,
+    check_protocol,
+    entry_point_blocks,
+    load_block,
+    parse_blocks,
+    recorded_block,
+)
 
 __all__ = [
     "ArchConfig",
     "BLOCKS",
     "BlockSpec",
+    "ENTRY_POINT_GROUP",
+    "KeyMask",
     "Encoder",
     "IGNORE",
     "MaskedLM",
@@ -18,6 +30,11 @@ __all__ = [
     "arch_config",
     "block_spec",
     "check_model",
+    "check_protocol",
+    "entry_point_blocks",
+    "load_block",
+    "parse_blocks",
+    "recorded_block",
     "clean_state_dict",
     "count_params",
     "load_model",

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import block_spec
 from .config import ArchConfig
 from .layers import Embedding, KeyMask, norm
+from .registry import block_spec
 
 IGNORE = -100  # label of positions that carry no loss
 
@@ -20,7 +20,7 @@ class Encoder(nn.Module):
         super().__init__()
         spec = block_spec(block)
         cfg.validate()
-        self.cfg, self.block = cfg, block
+        self.cfg, self.block, self.spec = cfg, spec.ref, spec  # spec: title and provenance, for saving
         self.embedding = Embedding(cfg)
         self.layers = nn.ModuleList(spec.build(cfg, i) for i in range(cfg.depth))
         self.final_norm = norm(cfg)

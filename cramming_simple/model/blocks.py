@@ -1,4 +1,4 @@
-"""The seven blocks, exactly as docs/blocks.md, and the one registry that names them.
+"""The seven blocks, exactly as docs/blocks.md, and their registry entries (a user's blocks: model.registry).
 
 Every block maps (B, T, d) -> (B, T, d) given a KeyMask (or None: no padding). `layer` is the block's index
 in the stack: the simplified blocks keep a trainable value matrix in layer 0 only.
@@ -8,13 +8,12 @@ whole `sasp` block have no skip, so dropping there would drop the signal itself:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
 from .config import ArchConfig
 from .layers import (
     GLU,
@@ -140,24 +139,36 @@ class SASP(nn.Module):
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """A registry entry: how to build the block and its name in tables (its training recipe: train.config)."""
+    """A registry entry: how to build the block, its name in tables, and where it came from.
+
+    Built-in blocks take their training recipe from train.config; a user's block (model.registry) may carry
+    `lr` / `weight_decay` as class attributes (None: Pre-LN's).
+    """
 
     build: Callable[[ArchConfig, int], nn.Module]
     title: str
+    ref: str = ""  # what configs record: the built-in name, `/abs/file.py:Class`, `module:Class` or an entry point
+    name: str = ""  # short, path-free: run folder names (<name>-<budget>)
+    lr: float | None = None
+    weight_decay: float | None = None
+    source: dict = field(default_factory=dict)  # provenance record (model.registry): kind, path or module, sha256
+    source_text: str | None = None  # a user block's source as imported: saved models embed it
+
+    @property
+    def builtin(self) -> bool:
+        return self.source.get("kind", "builtin") == "builtin"
+
+
+def _builtin(name: str, build: Callable[[ArchConfig, int], nn.Module], title: str) -> BlockSpec:
+    return BlockSpec(build, title, ref=name, name=name, source={"kind": "builtin", "name": name, "title": title})
 
 
 BLOCKS: dict[str, BlockSpec] = {
-    "preln": BlockSpec(PreLN, "Pre-LN"),
-    "postln": BlockSpec(PostLN, "Post-LN"),
-    "parallel": BlockSpec(Parallel, "Parallel"),
-    "sas": BlockSpec(SAS, "SAS"),
-    "sasp": BlockSpec(SASP, "SAS-P"),
-    "sasp-nonorm": BlockSpec(lambda cfg, layer: SASP(cfg, layer, with_norm=False), "SAS-P, no norm"),
-    "vskipinit": BlockSpec(lambda cfg, layer: SAS(cfg, layer, values="full"), "V-SkipInit"),
+    "preln": _builtin("preln", PreLN, "Pre-LN"),
+    "postln": _builtin("postln", PostLN, "Post-LN"),
+    "parallel": _builtin("parallel", Parallel, "Parallel"),
+    "sas": _builtin("sas", SAS, "SAS"),
+    "sasp": _builtin("sasp", SASP, "SAS-P"),
+    "sasp-nonorm": _builtin("sasp-nonorm", lambda cfg, layer: SASP(cfg, layer, with_norm=False), "SAS-P, no norm"),
+    "vskipinit": _builtin("vskipinit", lambda cfg, layer: SAS(cfg, layer, values="full"), "V-SkipInit"),
 }
-
-
-def block_spec(name: str) -> BlockSpec:
-    if name not in BLOCKS:
-        raise ConfigError(f"unknown block '{name}'. Valid blocks: {', '.join(BLOCKS)}")
-    return BLOCKS[name]

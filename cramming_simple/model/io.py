@@ -1,4 +1,5 @@
-"""The `model/` folder: `model.safetensors` (encoder weights), `config.json` (arch + block), tokenizer files.
+"""The `model/` folder: `model.safetensors` (encoder weights), `config.json` (arch + block, and where a user's block
+came from), `block.py` (a user's block: its source as pretrained), tokenizer files.
 
 The folder is published whole: written beside its final name and renamed into place, so a reader never sees
 half a model. `check_model` finds a damaged one before any fine-tuning starts.
@@ -24,6 +25,7 @@ from ..errors import CorruptFileError, DiskFullError, is_disk_full
 from ..runtime import fsync_folder, read_json
 from .bert import MaskedLM, SequenceClassifier
 from .config import ArchConfig
+from .registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -70,8 +72,17 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None) -> Pat
     try:
         tmp.mkdir(parents=True)
         save_file(state, str(tmp / WEIGHTS))
-        config = {"format": FORMAT, "block": encoder.block, "arch": asdict(encoder.cfg)}
+        spec = encoder.spec
+        config = {
+            "format": FORMAT,
+            "block": encoder.block,
+            "block_title": spec.title,
+            "block_source": spec.source,
+            "arch": asdict(encoder.cfg),
+        }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if spec.source_text is not None:  # the source as imported at the start, whatever the file holds now
+            (tmp / EMBEDDED_SOURCE).write_text(spec.source_text)
         if tokenizer is not None:
             tokenizer.model_max_length = encoder.cfg.seq_len
             tokenizer.save_pretrained(str(tmp))
@@ -94,6 +105,8 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None) -> Pat
 
 
 def read_model_config(path: str | Path) -> tuple[ArchConfig, str]:
+    """(arch, block reference) of a saved model. A user's block is loaded again and must have the source it was
+    pretrained with (else one line: `model.registry.recorded_block`); from the folder's copy if the file is gone."""
     path = Path(path)
     if not (path / CONFIG).exists():
         raise ConfigError(f"no model at {path}: expected {path / CONFIG} and {path / WEIGHTS}")
@@ -104,7 +117,8 @@ def read_model_config(path: str | Path) -> tuple[ArchConfig, str]:
         arch = ArchConfig.from_dict(config["arch"])
     except (TypeError, ConfigError) as err:
         raise CorruptFileError(path / CONFIG, f"invalid arch ({err})") from None
-    return arch, config["block"]
+    spec = recorded_block(config["block"], config.get("block_source"), path / EMBEDDED_SOURCE)
+    return arch, spec.ref
 
 
 def check_model(path: str | Path) -> tuple[ArchConfig, str]:
@@ -115,6 +129,7 @@ def check_model(path: str | Path) -> tuple[ArchConfig, str]:
     """
     path = Path(path)
     arch, block = read_model_config(path)
+    check_protocol(block_spec(block), arch)
     weights = path / WEIGHTS
     if not weights.exists():
         raise ConfigError(f"no model weights at {weights}")

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model import BLOCKS, ArchConfig, arch_config
+from ..config import ConfigError
+from ..model import BLOCKS, ArchConfig, arch_config, recorded_block
 from ..model.diagnostics import at_init
+from ..model.registry import EMBEDDED_SOURCE, BlockSourceChanged
 from ..reference import PAPER, load_reference, published_rows
 from . import paired, plots, tables
 from .load import Runs, load_runs, replicates
@@ -32,6 +34,28 @@ COMPARED = (
     ),
     (("glue_profile",), "GLUE profile (docs/recipe.md, Two profiles)", "GLUE differences mix blocks and recipes"),
 )
+
+
+def run_blocks(runs, warnings: list[str]) -> dict[str, str]:
+    """The runs' own blocks (not built in), loaded again for the at-init figure: {reference: title}.
+
+    A block whose source changed since its run was pretrained stops the report (one line, as glue and --resume
+    do); one that cannot be found here is left out of the figure with a warning (the tables need only the runs'
+    numbers)."""
+    out = {}
+    for _, r in runs[~runs.block.isin(list(BLOCKS)) & runs.block.notna()].iterrows():
+        if r.block in out:
+            continue
+        source = r.get("block_source") if isinstance(r.get("block_source"), dict) else None
+        try:
+            spec = recorded_block(r.block, source, Path(r.dir) / "model" / EMBEDDED_SOURCE)
+        except BlockSourceChanged as err:
+            raise BlockSourceChanged(f"run {r['name']}: {err}") from None
+        except ConfigError as err:
+            warnings.append(f"run {r['name']}: its block is left out of the at-init figure ({err})")
+            continue
+        out[spec.ref] = spec.title
+    return out
 
 
 def comparison_warnings(runs) -> list[str]:
@@ -171,9 +195,11 @@ def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER, bootst
                 report.figures[stem] = f"{label}: learned scalars per layer"
     arch = next((a for a in loaded.runs.arch if isinstance(a, dict)), None)
     cfg = ArchConfig.from_dict(arch) if arch else arch_config("tiny")
-    plots.signal_plot({BLOCKS[b].title: m for b, m in at_init(cfg, list(BLOCKS)).items()}, cfg.seq_len, out)
+    titles = {name: spec.title for name, spec in BLOCKS.items()} | run_blocks(loaded.runs, report.warnings)
+    plots.signal_plot({titles[b]: m for b, m in at_init(cfg, list(titles)).items()}, cfg.seq_len, out)
     report.figures["signal_at_init"] = (
-        f"Every block at init ({'the runs' if arch else 'tiny'} arch, random tokens): token cosine similarity "
+        f"Every block (and the runs' own blocks) at init ({'the runs' if arch else 'tiny'} arch, random tokens): "
+        "token cosine similarity "
         "through depth, attention entropy relative to uniform"
     )
     report.index = out / "index.md"

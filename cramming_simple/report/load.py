@@ -159,8 +159,8 @@ def experiment_key(cfg: dict, summary: dict) -> str:
     kept = {}
     for section, value in cfg.items():
         drop = NOT_AN_EXPERIMENT.get(section, ())
-        if drop is None:
-            continue
+        if drop is None or (section == "block_source" and (value or {}).get("kind", "builtin") == "builtin"):
+            continue  # a built-in block's record says no more than `block` (and older runs do not have it)
         if isinstance(value, dict):  # a key added by a later version, at the value that ran before it: left out
             drop = (
                 *drop,
@@ -201,7 +201,8 @@ def read_run(run_dir: Path) -> dict:
         "name": s.get("name") or run_dir.name,
         "dir": str(run_dir),
         "block": block,
-        "title": BLOCKS[block].title if block in BLOCKS else str(block),
+        "title": s.get("block_title") or (BLOCKS[block].title if block in BLOCKS else str(block)),
+        "block_source": s.get("block_source") or cfg.get("block_source"),  # a user's block: file/module, sha256
         "params": s.get("params"),
         "microbatch": s.get("microbatch"),
         "microbatch_steps": s.get("microbatch_steps"),

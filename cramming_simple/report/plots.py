@@ -214,6 +214,27 @@ def signal_plot(at_init: dict[str, dict], seq_len: int, out: Path) -> list[Path]
     return save(fig, out, "signal_at_init")
 
 
+def block_signal_plot(profiles: dict[str, dict], out: Path) -> list[Path]:
+    """check-block's figure: token cosine similarity and residual-stream norm (over the embedding's: the growth the
+    card checks) against depth at init, one line per block ({ref: {title, cos, norm}}; the checked block first,
+    drawn thicker and on top)."""
+    fig = Figure(figsize=(WIDTH * 1.3, 3.0), layout="constrained")
+    cos_ax, norm_ax = fig.subplots(1, 2)
+    for i, p in enumerate(profiles.values()):
+        style = {"color": COLORS[i % len(COLORS)], "label": p["title"], "lw": 2.6 if i == 0 else 1.2}
+        style |= {"zorder": 3 if i == 0 else 2, "marker": "o" if i == 0 else ".", "ms": 3}
+        cos_ax.plot(range(len(p["cos"])), p["cos"], **style)
+        norm_ax.plot(range(len(p["norm"])), np.asarray(p["norm"]) / p["norm"][0], **style)
+    cos_ax.set_ylabel("token cosine similarity")
+    cos_ax.set_ylim(min(0.0, cos_ax.get_ylim()[0]), 1.02)
+    norm_ax.set_ylabel("residual-stream norm / embedding's")
+    for ax in (cos_ax, norm_ax):
+        ax.set_xlabel("depth (0: embedding)")
+        ax.grid(alpha=0.3)
+    cos_ax.legend(fontsize="x-small")
+    return save(fig, out, "signal")
+
+
 def budget_glue_plot(runs: pd.DataFrame, budget_glue: pd.DataFrame, out: Path) -> list[Path]:
     """GLUE average (mean and std over seeds) against the fraction of the budget a snapshot was kept at."""
     fig = Figure(figsize=(WIDTH, 3.4), layout="tight")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, load_yaml, merge_typed, require
 from ..data.loader import MASKINGS
 from ..data.sources import DataConfig
-from ..model import ArchConfig, arch_config, block_spec
+from ..model import ArchConfig, arch_config, block_spec, check_protocol, recorded_block
 from ..optim import DECAY_RULES
 from ..presets import find_preset
 from ..runs import CONFIG
@@ -44,8 +44,14 @@ BLOCK_RECIPES = {
 
 
 def block_recipe(block: str) -> BlockRecipe:
-    block_spec(block)  # an unknown name fails here, listing the valid ones
-    return BLOCK_RECIPES[block]
+    """A built-in block's recipe; a user's block: its class attributes `lr` / `weight_decay`, else Pre-LN's."""
+    spec = block_spec(block)  # an unknown name fails here, listing the valid ones
+    if spec.builtin:
+        return BLOCK_RECIPES[spec.ref]
+    base = BLOCK_RECIPES["preln"]
+    return BlockRecipe(
+        base.lr if spec.lr is None else spec.lr, base.weight_decay if spec.weight_decay is None else spec.weight_decay
+    )
 
 
 @dataclass
@@ -122,8 +128,11 @@ class ImplConfig:
 
 @dataclass
 class PretrainConfig:
-    name: str = ""  # run folder name; default <block>-<budget>
-    block: str = "preln"
+    name: str = ""  # run folder name; default <block>-<budget> (a user's block: its class name, lower case)
+    block: str = "preln"  # a built-in name, path/to/file.py:Class, package.module:Class or an entry point (registry)
+    # Where the block came from, filled at validation: kind (builtin | file | module | entry_point), path or module,
+    # class, title, sha256 of the source. A resumed run refuses to go on when the source no longer has that hash.
+    block_source: Optional[Dict[str, Any]] = None
     budget: str = ""  # the preset this came from
     hours: float = 24.0  # wall-clock training budget
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -132,12 +141,18 @@ class PretrainConfig:
     impl: ImplConfig = field(default_factory=ImplConfig)
 
     def validate(self) -> None:
-        """Also fills what the budget left to the block: its recipe's peak LR and weight decay, and the run name."""
+        """Also fills what the budget left to the block: its recipe's peak LR and weight decay, and the run name.
+
+        The block is loaded (a user's: imported, its source checked against `block_source` when that is
+        recorded, and tried on a small input), so a broken block fails here, before any data preparation."""
+        spec = recorded_block(self.block, self.block_source)
+        check_protocol(spec, self.arch)
+        self.block, self.block_source = spec.ref, dict(spec.source)
         recipe = block_recipe(self.block)
         require(self.hours > 0, f"hours must be positive, got {self.hours}")
         self.train.lr = recipe.lr if self.train.lr is None else self.train.lr
         self.train.weight_decay = recipe.weight_decay if self.train.weight_decay is None else self.train.weight_decay
-        self.name = self.name or f"{self.block}-{self.budget}"
+        self.name = self.name or f"{spec.name}-{self.budget}"
 
     @property
     def budget_s(self) -> float:

@@ -442,12 +442,13 @@ class Trainer:
             atomic_write_bytes(self.run_dir / CONFIG, to_yaml(cfg).encode())
         self.prefetch = Prefetcher(self.stream, st.microbatch_steps, self.device, cfg.impl.prefetch)
         self.progress = (
-            Progress(cfg.budget_s, f"pretrain {cfg.block}", unit="s", log_every=cfg.impl.log_seconds)
+            Progress(cfg.budget_s, f"pretrain {self.model.encoder.spec.name}", unit="s", log_every=cfg.impl.log_seconds)
             if self.dist.main
             else None
         )
         self.log(
-            f"pretraining {cfg.block} ({count_params(self.model)['params'] / 1e6:.1f}M params) for {cfg.hours:g} h "
+            f"pretraining {self.model.encoder.spec.title} [{cfg.block}] "
+            f"({count_params(self.model)['params'] / 1e6:.1f}M params) for {cfg.hours:g} h "
             f"on {environment(self.device)['device']}"
             f" x{self.dist.world}, {'compiled' if self.runner.compiled else 'eager'}, data {self.prepared.path} "
             f"({len(self.stream.data)} sequences), profile {profile_of('pretrain', asdict(cfg))}",
@@ -683,6 +684,8 @@ class Trainer:
         return {
             "name": cfg.name,
             "block": cfg.block,
+            "block_title": unwrap(self.model).encoder.spec.title,
+            "block_source": cfg.block_source,  # where a user's block came from, with its source's sha256
             "arch": asdict(cfg.arch),
             "budget": cfg.budget,
             "budget_hours": cfg.hours,

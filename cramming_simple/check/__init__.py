@@ -1,0 +1,5 @@
+"""A block's report card before any GPU time (`cramming-simple check-block`, docs/your-block.md)."""
+
+from .card import CHECKS, LIMITS, Limits, check_block, render
+
+__all__ = ["CHECKS", "LIMITS", "Limits", "check_block", "render"]
