@@ -274,13 +274,26 @@ def check(ref: str, cache: Path, out: Path, *extra: str) -> tuple[int, dict, str
 
 @pytest.mark.parametrize("block", ["preln", "sas", "sasp"])
 def test_check_block_passes_the_published_blocks(block, smoke_cache, tmp_path):
-    extra = () if block == "preln" else ("--skip", "speed")  # speed is timed once (preln), the rest are measured
-    code, result, err = check(block, smoke_cache, tmp_path, *extra)
-    assert code == 0, err
+    code, result, err = check(block, smoke_cache, tmp_path, "--speed-steps", "3")
+    assert code == 0 and result["verdict"] != "fail", err
     status = {line["check"]: line["status"] for line in result["lines"]}
-    assert set(status.values()) == {"pass"}, result["lines"]
-    assert {"padding invariance", "gradients", "rank collapse (init)", "trainability"} <= set(status)
-    assert ("speed" in status) == (block == "preln")
+    assert list(status) == [
+        "shapes (fp32)",
+        "shapes (bf16)",
+        "padding invariance",
+        "finite (fp32)",
+        "finite (bf16)",
+        "gradients",
+        "parameters",
+        "rank collapse (init)",
+        "norm growth (init)",
+        "trainability",
+        "speed",
+        "torch.compile",
+    ]
+    # speed may warn: at the tiny size on a CPU, eager, a block can truly be slower than Pre-LN; never a failure
+    assert {s for name, s in status.items() if name != "speed"} == {"pass"}, result["lines"]
+    assert status["speed"] in ("pass", "warn")
     assert set(result["signal"]) == {block, "preln", "sas"}
     assert len(result["signal"][block]["cos"]) == TINY.depth + 1
     assert (tmp_path / "signal.png").stat().st_size > 0 and (tmp_path / "signal.pdf").stat().st_size > 0
