@@ -3,8 +3,9 @@ wall-clock hours (paper Fig. 7) and against microbatch steps (Fig. 24), the lear
 schedules, GLUE per task, GLUE average against budget fraction, the inside of the blocks of each run over
 training (layer x time heatmaps, learned scalars per layer), and every block at init (signal propagation).
 
-Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no global state and no GUI backend
-(saving goes through Agg), so reports render on headless machines and inside tests.
+PDFs embed TrueType (Type 42) fonts, not matplotlib's default Type 3 (`PDF_FONTS`); time axes read in minutes
+below an hour. Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no global state and no GUI
+backend (saving goes through Agg), so reports render on headless machines and inside tests.
 """
 
 from __future__ import annotations
@@ -27,11 +28,27 @@ COLORS = [f"C{i}" for i in range(10)]
 COLORMAP = matplotlib.colormaps["viridis"]
 
 
+# TrueType (Type 42) fonts in PDFs: many venues reject the Type 3 fonts matplotlib embeds by default.
+PDF_FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}
+
+
 def save(fig: Figure, out: Path, stem: str) -> list[Path]:
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # no timestamp: same inputs, same file
+    with matplotlib.rc_context(PDF_FONTS):  # read when the PDF is written, not when the figure is built
+        fig.savefig(paths[0], dpi=200)
+        fig.savefig(paths[1], metadata={"CreationDate": None})  # no timestamp: same inputs, same file
     return paths
+
+
+def time_unit(seconds: float) -> tuple[float, str]:
+    """(divisor, unit) for a time axis that runs to `seconds`: minutes below one hour, hours from there on."""
+    return (60.0, "minutes") if seconds < 3600 else (3600.0, "hours")
+
+
+def few_ticks(*axes) -> None:
+    """At most 6 major ticks on each x axis, at round values: labels never run into each other at WIDTH."""
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
 
 
 def curves(runs: pd.DataFrame, metrics: pd.DataFrame, kind: str = "train"):
@@ -45,81 +62,110 @@ def curves(runs: pd.DataFrame, metrics: pd.DataFrame, kind: str = "train"):
 
 
 def loss_plot(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path, x: str) -> list[Path]:
-    """MLM loss against x = 'hours' (elapsed wall-clock) or 'steps' (microbatch steps): training loss solid,
-    held-out loss dashed with markers."""
+    return save(loss_figure(runs, metrics, x), out, f"loss_vs_{x}")
+
+
+def loss_figure(runs: pd.DataFrame, metrics: pd.DataFrame, x: str) -> Figure:
+    """MLM loss against x = 'hours' (elapsed wall-clock, in minutes when the runs are shorter than an hour) or
+    'steps' (microbatch steps): training loss solid, held-out loss dashed with markers."""
     fig = Figure(figsize=(WIDTH, 3.6), layout="tight")
     ax = fig.add_subplot()
+    divisor, unit = time_unit(float(metrics.elapsed_s.max()) if "elapsed_s" in metrics else 0.0)
     top = []
     for r, color, m in curves(runs, metrics):
-        xs = m.elapsed_s / 3600 if x == "hours" else m.microbatch_steps
+        xs = m.elapsed_s / divisor if x == "hours" else m.microbatch_steps
         ax.plot(xs, m.loss, color=color, lw=1.2, label=r.label)
         top.append(m.loss.iloc[len(m) // 20 :].max())  # ignore the first 5 %: the drop from ~10 would flatten the rest
     held_out = False
     for _, color, m in curves(runs, metrics, kind="eval"):
-        xs = m.elapsed_s / 3600 if x == "hours" else m.microbatch_steps
+        xs = m.elapsed_s / divisor if x == "hours" else m.microbatch_steps
         ax.plot(xs, m.eval_loss, color=color, lw=1.0, ls="--", marker=".", ms=4)
         held_out = True
     if held_out:
         ax.plot([], [], color="black", ls="--", marker=".", label="held-out (dashed)")
     if top and np.isfinite(np.nanmax(top)):
         ax.set_ylim(top=np.nanmax(top) * 1.02)
-    ax.set_xlabel("wall-clock training time (hours)" if x == "hours" else "microbatch steps")
+    ax.set_xlabel(f"wall-clock training time ({unit})" if x == "hours" else "microbatch steps")
     ax.set_ylabel("MLM loss")
+    few_ticks(ax)
     ax.grid(alpha=0.3)
     ax.legend(title="block", fontsize="small")
-    return save(fig, out, f"loss_vs_{x}")
+    return fig
 
 
 def schedule_plot(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path) -> list[Path]:
-    """Learning rate (top) and effective batch size (bottom) against wall-clock hours."""
+    return save(schedule_figure(runs, metrics), out, "schedule")
+
+
+def schedule_figure(runs: pd.DataFrame, metrics: pd.DataFrame) -> Figure:
+    """Learning rate (top) and effective batch size (bottom) against wall-clock time."""
     fig = Figure(figsize=(WIDTH, 4.8), layout="tight")
     lr_ax, bs_ax = fig.subplots(2, 1, sharex=True)
+    divisor, unit = time_unit(float(metrics.elapsed_s.max()) if "elapsed_s" in metrics else 0.0)
     for r, color, m in curves(runs, metrics):
-        hours = m.elapsed_s / 3600
-        lr_ax.plot(hours, m.lr, color=color, lw=1.2, label=r.label)
-        bs_ax.plot(hours, m.batch_size, color=color, lw=1.2, label=r.label)
+        lr_ax.plot(m.elapsed_s / divisor, m.lr, color=color, lw=1.2, label=r.label)
+        bs_ax.plot(m.elapsed_s / divisor, m.batch_size, color=color, lw=1.2, label=r.label)
     lr_ax.set_ylabel("learning rate")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     bs_ax.set_ylabel("batch size (sequences)")
-    bs_ax.set_xlabel("wall-clock training time (hours)")
+    bs_ax.set_xlabel(f"wall-clock training time ({unit})")
+    few_ticks(lr_ax, bs_ax)
     for ax in (lr_ax, bs_ax):
         ax.grid(alpha=0.3)
     lr_ax.legend(title="block", fontsize="small")
-    return save(fig, out, "schedule")
+    return fig
+
+
+# GLUE metrics by kind: one panel each, so MCC, Pearson, F1 and accuracy never share an unlabelled axis.
+METRIC_AXES = {
+    "accuracy": "accuracy (%)",
+    "f1": "F1 (%)",
+    "pearson": "Pearson r (x100)",
+    "matthews": "Matthews corr. (x100)",
+}
 
 
 def glue_plot(runs: pd.DataFrame, glue: pd.DataFrame, out: Path, published: dict[str, pd.Series]) -> list[Path]:
-    """Per-task score, mean with std over seeds as error bars, one colour per run; x marks the paper's number."""
-    labels = [c.label for c in COLUMNS]
+    return save(glue_figure(runs, glue, published), out, "glue_tasks")
+
+
+def glue_figure(runs: pd.DataFrame, glue: pd.DataFrame, published: dict[str, pd.Series]) -> Figure:
+    """Per-task score, mean with std over seeds as error bars, one colour per run, one panel per kind of metric
+    (its name on the panel's axis); x marks the paper's number."""
+    kinds = {
+        metric: [c.label for c in COLUMNS if c.metric == metric] for metric in dict.fromkeys(c.metric for c in COLUMNS)
+    }
     fig = Figure(figsize=(7.0, 3.6), layout="constrained")
-    ax = fig.add_subplot()
+    axes = fig.subplots(1, len(kinds), width_ratios=[len(labels) + 0.6 for labels in kinds.values()])
     width = 0.8 / max(len(runs), 1)
-    for i, (name, r) in enumerate(runs.iterrows()):
-        color, offset = COLORS[i % len(COLORS)], (i - (len(runs) - 1) / 2) * width
-        scores = glue[glue.run == name].set_index("column").reindex(labels)
-        xs = np.arange(len(labels)) + offset
-        std = pd.to_numeric(scores["std"]).to_numpy(float)  # None (one seed: no std) -> NaN: no error bar drawn
-        ax.errorbar(
-            xs,
-            pd.to_numeric(scores["mean"]).to_numpy(float),
-            yerr=std,
-            fmt="o",
-            ms=4,
-            capsize=2.5,
-            color=color,
-            label=r.label,
-        )
-        if r.block in published:
-            ax.plot(xs, [published[r.block][c] for c in labels], "x", color=color, ms=5)
-    handles, names = ax.get_legend_handles_labels()
+    for ax, (metric, labels) in zip(axes, kinds.items()):
+        for i, (name, r) in enumerate(runs.iterrows()):
+            color, offset = COLORS[i % len(COLORS)], (i - (len(runs) - 1) / 2) * width
+            scores = glue[glue.run == name].set_index("column").reindex(labels)
+            xs = np.arange(len(labels)) + offset
+            std = pd.to_numeric(scores["std"]).to_numpy(float)  # None (one seed: no std) -> NaN: no error bar drawn
+            ax.errorbar(
+                xs,
+                pd.to_numeric(scores["mean"]).to_numpy(float),
+                yerr=std,
+                fmt="o",
+                ms=4,
+                capsize=2.5,
+                color=color,
+                label=r.label,
+            )
+            if r.block in published:
+                ax.plot(xs, [published[r.block][c] for c in labels], "x", color=color, ms=5)
+        ax.set_xticks(np.arange(len(labels)), labels, fontsize="x-small")
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        ax.set_ylabel(METRIC_AXES.get(metric, metric), fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
     if any(r.block in published for _, r in runs.iterrows()):
         handles.append(Line2D([], [], color="black", marker="x", ls=""))
         names.append("published (He & Hofmann 2023)")
-    ax.set_xticks(np.arange(len(labels)), labels)
-    ax.set_ylabel("validation score (%)")
-    ax.grid(axis="y", alpha=0.3)
     fig.legend(handles, names, fontsize="small", ncols=min(len(handles), 4), loc="outside upper center")
-    return save(fig, out, "glue_tasks")
+    return fig
 
 
 def file_stem(prefix: str, name: str) -> str:
