@@ -17,6 +17,8 @@ runs/<name>/
   glue/<task>/seed<k>.predictions.npz   per validation example: index, prediction, label (per split)
   glue@<f>/        the same for the snapshot model@<f> (glue --at f)
   glue/.locks/<task>-seed<k>.lock   held while a process fine-tunes that task/seed
+  tb/              TensorBoard event files (impl.tracker=tensorboard): pretraining's train/ and eval/ rows, glue/...
+  trackers.json    the W&B / MLflow run ids of this run (impl.tracker=wandb / mlflow), so a resume continues them
 """
 
 from __future__ import annotations

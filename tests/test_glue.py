@@ -833,3 +833,17 @@ def test_per_example_predictions_are_saved_beside_each_result_and_rescore_it(two
             assert len(arrays["label"]) == record["examples"][split]
             rescored = compute(list(record["metrics"][split]), arrays["prediction"], arrays["label"])
             assert rescored == pytest.approx(record["metrics"][split])
+
+
+def test_per_epoch_metrics_go_to_the_tracker(pretrained_run, glue_dir, tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard is the tested tracker (pip install 'cramming-simple[dev]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = copy_run(pretrained_run, tmp_path)
+    assert run_glue(run, glue_dir, "--tasks", "rte", "--seeds", "1", *FAST, "impl.tracker=tensorboard") == 0
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("glue/rte/seed1/validation/accuracy")}
+    epochs = results(run)[("rte", 1)]["epochs"]
+    assert logged == pytest.approx({e["epoch"]: e["metrics"]["validation"]["accuracy"] for e in epochs}, rel=1e-6)
+    assert "glue/rte/seed1/train_loss" in events.Tags()["scalars"]

@@ -54,10 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus", type=int, default=1, help="worker processes, one per GPU (on a machine without GPUs: CPU workers)"
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="protocol overrides, e.g. lr=1e-4 epochs=3")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="protocol overrides, e.g. lr=1e-4 epochs=3; impl.tracker=tensorboard (or wandb, mlflow, a list) also "
+        "sends every task's per-epoch metrics to that tracker",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
     from tqdm import tqdm
 
     from ..data.tokenizer import check_tokenizer, load_tokenizer
@@ -70,10 +77,15 @@ def run(args: argparse.Namespace) -> int:
     from ..profiles import profile_of
     from ..runs import GLUE, MODEL, glue_name, snapshot_name
     from ..runtime import file_sha256
+    from ..tracking import Trackers, check_trackers
 
     if args.run_dir and "=" in args.run_dir and not Path(args.run_dir).exists():  # `glue --block sas lr=1e-4`
         args.overrides, args.run_dir = [args.run_dir, *args.overrides], None
     run_dir = resolve_run(args)
+    # impl.tracker=... (as pretraining spells it) picks trackers; the other overrides are the protocol's
+    chosen = OmegaConf.from_dotlist([o for o in args.overrides if o.startswith("impl.tracker=")])
+    trackers = check_trackers(OmegaConf.to_container(chosen).get("impl", {}).get("tracker", "none"))
+    args.overrides = [o for o in args.overrides if not o.startswith("impl.tracker=")]
     overrides = [*args.overrides, *([f"seeds=[{args.seeds}]"] if args.seeds else [])]
     name, protocol = load_protocol(args.protocol, overrides)
     table = load_tasks()
@@ -131,12 +143,22 @@ def run(args: argparse.Namespace) -> int:
         + (f" ({len(plan) - len(todo)} done before; --force redoes them)" if len(todo) < len(plan) else "")
     )
 
+    tracked = Trackers(
+        trackers, run_dir, run_dir.name, {"protocol": name, **dataclasses.asdict(protocol)}, job=job.glue_dir.name
+    )
+
     def on_result(record: dict) -> None:
         tqdm.write(result_line(record))
         write_summary(job, tasks, protocol.seeds)
+        for epoch in record.get("epochs") or []:  # the per-epoch rows, to the trackers (this process only)
+            metrics = {f"{split}/{k}": v for split, m in epoch["metrics"].items() for k, v in m.items()}
+            tracked.log(
+                {**epoch, **metrics}, epoch["epoch"], f"{job.glue_dir.name}/{record['task']}/seed{record['seed']}"
+            )
 
     workers = min(args.gpus, len(todo))
-    errors = run_pool(job, todo, workers, on_result) if workers > 1 else run_here(job, todo, on_result)
+    with tracked:
+        errors = run_pool(job, todo, workers, on_result) if workers > 1 else run_here(job, todo, on_result)
     summary = write_summary(job, tasks, protocol.seeds)
     print(results_table(summary, tasks))
     for error in errors:

@@ -31,7 +31,7 @@ from .stats import throughput
 NOT_AN_EXPERIMENT = {
     "name": None,
     "train": ("seed",),
-    "impl": ("checkpoint_minutes", "log_seconds", "eval_minutes", "keep_at", "prefetch", "threads"),
+    "impl": ("checkpoint_minutes", "log_seconds", "eval_minutes", "keep_at", "prefetch", "threads", "tracker"),
     "data": ("cache_dir", "verify"),
 }
 

@@ -20,6 +20,7 @@ from ..optim import DECAY_RULES
 from ..presets import find_preset
 from ..runs import CONFIG
 from ..runtime import PRECISIONS, compile_default
+from ..tracking import check_trackers
 from .schedules import RAMPS
 
 
@@ -106,6 +107,7 @@ class ImplConfig:
     keep_at: List[float] = field(default_factory=list)  # budget fractions at which model@<f>/ snapshots are kept
     prefetch: int = 4  # microbatches prepared ahead on a background thread
     threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
+    tracker: Any = "none"  # none | tensorboard | wandb | mlflow, or a list of them (tracking.py); rank 0 logs
 
     def validate(self) -> None:
         require(self.device in ("auto", "cuda", "cpu"), f"impl.device must be auto, cuda or cpu, got '{self.device}'")
@@ -124,6 +126,7 @@ class ImplConfig:
         )
         self.keep_at = sorted(self.keep_at)
         self.compile = compile_default(self.device) if self.compile is None else self.compile
+        check_trackers(self.tracker)  # a missing package fails here, with the line that installs it
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError, to_yaml
+from ..config import ConfigError, to_dict, to_yaml
 from ..data import (
     MicrobatchStream,
     MLMCollator,
@@ -79,6 +79,7 @@ from ..runtime import (
     set_rng_state,
     write_json,
 )
+from ..tracking import Trackers, tracker_names
 from .checkpoint import UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .distributed import Dist, RankFailed, init_distributed
@@ -403,6 +404,7 @@ class Trainer:
     def run(self) -> dict:
         """Train until the budget is spent (or a stop); a full disk ends the run with stop_reason "disk_full"."""
         self.started_at = now_iso()
+        self.trackers: Trackers | None = None
         try:
             return self.train()
         except DiskFullError:
@@ -411,6 +413,9 @@ class Trainer:
                 with contextlib.suppress(Exception):  # a small file: it may still fit
                     self.write_summary(completed=False, stop_reason="disk_full")
             raise
+        finally:
+            if self.trackers is not None:
+                self.trackers.close()
 
     def train(self) -> dict:
         self.begin()
@@ -441,6 +446,13 @@ class Trainer:
         if self.dist.main:
             atomic_write_bytes(self.run_dir / CONFIG, to_yaml(cfg).encode())
         self.prefetch = Prefetcher(self.stream, st.microbatch_steps, self.device, cfg.impl.prefetch)
+        self.trackers = Trackers(  # rank 0 only: the others get none
+            tracker_names(cfg.impl.tracker) if self.dist.main else [],
+            self.run_dir,
+            cfg.name,
+            to_dict(cfg),
+            resume_step=st.microbatch_steps,
+        )
         self.progress = (
             Progress(cfg.budget_s, f"pretrain {self.model.encoder.spec.name}", unit="s", log_every=cfg.impl.log_seconds)
             if self.dist.main
@@ -560,6 +572,7 @@ class Trainer:
                 append_jsonl(self.run_dir / METRICS, row)
             except DiskFullError as err:  # every rank stops at the next vote
                 self.disk_full = err
+            self.trackers.log(row, st.microbatch_steps, "train")
             self.progress.update(
                 min(now, cfg.budget_s),
                 loss=mean_loss,
@@ -608,6 +621,7 @@ class Trainer:
                     append_jsonl(self.run_dir / DIAGNOSTICS, {**at, **diagnostics})
                 except DiskFullError as err:  # every rank stops at the next vote
                     self.disk_full = err
+                self.trackers.log({"eval_loss": st.eval_loss, "eval_s": seconds}, st.microbatch_steps, "eval")
             st.eval_s += time.perf_counter() - started
         self.next_eval = self.eval_point_after(self.elapsed)  # the agreed time: every rank keeps the same point
 
