@@ -8,6 +8,9 @@ import io
 import json
 import math
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -140,7 +143,7 @@ def md_rows(text):
 def tex_rows(text):
     """LaTeX tabular rows (header first), turned back into the Markdown spelling."""
     body = text.split(r"\toprule")[1].split(r"\bottomrule")[0]
-    back = {r"$\pm$": "±", r"$\Delta$": "Δ", r"\_": "_", r"\&": "&", r"\%": "%"}
+    back = {r"$\pm$": "±", r"$\Delta$": "Δ", r"$-$": "-", r"\_": "_", r"\&": "&", r"\%": "%"}
     rows = []
     for line in body.strip().splitlines():
         if line.strip() == r"\midrule":
@@ -437,3 +440,79 @@ def test_glue_figure_has_one_labelled_panel_per_kind_of_metric(tmp_path):
         "Matthews corr. (x100)": ["CoLA"],
     }
     assert not overlapping_ticks(figure)
+
+
+# ----------------------------------------------------------------------------------------------- LaTeX that fits
+
+PAPER_DOC = r"""\documentclass[10pt,twocolumn]{article}
+\usepackage[margin=0.75in]{geometry}
+\usepackage{booktabs,graphicx}
+\begin{document}
+\begin{table*}\centering\input{table1.tex}\caption{Table 1, two columns wide}\end{table*}
+\begin{table}\centering\input{table2.tex}\caption{Table 2, one column wide}\end{table}
+Text.
+\end{document}
+"""
+
+
+def overfull(folder: Path, tmp_path: Path) -> list[str]:
+    """Compile PAPER_DOC (a two-column 10 pt article, 0.75 in margins: a 506 pt text width, 241 pt columns)
+    around folder's table1.tex and table2.tex; the "Overfull \\hbox" lines of its log."""
+    work = tmp_path / f"tex-{folder.name}"
+    work.mkdir()
+    for name in ("table1.tex", "table2.tex"):
+        shutil.copy(folder / name, work / name)
+    (work / "doc.tex").write_text(PAPER_DOC)
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=work, capture_output=True, text=True
+    )
+    log = (work / "doc.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-2000:]
+    return [line for line in log.splitlines() if line.startswith("Overfull \\hbox")]
+
+
+def latex_missing() -> str | None:
+    if shutil.which("pdflatex") is None:
+        return "pdflatex is not installed (apt install texlive-latex-base texlive-latex-recommended)"
+    if not shutil.which("kpsewhich") or not all(
+        subprocess.run(["kpsewhich", f], capture_output=True, text=True).stdout.strip()
+        for f in ("booktabs.sty", "geometry.sty", "graphicx.sty")
+    ):
+        return "booktabs, geometry or graphicx is missing from the TeX installation"
+    return None
+
+
+@pytest.mark.skipif(latex_missing() is not None, reason=latex_missing() or "")
+def test_compact_latex_fits_a_two_column_paper_where_the_full_tables_do_not(tmp_path):
+    runs = tmp_path / "runs"
+    for block in ("preln", "sas", "sasp"):
+        make_run(runs, f"{block}-24h", block)
+    for style in ("full", "compact"):
+        code, _, err = report(["--runs-dir", str(runs), "--out", str(tmp_path / style), "--latex", style])
+        assert code == 0, err
+    assert len(overfull(tmp_path / "full", tmp_path)) == 2  # the check can fail: full Table 1 and 2 overflow
+    assert overfull(tmp_path / "compact", tmp_path) == []
+    code, _, err = report(["--runs-dir", str(runs), "--out", str(tmp_path / "resized"), "--latex-resize"])
+    assert code == 0 and r"\resizebox{\linewidth}{!}" in (tmp_path / "resized" / "table1.tex").read_text()
+    assert overfull(tmp_path / "resized", tmp_path) == []
+
+
+def test_latex_minus_signs_left_aligned_notes_and_the_compact_layout(tmp_path):
+    from cramming_simple.report.tables import tex
+
+    assert tex("-0.7 [-6.7, +5.3]") == "$-$0.7 [$-$6.7, +5.3]"
+    assert tex("preln-24h") == "preln-24h" and tex("-") == "-" and tex("**-1.0**") == r"\textbf{$-$1.0}"
+    runs = tmp_path / "runs"
+    for block in ("preln", "sas", "sasp"):
+        make_run(runs, f"{block}-24h", block)
+    for style in ("full", "compact"):
+        code, _, err = report(["--runs-dir", str(runs), "--out", str(tmp_path / style), "--latex", style])
+        assert code == 0, err
+    full = (tmp_path / "full" / "table1.tex").read_text()
+    assert r"{\raggedright\footnotesize" in full and "$-$0." in full
+    compact = (tmp_path / "compact" / "table1.tex").read_text()
+    assert compact.count(r"\begin{tabular}") == 2  # yours, then the published rows as a block of their own
+    header = next(line for line in compact.splitlines() if line.startswith("Block &"))
+    assert "Run" not in header and "Steps" in header
+    table2 = (tmp_path / "compact" / "table2.tex").read_text()
+    assert r"$\Delta$ Pre-LN" in table2 and r"$\pm$" not in table2.split(r"\end{tabular}")[0]

@@ -36,6 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"published rows shown beside yours, with deltas (default: {PAPER})",
     )
     parser.add_argument(
+        "--latex",
+        default="full",
+        choices=["full", "compact"],
+        help="style of table*.tex: full (every column, as the Markdown) or compact (short headers, smaller type, "
+        "published rows as a block of their own; fits a two-column table* / one column)",
+    )
+    parser.add_argument(
+        "--latex-resize",
+        action="store_true",
+        help="wrap each LaTeX tabular in \\resizebox{\\linewidth}{!}{...} (needs graphicx)",
+    )
+    parser.add_argument(
         "--bootstrap",
         type=int,
         default=REPLICATES,
@@ -50,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no runs under {args.runs_dir}/ (run `make pretrain` first, or name run folders)")
     if args.bootstrap < 100:
         raise ConfigError(f"--bootstrap needs at least 100 replicates for a 95 % interval, got {args.bootstrap}")
-    report = write_report(run_dirs, args.out, args.reference, args.bootstrap)
+    report = write_report(run_dirs, args.out, args.reference, args.bootstrap, args.latex, args.latex_resize)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     out = args.out

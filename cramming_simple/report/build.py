@@ -153,8 +153,16 @@ class Report:
     index: Path | None = None
 
 
-def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER, bootstrap: int = paired.REPLICATES) -> Report:
-    """Load the runs, write both tables, the figures and index.md into `out`."""
+def write_report(
+    run_dirs: list[Path],
+    out: Path,
+    reference: str = PAPER,
+    bootstrap: int = paired.REPLICATES,
+    latex: str = "full",
+    resize: bool = False,
+) -> Report:
+    """Load the runs, write the tables, the figures and index.md into `out`. latex: the style of the .tex tables
+    (full | compact); resize: each tabular in a \\resizebox to the line width."""
     loaded = load_runs(run_dirs)
     groups, pooled = replicates(loaded.runs, loaded.glue)
     t1_ref, t2_ref = load_reference(reference) if reference != "none" else (None, None)
@@ -163,14 +171,16 @@ def write_report(run_dirs: list[Path], out: Path, reference: str = PAPER, bootst
         loaded,
         loaded.warnings + comparison_warnings(loaded.runs),
         {
-            "table1": tables.write(tables.table1(groups, loaded.problems, t1_ref), out, "table1"),
-            "table2": tables.write(tables.table2(groups, pooled, loaded.problems, t2_ref), out, "table2"),
+            "table1": tables.write(tables.table1(groups, loaded.problems, t1_ref), out, "table1", latex, resize),
+            "table2": tables.write(
+                tables.table2(groups, pooled, loaded.problems, t2_ref), out, "table2", latex, resize
+            ),
         },
     )
     run_dirs_by_name = {name: Path(r.dir) for name, r in loaded.runs.iterrows()}
     table3 = paired.paired_table(groups, run_dirs_by_name, replicates=bootstrap)
     if not table3.shown.empty:
-        report.tables["table3"] = tables.write(table3, out, "table3")
+        report.tables["table3"] = tables.write(table3, out, "table3", "full", resize)  # compact: Tables 1, 2
     if "loss" in loaded.metrics:
         plots.loss_plot(loaded.runs, loaded.metrics, out, "hours")
         plots.loss_plot(loaded.runs, loaded.metrics, out, "steps")
