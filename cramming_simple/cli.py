@@ -13,6 +13,7 @@ import traceback
 
 from . import __version__
 from .commands import COMMANDS
+from .console import setup_logging
 from .errors import EXIT_CODES_HELP, EXIT_DISK_FULL, EXIT_INTERRUPTED, UserError, debug_enabled, is_disk_full
 
 
@@ -33,6 +34,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
     )
+    for p in (parser, common):  # -v / -q before or after the subcommand
+        default = 0 if p is parser else argparse.SUPPRESS
+        p.add_argument("-v", "--verbose", action="count", default=default, help="more output (debug messages)")
+        p.add_argument("-q", "--quiet", action="count", default=default, help="less output: warnings only, no progress")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_parser(name: str, help_line: str) -> argparse.ArgumentParser:
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """The one path every user-facing error takes: one line on stderr and its exit code (traceback with --debug)."""
+    setup_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     debug = args.debug or debug_enabled()
     try:
         return int(args.func(args) or 0)

@@ -9,11 +9,13 @@ saying which file was used), and any preset may also be given as a path to a YAM
 
 from __future__ import annotations
 
-import sys
+import logging
 from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 CHECKOUT = PACKAGE_ROOT.parent  # the repository, when running from a source checkout (editable installs too)
@@ -37,10 +39,7 @@ def find_preset(kind: str, name: str) -> Path:
     ours = shipped(kind) / f"{name}.yaml"
     local = Path.cwd() / kind / f"{name}.yaml"
     if local.is_file() and (not ours.is_file() or local.resolve() != ours.resolve()):
-        print(
-            f"using {local} (a {kind}/ file in the current directory takes precedence over the shipped preset)",
-            file=sys.stderr,
-        )
+        log.warning(f"using {local} (a {kind}/ file in the current directory takes precedence over the shipped preset)")
         return local
     if ours.is_file():
         return ours

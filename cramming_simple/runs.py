@@ -23,12 +23,14 @@ runs/<name>/
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 from .config import ConfigError
 from .errors import CorruptFileError
 from .runtime import read_json
+
+log = logging.getLogger(__name__)
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = (
     "config.yaml",
@@ -62,7 +64,7 @@ def read_summary(run_dir: str | Path) -> dict | None:
     try:
         return read_json(Path(run_dir) / SUMMARY)
     except CorruptFileError as err:
-        print(f"warning: {err}; skipping that run's summary", file=sys.stderr)
+        log.warning(f"{err}; skipping that run's summary")
         return None
 
 

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import platform
 import random
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .console import LOG
 from .errors import CorruptFileError, DiskFullError, LockedError, is_disk_full
 
 try:
@@ -405,8 +407,9 @@ class Progress:
         self.file = file or sys.stdout
         self.total, self.desc, self.unit, self.log_every = total, desc, unit, log_every
         self.interactive = hasattr(self.file, "isatty") and self.file.isatty()
+        self.quiet = not LOG.isEnabledFor(logging.INFO)  # -q: no progress either
         self.bar = None
-        if self.interactive:
+        if self.interactive and not self.quiet:
             fmt = "{desc}: {percentage:3.0f}%|{bar}| {postfix[0]}"  # our text after the bar: position and stats
             self.bar = tqdm(total=total, desc=desc, file=self.file, dynamic_ncols=True, bar_format=fmt, postfix=[""])
         self.last_log = -float("inf")
@@ -428,6 +431,8 @@ class Progress:
 
     def log(self, **stats: Any) -> None:
         self.last_log = time.monotonic()
+        if self.quiet:
+            return
         share = 100.0 * self.position / self.total if self.total else 0.0
         fields = " ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
         print(f"[{self.desc}] {share:5.1f}% {self.where()} {fields}".rstrip(), file=self.file, flush=True)

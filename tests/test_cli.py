@@ -41,3 +41,25 @@ def test_python_dash_m_entry_point_and_user_errors_exit_2():
         text=True,
     )
     assert out.returncode == 2 and "Valid blocks" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_version_and_verbosity(pretrained_run, capsys):
+    import logging
+
+    import cramming_simple
+    from cramming_simple.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"cramming-simple {cramming_simple.__version__}"
+
+    resume = ["pretrain", "--resume", "--runs-dir", str(pretrained_run.parent), "--name", pretrained_run.name]
+    assert main(resume) == 0  # the run is complete: one info line, on stdout
+    assert capsys.readouterr().out.strip() == f"{pretrained_run} is complete; nothing to do"
+    assert main(["-q", *resume]) == 0 and capsys.readouterr() == ("", "")  # -q: warnings only
+    assert main([*resume, "-v"]) == 0  # -v (also after the subcommand): debug lines too
+    out = capsys.readouterr().out
+    assert out.startswith("resolved config:\nname: tiny-preln\n") and "is complete; nothing to do" in out
+
+    logging.getLogger("cramming_simple.report").warning("a run is left out")  # warnings: stderr, marked
+    assert capsys.readouterr() == ("", "warning: a run is left out\n")

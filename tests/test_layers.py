@@ -13,7 +13,7 @@ from cramming_simple.train.config import PretrainConfig
 
 PACKAGE = Path(cramming_simple.__file__).parent
 DOMAIN = ("model", "data", "train", "glue", "report", "bench", "check")
-BOTTOM = ("config", "errors", "runtime", "presets", "runs", "reference", "markdown", "optim", "tracking")
+BOTTOM = ("config", "console", "errors", "runtime", "presets", "runs", "reference", "markdown", "optim", "tracking")
 
 
 def module_name(path: Path) -> str:

@@ -59,5 +59,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.block and not args.resume:
         raise ConfigError(f"--block is required: one of {', '.join(BLOCKS)}")
-    summary = pretrain(resolve(args), args.runs_dir, resume=args.resume)
+    import logging
+
+    from ..config import to_yaml
+
+    cfg = resolve(args)
+    logging.getLogger(__name__).debug("resolved config:\n%s", to_yaml(cfg).rstrip())
+    summary = pretrain(cfg, args.runs_dir, resume=args.resume)
     return EXIT_CODES.get(summary.get("stop_reason") or "budget", 1)

@@ -11,6 +11,7 @@ train the same pair; a pair another process finished in the meantime is not trai
 from __future__ import annotations
 
 import io
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -45,6 +46,8 @@ from .data import Source, TaskData, load_task, prepare
 from .finetune import finetune
 from .score import load_results, summarize
 from .tasks import TaskTable
+
+log = logging.getLogger(__name__)
 
 Item = tuple[str, int]  # (task, seed)
 
@@ -94,7 +97,7 @@ class Job:
             return read_json(path)
         except CorruptFileError as err:
             if warn:
-                print(f"warning: {err}; that task/seed is run again", file=sys.stderr)
+                log.warning(f"{err}; that task/seed is run again")
             return None
 
     def is_done(self, task: str, seed: int, warn: bool = False) -> bool:
@@ -255,7 +258,7 @@ def run_pool(job: Job, todo: list[Item], workers: int, on_result: OnResult) -> l
         require(workers <= len(visible), f"--gpus {workers} but only {len(visible)} GPU(s) visible")
         devices: list[str | None] = visible[:workers]
     else:
-        print(f"no GPU: running {workers} CPU worker processes")
+        log.info(f"no GPU: running {workers} CPU worker processes")
         devices = [None] * workers
     logs = job.glue_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)

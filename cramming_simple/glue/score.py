@@ -8,8 +8,8 @@ Per-seed results live in `RUN_DIR/glue/<task>/seed<k>.json` (written by the GLUE
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +21,8 @@ from ..profiles import profile_of
 from ..runs import GLUE
 from ..runtime import read_json
 from .tasks import COLUMNS, TASKS
+
+log = logging.getLogger(__name__)
 
 
 def mean_std(values: Iterable[float]) -> dict:
@@ -62,7 +64,7 @@ def load_results(run_dir: str | Path, unreadable: list[CorruptFileError] | None 
                 raise CorruptFileError(f, "not a GLUE result (no task and seed)")
         except CorruptFileError as err:
             if unreadable is None:
-                print(f"warning: {err}; left out", file=sys.stderr)
+                log.warning(f"{err}; left out")
             else:
                 unreadable.append(err)
             continue

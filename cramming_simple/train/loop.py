@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -85,6 +86,8 @@ from .config import PretrainConfig
 from .distributed import Dist, RankFailed, init_distributed
 from .evaluate import HeldOut
 from .schedules import accumulation_at, lr_at
+
+log = logging.getLogger(__name__)
 
 EXIT_CODES = {"budget": 0, "max_steps": 0, "nonfinite_loss": 3, "preempted": 4, "disk_full": 5}
 
@@ -207,7 +210,7 @@ def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = 
                 )
             summary = read_summary(run_dir) if resume and (run_dir / SUMMARY).exists() else None
             if summary and summary.get("completed"):
-                print(f"{run_dir} is complete; nothing to do", flush=True)
+                log.info(f"{run_dir} is complete; nothing to do")
                 return summary
             with StopSignals() as signals:
                 summary = Trainer(cfg, run_dir, device, dist, signals).run()
@@ -245,7 +248,9 @@ def run_lock(run_dir: Path, dist: Dist):
 class Trainer:
     def __init__(self, cfg: PretrainConfig, run_dir: Path, device: torch.device, dist: Dist, signals: StopSignals):
         self.cfg, self.run_dir, self.device, self.dist, self.signals = cfg, run_dir, device, dist, signals
-        self.log = print if dist.main else (lambda *a, **k: None)
+        # rank 0 speaks for the run; the others stay quiet
+        self.log = log.info if dist.main else (lambda *a, **k: None)
+        self.warn = log.warning if dist.main else (lambda *a, **k: None)
 
         # Data first: preparation is not budget time. Rank 0 prepares, the others then reuse it.
         if dist.main:
@@ -315,11 +320,9 @@ class Trainer:
                 tried.append(err)
                 continue
             for err in tried:
-                self.log(
-                    f"warning: cannot resume from {err}; resumed from {path.name} instead (the work since it is "
-                    "redone, not charged twice)",
-                    file=sys.stderr,
-                    flush=True,
+                self.warn(
+                    f"cannot resume from {err}; resumed from {path.name} instead (the work since it is "
+                    "redone, not charged twice)"
                 )
                 self.keep_previous = False  # the next checkpoint replaces the damaged file; the good prev stays
             return
@@ -360,8 +363,7 @@ class Trainer:
                 atomic_write_bytes(log, "".join(line + "\n" for line in kept).encode())
         self.log(
             f"resuming {self.run_dir} at microbatch step {self.state.microbatch_steps} "
-            f"({self.state.elapsed_s / 3600:.3f} h spent)",
-            flush=True,
+            f"({self.state.elapsed_s / 3600:.3f} h spent)"
         )
 
     def checkpoint(self, stop_reason: str | None = None) -> None:
@@ -463,8 +465,7 @@ class Trainer:
             f"({count_params(self.model)['params'] / 1e6:.1f}M params) for {cfg.hours:g} h "
             f"on {environment(self.device)['device']}"
             f" x{self.dist.world}, {'compiled' if self.runner.compiled else 'eager'}, data {self.prepared.path} "
-            f"({len(self.stream.data)} sequences), profile {profile_of('pretrain', asdict(cfg))}",
-            flush=True,
+            f"({len(self.stream.data)} sequences), profile {profile_of('pretrain', asdict(cfg))}"
         )
         self.window = LogWindow(self.device)
         self.clock = Clock(st.elapsed_s)
@@ -643,7 +644,7 @@ class Trainer:
                 "elapsed_s": round(self.clock.elapsed(), 3),
             }
             st.eval_s += time.perf_counter() - started
-        self.log(f"kept {self.run_dir / name} at {fraction:.0%} of the budget", flush=True)
+        self.log(f"kept {self.run_dir / name} at {fraction:.0%} of the budget")
 
     def finish(self, stop: str) -> dict:
         """The steps since the last log join the final loss; a last checkpoint, the model, the summary."""
@@ -666,11 +667,9 @@ class Trainer:
             self.evaluate()  # the final model's held-out loss (clock paused, as always)
             st.elapsed_s = self.clock.elapsed()
         if stop == "nonfinite_loss":
-            self.log(
+            self.warn(
                 f"non-finite loss or gradient: stopped at microbatch step {st.microbatch_steps}; the last good "
-                "checkpoint is kept",
-                file=sys.stderr,
-                flush=True,
+                "checkpoint is kept"
             )
         else:
             self.checkpoint(stop_reason=None if completed else stop)  # completed only once model/ is published
@@ -685,8 +684,7 @@ class Trainer:
             f"{stop}: {st.microbatch_steps} microbatch steps, {st.tokens / 1e6:.1f}M tokens in "
             f"{st.elapsed_s / 3600:.3f} h; final loss {final_loss:.4f}"
             + (f", held-out loss {st.eval_loss:.4f}" if st.eval_loss is not None else "")
-            + f"; {self.run_dir}",
-            flush=True,
+            + f"; {self.run_dir}"
         )
         return summary
 

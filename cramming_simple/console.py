@@ -1,0 +1,41 @@
+"""What the command line prints besides its results: the library's log records (no torch import: it is loaded
+before any command)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LOG = logging.getLogger("cramming_simple")  # the library's logger: every module logs under it
+
+
+class ConsoleHandler(logging.Handler):
+    """What the command line shows: info and debug on stdout, warnings and errors on stderr (with "warning: " in
+    front). The streams are looked up for every record, so redirected ones (tests, notebooks) are honoured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                prefix = "warning: " if record.levelno == logging.WARNING else "error: "
+                sys.stderr.write(prefix + text + "\n")
+                sys.stderr.flush()
+            else:
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - logging's own rule: a failing handler never raises
+            self.handleError(record)
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """The command line's logging: -q (verbosity < 0) warnings only, no progress; default info; -v debug too."""
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    LOG.handlers = [h for h in LOG.handlers if not isinstance(h, ConsoleHandler)] + [ConsoleHandler()]
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
+# Used as a library (a notebook, a test), the package reports as the command line does: info on stdout, warnings
+# on stderr. Replace LOG.handlers to route it elsewhere; the command line sets the level (-v / -q).
+if not any(isinstance(h, ConsoleHandler) for h in LOG.handlers):
+    setup_logging(0)
