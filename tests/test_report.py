@@ -482,37 +482,39 @@ def latex_missing() -> str | None:
     return None
 
 
-@pytest.mark.skipif(latex_missing() is not None, reason=latex_missing() or "")
-def test_compact_latex_fits_a_two_column_paper_where_the_full_tables_do_not(tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def latex_styles(tmp_path_factory) -> Path:
+    """preln, sas and sasp reported twice, into full/ and compact/ (report --latex full | compact)."""
+    root = tmp_path_factory.mktemp("latex")
     for block in ("preln", "sas", "sasp"):
-        make_run(runs, f"{block}-24h", block)
+        make_run(root / "runs", f"{block}-24h", block)
     for style in ("full", "compact"):
-        code, _, err = report(["--runs-dir", str(runs), "--out", str(tmp_path / style), "--latex", style])
+        code, _, err = report(["--runs-dir", str(root / "runs"), "--out", str(root / style), "--latex", style])
         assert code == 0, err
-    assert len(overfull(tmp_path / "full", tmp_path)) == 2  # the check can fail: full Table 1 and 2 overflow
-    assert overfull(tmp_path / "compact", tmp_path) == []
-    code, _, err = report(["--runs-dir", str(runs), "--out", str(tmp_path / "resized"), "--latex-resize"])
+    return root
+
+
+@pytest.mark.skipif(latex_missing() is not None, reason=latex_missing() or "")
+def test_compact_latex_fits_a_two_column_paper_where_the_full_tables_do_not(latex_styles, tmp_path):
+    assert len(overfull(latex_styles / "full", tmp_path)) == 2  # the check can fail: full Table 1 and 2 overflow
+    assert overfull(latex_styles / "compact", tmp_path) == []
+    code, _, err = report(
+        ["--runs-dir", str(latex_styles / "runs"), "--out", str(tmp_path / "resized"), "--latex-resize"]
+    )
     assert code == 0 and r"\resizebox{\linewidth}{!}" in (tmp_path / "resized" / "table1.tex").read_text()
     assert overfull(tmp_path / "resized", tmp_path) == []
 
 
-def test_latex_minus_signs_left_aligned_notes_and_the_compact_layout(tmp_path):
+def test_latex_minus_signs_left_aligned_notes_and_the_compact_layout(latex_styles):
     from cramming_simple.report.tables import tex
 
     assert tex("-0.7 [-6.7, +5.3]") == "$-$0.7 [$-$6.7, +5.3]"
     assert tex("preln-24h") == "preln-24h" and tex("-") == "-" and tex("**-1.0**") == r"\textbf{$-$1.0}"
-    runs = tmp_path / "runs"
-    for block in ("preln", "sas", "sasp"):
-        make_run(runs, f"{block}-24h", block)
-    for style in ("full", "compact"):
-        code, _, err = report(["--runs-dir", str(runs), "--out", str(tmp_path / style), "--latex", style])
-        assert code == 0, err
-    full = (tmp_path / "full" / "table1.tex").read_text()
+    full = (latex_styles / "full" / "table1.tex").read_text()
     assert r"{\raggedright\footnotesize" in full and "$-$0." in full
-    compact = (tmp_path / "compact" / "table1.tex").read_text()
+    compact = (latex_styles / "compact" / "table1.tex").read_text()
     assert compact.count(r"\begin{tabular}") == 2  # yours, then the published rows as a block of their own
     header = next(line for line in compact.splitlines() if line.startswith("Block &"))
     assert "Run" not in header and "Steps" in header
-    table2 = (tmp_path / "compact" / "table2.tex").read_text()
+    table2 = (latex_styles / "compact" / "table2.tex").read_text()
     assert r"$\Delta$ Pre-LN" in table2 and r"$\pm$" not in table2.split(r"\end{tabular}")[0]

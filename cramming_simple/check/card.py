@@ -120,7 +120,7 @@ def check_block(
     padding(card, build, padded_ids, attention_mask, limits)
     batch = {k: v.to(device) for k, v in text.stream(0).items()}
     finite(card, build, batch, device, dtype)
-    gradients(card, build, batch, smoke, ref, device)
+    gradients(card, build, batch, ref, device)
     parameters(card, cfg, ref)
     if "signal" not in skip:
         signal(card, cfg, ref, ids, device, seed, limits)
@@ -220,7 +220,7 @@ def finite(card: Card, build, batch: dict, device: torch.device, dtype) -> None:
         card.add(f"finite ({label})", "pass" if ok else "fail", f"MLM loss {loss.item():.3f}", note)
 
 
-def gradients(card: Card, build, batch: dict, smoke: PretrainConfig, ref: str, device: torch.device) -> None:
+def gradients(card: Card, build, batch: dict, ref: str, device: torch.device) -> None:
     model = build()
     recipe = block_recipe(ref)
     optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay, device=device)

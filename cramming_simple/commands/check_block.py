@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from ..check import CHECKS, check_block, render
     from ..check.card import load_text
     from ..data import check_tokenizer, load_tokenizer, prepare
@@ -73,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
             arch_overrides[key.removeprefix("arch.")] = value
         elif not key.startswith(("data.", "train.")):
             raise ConfigError(f"override {item}: check-block takes arch.*, data.* and train.* keys")
-    from omegaconf import OmegaConf
-
     typed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in arch_overrides.items()]))
     cfg = arch_config(args.arch, **typed)
     spec = load_block(args.block, cfg)  # a broken block stops here, in seconds, before any data

@@ -37,7 +37,7 @@ NOT_AN_EXPERIMENT = {
 
 # Config keys added by later versions, with the value that reproduces what ran before them: a run that records
 # one at that value is the same experiment as an older run that does not record it.
-ADDED_LATER = {s.key: s.clean for s in switches("pretrain")} | {"arch.attention_dropout": 0.0}
+ADDED_LATER = {s.key: s.clean for s in switches("pretrain")} | {"arch.attention_dropout": 0.0, "block_source": None}
 
 
 @dataclass
@@ -159,8 +159,8 @@ def experiment_key(cfg: dict, summary: dict) -> str:
     kept = {}
     for section, value in cfg.items():
         drop = NOT_AN_EXPERIMENT.get(section, ())
-        if drop is None or (section == "block_source" and (value or {}).get("kind", "builtin") == "builtin"):
-            continue  # a built-in block's record says no more than `block` (and older runs do not have it)
+        if drop is None or (section in ADDED_LATER and ADDED_LATER[section] == value):
+            continue  # not a fact of the experiment, or a key added later at the value that ran before it
         if isinstance(value, dict):  # a key added by a later version, at the value that ran before it: left out
             drop = (
                 *drop,

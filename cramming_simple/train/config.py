@@ -133,8 +133,9 @@ class ImplConfig:
 class PretrainConfig:
     name: str = ""  # run folder name; default <block>-<budget> (a user's block: its class name, lower case)
     block: str = "preln"  # a built-in name, path/to/file.py:Class, package.module:Class or an entry point (registry)
-    # Where the block came from, filled at validation: kind (builtin | file | module | entry_point), path or module,
-    # class, title, sha256 of the source. A resumed run refuses to go on when the source no longer has that hash.
+    # Where a user's block came from, filled at validation (None for a built-in block: its name says it): kind
+    # (file | module | entry_point), path or module, class, title, sha256 of the source. A resumed run refuses to go
+    # on when the source no longer has that hash.
     block_source: Optional[Dict[str, Any]] = None
     budget: str = ""  # the preset this came from
     hours: float = 24.0  # wall-clock training budget
@@ -150,7 +151,7 @@ class PretrainConfig:
         recorded, and tried on a small input), so a broken block fails here, before any data preparation."""
         spec = recorded_block(self.block, self.block_source)
         check_protocol(spec, self.arch)
-        self.block, self.block_source = spec.ref, dict(spec.source)
+        self.block, self.block_source = spec.ref, None if spec.builtin else dict(spec.source)
         recipe = block_recipe(self.block)
         require(self.hours > 0, f"hours must be positive, got {self.hours}")
         self.train.lr = recipe.lr if self.train.lr is None else self.train.lr
