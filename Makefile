@@ -38,7 +38,7 @@ else
 LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m cramming_simple
 endif
 
-.PHONY: help setup test format demo data pretrain glue report bench check-block all params clean-venv
+.PHONY: help setup test format demo data pretrain glue report bench check-block export all params clean-venv
 
 help:
 	@echo "make demo | make test                 first two commands on a fresh machine"
@@ -48,6 +48,7 @@ help:
 	@echo "make report                           tables and plots from every run in $(RUNS)/"
 	@echo "make bench                            speed of every block at crammed-bert size"
 	@echo "make check-block BLOCK=my.py:MyBlock  a block's report card before any GPU time (BLOCK: any block)"
+	@echo "make export RUN=runs/sas-24h          a run's model as a Hugging Face folder with a model card (exports/)"
 	@echo "make all BLOCKS=\"preln sas sasp\" BUDGET=24h PROTOCOL=paper [PRETRAIN_SEEDS=\"0 1 2\"]"
 
 setup: $(VENV)/.installed
@@ -86,8 +87,10 @@ demo: setup
 	@echo "The Speed column above divides whole-run step counts, which move with everything else the machine does."
 	@echo "Side by side on this machine (interleaved bench of the same blocks at the demo's size, vs preln = tokens/s ratio):"
 	$(CS) bench $(DEMO_BENCH_ARGS) --blocks $(shell echo $(DEMO_BLOCKS) | tr ' ' ',') --out $(DEMO_OUT)/bench
+	$(CS) export $(DEMO_RUNS)/$(firstword $(DEMO_BLOCKS))-smoke --out $(DEMO_OUT)/export/$(firstword $(DEMO_BLOCKS))-smoke
 	@echo ""
 	@echo "Demo done. Tables and plots: $(DEMO_OUT)/index.md (table1.md, table2.md, *.png, *.pdf); side-by-side speed: $(DEMO_OUT)/bench/bench.md; runs: $(DEMO_RUNS)/"
+	@echo "A Hugging Face folder with its model card: $(DEMO_OUT)/export/$(firstword $(DEMO_BLOCKS))-smoke/README.md"
 
 params: setup
 	$(CS) params
@@ -107,6 +110,11 @@ report: setup
 
 bench: setup
 	$(CS) bench --arch crammed-bert --peer hf --compile --out reports/bench $(ARGS)
+
+# A run's model as a Hugging Face folder with a model card, e.g. make export RUN=runs/sas-24h, into exports/sas-24h
+# (EXPORT_OUT=...); ARGS="--glue mnli" for a fine-tuned model, ARGS="--push-to-hub me/crammed-sas" to upload it
+export: setup
+	$(CS) export $(RUN) --out $(if $(EXPORT_OUT),$(EXPORT_OUT),exports/$(notdir $(RUN))) $(ARGS)
 
 # A block's report card before any GPU time, e.g. make check-block BLOCK=examples/blocks/rezero.py:ReZero ARGS="--arch tiny"
 check-block: setup

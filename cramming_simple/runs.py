@@ -11,10 +11,12 @@ runs/<name>/
   checkpoint.pt    full training state for --resume
   checkpoint.prev.pt  the checkpoint before it: --resume falls back to it when checkpoint.pt is damaged
   .lock            held (flock) by the process pretraining in this folder; a second one exits with code 2
-  model/           model.safetensors, config.json, tokenizer files; block.py for a user's block (its source)
+  model/           model.safetensors, config.json, modeling_cramming_simple.py, tokenizer files; block.py for a
+                   user's block (its source). Also a Hugging Face model folder (docs/huggingface.md)
   model@<f>/       the model at budget fraction f (impl.keep_at), e.g. model@0.50
   glue/<task>/seed<k>.json, glue/summary.json
   glue/<task>/seed<k>.predictions.npz   per validation example: index, prediction, label (per split)
+  glue/<task>/seed<k>.model/   the fine-tuned model (glue --save-models): a model/ folder with its head and labels
   glue@<f>/        the same for the snapshot model@<f> (glue --at f)
   glue/.locks/<task>-seed<k>.lock   held while a process fine-tunes that task/seed
   tb/              TensorBoard event files (impl.tracker=tensorboard): pretraining's train/ and eval/ rows, glue/...

@@ -54,6 +54,9 @@ def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
     assert all(title in table1 for title in ("Pre-LN", "SAS", "SAS-P"))
     for name in ("table1.tex", "table1.csv", "table2.md", "loss_vs_hours.png", "loss_vs_steps.pdf", "glue_tasks.png"):
         assert (out / name).stat().st_size > 0, name
+    exported = out / "export" / f"{BLOCKS[0]}-smoke"  # and the first block as a Hugging Face folder with its card
+    assert f"{exported}/README.md" in done.stdout and (exported / "modeling_cramming_simple.py").is_file()
+    assert "## GLUE (this pretrained model)" in (exported / "README.md").read_text()
 
 
 def test_make_all_runs_every_stage_and_a_rerun_skips_what_is_done(smoke_cache, tmp_path):

@@ -1,5 +1,5 @@
 """The commands, the top floor: each module parses its subcommand's arguments and orchestrates the domain
-packages below it (`model`, `data`, `train`, `glue`, `report`, `bench`), which never import a command.
+packages below it (`model`, `data`, `train`, `glue`, `report`, `bench`, `hub`), which never import a command.
 
 Every module has `add_arguments(parser)` and `run(args) -> int`; its docstring is the subcommand's help.
 """
@@ -12,5 +12,6 @@ COMMANDS = {
     "glue": "fine-tune a pretrained run on GLUE",
     "report": "tables and plots from run folders",
     "bench": "time training steps of every block side by side",
+    "export": "a run's model as a Hugging Face folder with a model card (and push it to the hub)",
     "check-block": "a block's report card before any GPU time (shapes, gradients, signal, trainability, speed)",
 }

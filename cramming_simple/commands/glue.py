@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="redo task/seed pairs that already have results")
     parser.add_argument(
+        "--save-models",
+        action="store_true",
+        help="also keep each fine-tuned model, as glue/<task>/seed<k>.model/ (a Hugging Face folder; "
+        "`cramming-simple export --glue TASK` publishes one); a pair with a result but no model runs again",
+    )
+    parser.add_argument(
         "--at",
         type=float,
         metavar="FRACTION",
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         model_name,
         GLUE if args.at is None else glue_name(args.at),
         first_task_examples,
+        args.save_models,
     )
     plan = [(t, s) for t in tasks for s in protocol.seeds]
     todo = [item for item in plan if args.force or not job.is_done(*item, warn=True)]

@@ -9,13 +9,20 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
-from ..model import load_model
+from ..data.tokenizer import load_tokenizer
+from ..model import load_model, save_model
 from ..optim import make_optimizer
 from ..runtime import Progress, autocast, autocast_dtype, seed_everything, timed
 from .config import Protocol
 from .data import Encoded, TaskData
 from .metrics import compute, predictions
 from .tasks import TaskSpec
+
+
+def classifier_config(task: str, spec: TaskSpec) -> dict:
+    """What a fine-tuned folder's config.json says about its task: the task, and its label names by id."""
+    labels = {"id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}}
+    return {"task": task, **(labels if spec.labels else {})}
 
 
 def optimizer_steps(train_examples: int, protocol: Protocol) -> int:
@@ -76,6 +83,7 @@ def finetune(
     device: torch.device,
     log_every: int = 50,
     first_task_examples: int | None = None,
+    save_to: Path | None = None,
 ) -> dict:
     """Train for the protocol's epochs and score the evaluation splits after each; the last epoch's scores count.
 
@@ -83,6 +91,9 @@ def finetune(
     of the first bad loss is kept on the device and read at log points and at the end of every epoch. Under
     fp16 a GradScaler skips the steps whose gradients overflow (as cramming's did); the loss itself is checked
     all the same.
+
+    save_to: where to keep the fine-tuned model when it finished ok (save_model: a Hugging Face folder with the
+    task's label names and the pretrained model's tokenizer).
     """
     seed_everything(seed)  # the fresh head's init, dropout and the data order all follow the seed
     model = load_model(
@@ -159,6 +170,8 @@ def finetune(
             f"undefined metric after the last epoch: {', '.join(undefined)} (constant predictions?)",
         )
     progress.close(status=status)
+    if save_to is not None and status == "ok":
+        save_model(model, save_to, load_tokenizer(model_dir), classifier_config(task, spec))
     return {
         "status": status,
         "reason": reason,

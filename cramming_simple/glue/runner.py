@@ -67,6 +67,7 @@ class Job:
     model_name: str = MODEL  # model@0.50 for a snapshot
     glue_name: str = GLUE  # where its results go: glue@0.50 for a snapshot
     first_task_examples: int | None = None  # warmup_from=first_task: training examples of the protocol's warmup_task
+    save_models: bool = False  # keep each fine-tuned model (glue <run> --save-models)
 
     @property
     def model_dir(self) -> Path:
@@ -78,6 +79,10 @@ class Job:
 
     def result_path(self, task: str, seed: int) -> Path:
         return self.glue_dir / task / f"seed{seed}.json"
+
+    def saved_model(self, task: str, seed: int) -> Path:
+        """glue/<task>/seed<k>.model/: the fine-tuned model of a pair, when kept (a Hugging Face folder)."""
+        return self.glue_dir / task / f"seed{seed}.model"
 
     def lock(self, task: str, seed: int) -> FileLock:
         """Held while a process fine-tunes this task/seed: two processes never train the same pair."""
@@ -101,8 +106,11 @@ class Job:
             return None
 
     def is_done(self, task: str, seed: int, warn: bool = False) -> bool:
-        """A result (ok, or failed with a non-finite loss) of this protocol on this model exists."""
-        return self.is_ours(self.read_result(task, seed, warn))
+        """A result (ok, or failed with a non-finite loss) of this protocol on this model exists (and, when models
+        are kept, the pair's model: an ok result without one runs again)."""
+        result = self.read_result(task, seed, warn)
+        wants_model = self.save_models and result is not None and result.get("status") == "ok"
+        return self.is_ours(result) and not (wants_model and not self.saved_model(task, seed).is_dir())
 
     def is_ours(self, result: dict | None) -> bool:
         """Whether a stored result is of this protocol on this model."""
@@ -174,6 +182,7 @@ def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.devic
         data,
         device,
         first_task_examples=job.first_task_examples,
+        save_to=job.saved_model(task, seed) if job.save_models else None,
     )
     per_example = result.pop("predictions")
     record = {

@@ -58,6 +58,7 @@ class TaskSpec:
     texts: list[str] = field(default_factory=list)  # hub columns: one sentence, or a pair
     num_labels: int = 2
     regression: bool = False  # STS-B: one output, MSE
+    labels: list[str] = field(default_factory=list)  # names by label id (a saved classifier's id2label); [] for none
     metrics: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=lambda: ["validation"])  # evaluation splits
     tsv: TsvSpec = field(default_factory=TsvSpec)
@@ -67,6 +68,10 @@ class TaskSpec:
         require(
             self.regression == (self.num_labels == 1),
             "regression tasks have num_labels 1, classification tasks 2 or more",
+        )
+        require(
+            not self.labels or len(self.labels) == self.num_labels,
+            f"labels names every label id: {self.num_labels} names, got {self.labels}",
         )
         unknown = sorted(set(self.metrics) - set(METRICS))
         require(bool(self.metrics) and not unknown, f"metrics must be among {', '.join(METRICS)}, got {self.metrics}")

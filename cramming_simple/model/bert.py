@@ -75,8 +75,8 @@ class SequenceClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(head_width, num_labels)
         for layer in (self.dense, self.out):
-            nn.init.normal_(layer.weight, std=cfg.init_std)
-            nn.init.zeros_(layer.bias)
+            layer.is_head_layer = True  # what a Hugging Face load initialises when a folder has no head (model.hf)
+            init_head_layer(layer, cfg.init_std)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
@@ -88,6 +88,11 @@ class SequenceClassifier(nn.Module):
         if self.num_labels == 1:
             return logits, F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return logits, F.cross_entropy(logits.float(), labels)
+
+
+def init_head_layer(layer: nn.Linear, std: float) -> None:
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

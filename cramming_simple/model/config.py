@@ -7,6 +7,8 @@ from typing import Any
 
 from ..config import ConfigError, require
 
+MODEL_TYPE = "cramming-simple-bert"  # a saved folder's `model_type` for Hugging Face transformers (model.hf)
+
 
 @dataclass
 class ArchConfig:

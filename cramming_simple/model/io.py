@@ -1,5 +1,6 @@
-"""The `model/` folder: `model.safetensors` (encoder weights), `config.json` (arch + block, and where a user's block
-came from), `block.py` (a user's block: its source as pretrained), tokenizer files.
+"""The `model/` folder: `model.safetensors` (weights: `encoder.*`, and a fine-tuned classifier's head), `config.json`
+(arch + block, where a user's block came from, and the keys Hugging Face reads), `modeling_cramming_simple.py`
+(model.remote), `block.py` (a user's block: its source as pretrained), tokenizer files.
 
 The folder is published whole: written beside its final name and renamed into place, so a reader never sees
 half a model. `check_model` finds a damaged one before any fine-tuning starts.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict
@@ -24,8 +26,11 @@ from ..config import ConfigError
 from ..errors import CorruptFileError, DiskFullError, is_disk_full
 from ..runtime import fsync_folder, read_json
 from .bert import MaskedLM, SequenceClassifier
-from .config import ArchConfig
+from .config import MODEL_TYPE, ArchConfig
 from .registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
+from .remote import ARCHITECTURES, auto_map, write_modeling_file
+
+log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -58,28 +63,43 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None) -> Path:
+def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra: dict | None = None) -> Path:
     """Write `path/model.safetensors` + `path/config.json` (+ the tokenizer when given), all or nothing.
+
+    The folder is also a Hugging Face model folder: config.json has a `model_type`, `architectures` and an
+    `auto_map` to the `modeling_cramming_simple.py` written beside it (model.remote). A MaskedLM saves its encoder
+    (weights `encoder.*`), a SequenceClassifier its head as well (`dense.*`, `out.*`) with `num_labels` and
+    `head_width`; `extra` adds config keys (a GLUE task's `id2label`, ...). A user's block that cannot travel as
+    remote code is saved all the same, without `auto_map`, with a warning.
 
     The tokenizer is saved with `model_max_length` = the model's `seq_len`, so `tokenizer(text, truncation=True)`
     outside the harness cuts where the model's positions end.
     """
     path = Path(path)
-    encoder = unwrap(model).encoder
+    plain = unwrap(model)
+    encoder = plain.encoder
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in clean_state_dict(plain.state_dict()).items()}
+    spec = encoder.spec
+    config = {
+        "format": FORMAT,
+        "block": encoder.block,
+        "block_title": spec.title,
+        "block_source": spec.source,
+        "arch": asdict(encoder.cfg),
+        "model_type": MODEL_TYPE,
+        "architectures": [ARCHITECTURES["classifier" if isinstance(plain, SequenceClassifier) else "mlm"]],
+    }
+    if isinstance(plain, SequenceClassifier):
+        config |= {"num_labels": plain.num_labels, "head_width": plain.dense.out_features}
+        config |= {"problem_type": "regression"} if plain.num_labels == 1 else {}
+    config |= extra or {}
     try:
         tmp.mkdir(parents=True)
-        save_file(state, str(tmp / WEIGHTS))
-        spec = encoder.spec
-        config = {
-            "format": FORMAT,
-            "block": encoder.block,
-            "block_title": spec.title,
-            "block_source": spec.source,
-            "arch": asdict(encoder.cfg),
-        }
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if write_modeling_file(spec, tmp, shown_as=path):
+            config["auto_map"] = auto_map()
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if spec.source_text is not None:  # the source as imported at the start, whatever the file holds now
             (tmp / EMBEDDED_SOURCE).write_text(spec.source_text)
@@ -104,6 +124,16 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None) -> Pat
     return path
 
 
+def model_head(path: str | Path) -> tuple[int, int] | None:
+    """(num_labels, head_width) of a saved fine-tuned classifier; None for a pretrained (MLM) folder."""
+    config = read_json(Path(path) / CONFIG)
+    if ARCHITECTURES["classifier"] not in (config.get("architectures") or []):
+        return None
+    # transformers' save_pretrained keeps id2label, not num_labels, and head_width None for the encoder's width
+    num_labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
+    return int(num_labels), int(config.get("head_width") or config["arch"]["width"])
+
+
 def read_model_config(path: str | Path) -> tuple[ArchConfig, str]:
     """(arch, block reference) of a saved model. A user's block is loaded again and must have the source it was
     pretrained with (else one line: `model.registry.recorded_block`); from the folder's copy if the file is gone."""
@@ -123,7 +153,8 @@ def read_model_config(path: str | Path) -> tuple[ArchConfig, str]:
 
 def check_model(path: str | Path) -> tuple[ArchConfig, str]:
     """Check a saved model without loading its weights: config.json parses, model.safetensors has an intact
-    header that covers the whole file, and its tensors are exactly the encoder's names and shapes.
+    header that covers the whole file, and its tensors are exactly the names and shapes of the model it
+    describes (the encoder; and a fine-tuned folder's head).
 
     Raises `CorruptFileError` (or `ConfigError` for an unknown block) naming the file.
     """
@@ -138,8 +169,10 @@ def check_model(path: str | Path) -> tuple[ArchConfig, str]:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as err:  # noqa: BLE001 - SafetensorError and OS errors: the file cannot be used either way
         raise CorruptFileError(weights, f"damaged safetensors file ({str(err).splitlines()[0]})") from None
+    head = model_head(path)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in MaskedLM(arch, block).encoder.state_dict().items()}
+        described = MaskedLM(arch, block) if head is None else SequenceClassifier(arch, block, *head)
+        expected = {_encoder_key(k): tuple(v.shape) for k, v in described.state_dict().items()}
     shapes = {_encoder_key(k): v for k, v in shapes.items()}
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
@@ -157,7 +190,8 @@ def load_model(
     path: str | Path, num_labels: int | None = None, head_width: int | None = None, **arch_overrides: Any
 ) -> nn.Module:
     """Load a saved model: the MLM model, or (num_labels given) a SequenceClassifier with a fresh head of
-    `head_width` (None: the encoder's width).
+    `head_width` (None: the encoder's width). A fine-tuned folder (save_model of a SequenceClassifier) loads
+    as its classifier, head included, when num_labels is not given.
 
     arch_overrides change execution-time values such as dropout; shapes come from the saved config.
     """
@@ -166,14 +200,29 @@ def load_model(
     for key, value in arch_overrides.items():
         setattr(arch, key, value)
     arch.validate()
-    model = MaskedLM(arch, block) if num_labels is None else SequenceClassifier(arch, block, num_labels, head_width)
-    load_encoder_state(model, load_file(str(path / WEIGHTS)))
+    head = model_head(path) if num_labels is None else None
+    if head is not None:
+        model = SequenceClassifier(arch, block, *head)
+    elif num_labels is None:
+        model = MaskedLM(arch, block)
+    else:
+        model = SequenceClassifier(arch, block, num_labels, head_width)
+    load_encoder_state(model, load_file(str(path / WEIGHTS)), with_head=head is not None)
     return model
 
 
-def load_encoder_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load encoder weights (any wrapper prefixes, with or without an 'encoder.' prefix); strict on keys."""
+HEAD_MODULES = ("dense", "out")  # SequenceClassifier's modules beside its encoder
+
+
+def load_encoder_state(model: nn.Module, state: dict[str, torch.Tensor], with_head: bool = False) -> None:
+    """Load encoder weights (any wrapper prefixes, with or without an 'encoder.' prefix), and with_head a
+    classifier's head too (else a saved head is left out: a fresh one stays); strict on keys."""
     state = {_encoder_key(k): v for k, v in state.items()}
+    head = {k: state.pop(k) for k in list(state) if k.split(".")[0] in HEAD_MODULES}
     missing, unexpected = unwrap(model).encoder.load_state_dict(state, strict=False)
+    if with_head:
+        head_missing, head_unexpected = unwrap(model).load_state_dict(head, strict=False)
+        missing = [*missing, *(k for k in head_missing if k.split(".")[0] in HEAD_MODULES)]
+        unexpected = [*unexpected, *head_unexpected]
     if missing or unexpected:
         raise ConfigError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

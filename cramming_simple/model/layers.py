@@ -311,10 +311,16 @@ class Embedding(nn.Module):
         nn.init.normal_(self.tokens.weight, std=cfg.init_std)
         with torch.no_grad():
             self.tokens.weight[0].zero_()
-        self.register_buffer("sinusoid", sinusoid_table(cfg.seq_len, cfg.width), persistent=False)
+        self.register_buffer("sinusoid", sinusoid_table(cfg.seq_len, cfg.width), persistent=False)  # not saved
         self.position_scale = nn.Parameter(torch.tensor(cfg.width**-0.5))  # learnable, init 1/sqrt(d)
         self.norm = norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+
+    def init_buffers(self) -> None:
+        """Fill the unsaved buffers again: after a load that built the module without data (on the meta device,
+        as Hugging Face's from_pretrained does; model.hf)."""
+        with torch.no_grad():
+            self.sinusoid.copy_(sinusoid_table(*self.sinusoid.shape))
 
     def forward(self, input_ids: Tensor) -> Tensor:
         T = input_ids.shape[1]

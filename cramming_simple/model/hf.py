@@ -1,0 +1,173 @@
+"""The model as Hugging Face `transformers` classes: a config and three heads (hidden states, masked LM,
+sequence classification) around the harness's own `Encoder`, `MaskedLM` and `SequenceClassifier`.
+
+There is one implementation of the model. These classes hold the harness modules under the same attribute
+names (so a saved folder's weight names fit both), and call the harness's forward code. Saved folders carry
+this file's text, with the model package it uses, as one self-contained `modeling_cramming_simple.py`
+(`model.remote`): a machine without cramming-simple loads them with `trust_remote_code=True`. Where
+cramming-simple is installed the classes are registered with the Auto classes (`cramming_simple.autoregister`)
+and no remote code is needed.
+
+This module imports `transformers` and the generated file needs only `torch` and `transformers`, so imports
+from the rest of the package stay relative (model.remote drops them when it joins the sources).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+
+from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, init_head_layer
+from .config import MODEL_TYPE, ArchConfig
+
+
+class CrammingSimpleConfig(PretrainedConfig):
+    """A saved folder's config.json: the harness's keys (`block`, `arch`, where a user's block came from) plus
+    what `transformers` reads (`model_type`, `num_labels`, `id2label`, `problem_type`)."""
+
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        block: str = "preln",
+        arch: dict | None = None,
+        block_title: str | None = None,
+        block_source: dict | None = None,
+        head_width: int | None = None,
+        **kwargs,
+    ):
+        self.block, self.block_title, self.block_source = block, block_title, block_source
+        self.arch = asdict(ArchConfig.from_dict(arch or {}))
+        self.head_width = head_width
+        super().__init__(**kwargs)
+
+    def arch_config(self) -> ArchConfig:
+        return ArchConfig.from_dict(self.arch)
+
+    # The names other libraries read from a BERT-like config.
+    @property
+    def vocab_size(self) -> int:
+        return self.arch["vocab_size"]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.arch["width"]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.arch["depth"]
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.arch["heads"]
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.arch["seq_len"]
+
+
+class CrammingSimplePreTrainedModel(PreTrainedModel):
+    config_class = CrammingSimpleConfig
+    base_model_prefix = "encoder"  # every class keeps the Encoder here: weight names encoder.* in all of them
+    main_input_name = "input_ids"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """What a folder does not hold, after a load that built the model without data: the unsaved buffers
+        (the position table), and a classification head that is new (a pretrained encoder under a fresh head),
+        which gets the harness's head init. Everything else is in the folder."""
+        if hasattr(module, "init_buffers"):
+            module.init_buffers()
+        if getattr(module, "is_head_layer", False):
+            init_head_layer(module, self.config.arch["init_std"])
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """transformers' save, and with the package's own classes (not remote code, which transformers copies
+        itself) also the self-contained modeling file that the folder's auto_map names (model.remote)."""
+        own = type(self).__module__.startswith("cramming_simple.")
+        if own:
+            remote = importlib.import_module("cramming_simple.model.remote")  # not in the generated file
+            self.config.auto_map = remote.auto_map()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if own and not remote.write_modeling_file(self.encoder.spec, save_directory):
+            config = Path(save_directory) / "config.json"
+            config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "auto_map"}))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.embedding.tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.embedding.tokens = value
+
+
+class CrammingSimpleModel(CrammingSimplePreTrainedModel):
+    """The encoder: last_hidden_state (B, T, d), after the final LayerNorm."""
+
+    def __init__(self, config: CrammingSimpleConfig):
+        super().__init__(config)
+        self.encoder = Encoder(config.arch_config(), config.block)
+        self.post_init()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **unused) -> BaseModelOutput:
+        # unused: token_type_ids and the like, which BERT tokenizers return and this encoder has no use for
+        return BaseModelOutput(last_hidden_state=self.encoder(input_ids, attention_mask))
+
+
+class CrammingSimpleForMaskedLM(CrammingSimplePreTrainedModel):
+    """Full-vocabulary logits (B, T, V) through the tied decoder (MaskedLM.logits); `labels` (B, T) with -100
+    where no loss is taken give the mean cross-entropy."""
+
+    def __init__(self, config: CrammingSimpleConfig):
+        super().__init__(config)
+        self.encoder = Encoder(config.arch_config(), config.block)
+        self.post_init()
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None, **unused
+    ) -> MaskedLMOutput:
+        logits = MaskedLM.logits(self, input_ids, attention_mask)  # the harness's code on the same `encoder`
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+
+class CrammingSimpleForSequenceClassification(CrammingSimplePreTrainedModel):
+    """The GLUE head (SequenceClassifier): num_labels=1 is regression (MSE)."""
+
+    def __init__(self, config: CrammingSimpleConfig):
+        if config.num_labels == 1:  # the harness's rule (MSE); tells the text-classification pipeline not to squash
+            config.problem_type = "regression"
+        super().__init__(config)
+        model = SequenceClassifier(config.arch_config(), config.block, config.num_labels, config.head_width)
+        self.num_labels = model.num_labels
+        self.encoder, self.dense, self.dropout, self.out = model.encoder, model.dense, model.dropout, model.out
+        self.post_init()
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None, **unused
+    ) -> SequenceClassifierOutput:
+        logits, loss = SequenceClassifier.forward(self, input_ids, attention_mask, labels)  # same attributes
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+AUTO_CLASSES = {
+    "AutoModel": CrammingSimpleModel,
+    "AutoModelForMaskedLM": CrammingSimpleForMaskedLM,
+    "AutoModelForSequenceClassification": CrammingSimpleForSequenceClassification,
+}
+
+
+def register() -> None:
+    """Make the Auto classes and pipelines know the model type without remote code."""
+    import transformers
+
+    transformers.AutoConfig.register(MODEL_TYPE, CrammingSimpleConfig, exist_ok=True)
+    for auto, cls in AUTO_CLASSES.items():
+        getattr(transformers, auto).register(CrammingSimpleConfig, cls, exist_ok=True)
