@@ -133,7 +133,10 @@ class _TensorBoard:
     def __init__(self, run_dir: Path, run_name: str, config: dict, job: str, run_id: str | None, resume_step):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / TB_DIR), purge_step=resume_step or None)
+        # TensorBoard drops the events at or after purge_step; a resume keeps metrics.jsonl's rows up to and
+        # including the checkpoint's step (a row logged at that very step is not logged again), so purge after it.
+        purge = resume_step + 1 if resume_step else None
+        self.writer = SummaryWriter(log_dir=str(run_dir / TB_DIR), purge_step=purge)
         self.writer.add_text(f"{job}/config", config_text(config))
 
     def log(self, values: dict[str, float], step: int) -> None:

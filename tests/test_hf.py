@@ -5,6 +5,7 @@ The loading side runs in subprocesses in which `import cramming_simple` fails, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from test_glue import make_glue, sentiment_words, write_parquet
 from test_your_block import cli
 
 from cramming_simple.data.tokenizer import load_tokenizer
-from cramming_simple.model import MaskedLM, SequenceClassifier, arch_config, load_model, save_model
+from cramming_simple.model import BLOCKS, MaskedLM, SequenceClassifier, arch_config, load_model, save_model
 from cramming_simple.model.remote import MODELING_FILE, RemoteCodeUnavailable, modeling_source
 from cramming_simple.runs import MODEL
 
@@ -155,7 +157,7 @@ def test_importing_cramming_simple_registers_the_classes_and_their_saves_load_in
     assert model(torch.tensor([[2, 5, 9, 3]]))[0].flatten().tolist() == pytest.approx(logits[0], abs=1e-6)
 
 
-def test_a_fresh_head_gets_the_harness_init_and_from_config_keeps_the_blocks_init():
+def test_from_config_keeps_the_blocks_init_and_the_bert_names_read_and_write_arch():
     from cramming_simple.model.hf import CrammingSimpleConfig, CrammingSimpleForMaskedLM
 
     torch.manual_seed(0)
@@ -166,6 +168,27 @@ def test_a_fresh_head_gets_the_harness_init_and_from_config_keeps_the_blocks_ini
     d = 64
     assert model.encoder.layers[0].w_in.weight[:d].abs().max() == 0  # SAS-P's zero query init survives post_init
     assert model.encoder.embedding.sinusoid[0, 1] == 1.0
+    assert (config.hidden_size, config.num_hidden_layers, config.max_position_embeddings) == (64, 2, 128)
+    model.resize_token_embeddings(520)  # writes config.vocab_size: kept in arch, and the tied decoder follows
+    assert config.vocab_size == config.arch["vocab_size"] == 520
+    assert model(input_ids=torch.tensor([[2, 515, 3]])).logits.shape == (1, 3, 520)
+
+
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_the_generated_file_computes_what_the_package_computes_for_every_block(block, monkeypatch):
+    """The generated text, executed as its own module, gives the harness's logits for all seven blocks (the
+    subprocess test above covers three of them end to end)."""
+    torch.manual_seed(0)
+    model = MaskedLM(arch_config("tiny", vocab_size=512), block).eval()
+    generated = types.ModuleType("generated_modeling")
+    monkeypatch.setitem(sys.modules, generated.__name__, generated)
+    exec(compile(modeling_source(model.encoder.spec, "test"), MODELING_FILE, "exec"), generated.__dict__)
+    config = generated.CrammingSimpleConfig(block=block, arch=dataclasses.asdict(model.encoder.cfg))
+    hf = generated.CrammingSimpleForMaskedLM(config).eval()
+    hf.load_state_dict(model.state_dict())
+    ids, mask = torch.tensor([[2, 40, 41, 42, 3], [2, 50, 3, 0, 0]]), torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])
+    assert type(hf.encoder).__module__ == "generated_modeling"
+    assert torch.equal(hf(input_ids=ids, attention_mask=mask).logits, model.logits(ids, mask))
 
 
 # ------------------------------------------------------------------------------------------------- GLUE export

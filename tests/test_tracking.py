@@ -51,6 +51,21 @@ def test_tensorboard_scalars_equal_metrics_jsonl_also_after_a_resume(smoke_cache
     assert {"train/lr", "train/batch_size", "train/tokens_per_s"} <= logged.keys()
 
 
+def test_a_tensorboard_resume_keeps_the_rows_at_the_checkpoint_step(tmp_path):
+    """metrics.jsonl keeps a resumed run's rows up to and including the checkpoint's step, and so must TensorBoard
+    (a row logged exactly at that step, train or eval, is not logged again); later ones are redone and replaced."""
+    with tracking.Trackers(["tensorboard"], tmp_path, "tb", {}) as t:
+        for step in range(1, 8):
+            t.log({"loss": float(step)}, step, "train")
+        t.log({"eval_loss": 5.5}, 5, "eval")
+        t.log({"eval_loss": 7.5}, 7, "eval")
+    with tracking.Trackers(["tensorboard"], tmp_path, "tb", {}, resume_step=5) as t:  # the checkpoint: step 5
+        t.log({"loss": 60.0}, 6, "train")
+    logged = scalars(tmp_path / tracking.TB_DIR)
+    assert logged["train/loss"] == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0, 6: 60.0}
+    assert logged["eval/eval_loss"] == {5: 5.5}
+
+
 def test_a_missing_tracker_package_fails_at_the_start_with_the_install_line(smoke_cache, tmp_path, monkeypatch, capsys):
     real = tracking.importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda n: None if n == "wandb" else real(n))

@@ -216,8 +216,10 @@ def _num(v) -> str:
 
 def _data(s: dict) -> str:
     d = s.get("data") or {}
-    name = d.get("name") or d.get("source") or "?"
-    return f"{name} ({d.get('sequences', '?'):,} sequences, data hash {d.get('hash', '?')})" if d else "?"
+    if not d:
+        return "?"
+    sequences = f"{d['sequences']:,} sequences, " if isinstance(d.get("sequences"), int) else ""
+    return f"{d.get('name') or d.get('source') or '?'} ({sequences}data hash {d.get('hash', '?')})"
 
 
 def _fine_tuned_section(task: str, seed: int, results: list[dict], config: dict) -> list[str]:

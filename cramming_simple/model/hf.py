@@ -28,6 +28,19 @@ from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, init_head_layer
 from .config import MODEL_TYPE, ArchConfig
 
 
+class ArchField:
+    """A config attribute that reads and writes one field of the config's `arch` dict."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __get__(self, config, owner=None):
+        return self if config is None else config.arch[self.field]
+
+    def __set__(self, config, value) -> None:
+        config.arch[self.field] = value
+
+
 class CrammingSimpleConfig(PretrainedConfig):
     """A saved folder's config.json: the harness's keys (`block`, `arch`, where a user's block came from) plus
     what `transformers` reads (`model_type`, `num_labels`, `id2label`, `problem_type`)."""
@@ -51,26 +64,12 @@ class CrammingSimpleConfig(PretrainedConfig):
     def arch_config(self) -> ArchConfig:
         return ArchConfig.from_dict(self.arch)
 
-    # The names other libraries read from a BERT-like config.
-    @property
-    def vocab_size(self) -> int:
-        return self.arch["vocab_size"]
-
-    @property
-    def hidden_size(self) -> int:
-        return self.arch["width"]
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.arch["depth"]
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.arch["heads"]
-
-    @property
-    def max_position_embeddings(self) -> int:
-        return self.arch["seq_len"]
+    # The names other libraries read from a BERT-like config, kept in `arch` (resize_token_embeddings writes one).
+    vocab_size = ArchField("vocab_size")
+    hidden_size = ArchField("width")
+    num_hidden_layers = ArchField("depth")
+    num_attention_heads = ArchField("heads")
+    max_position_embeddings = ArchField("seq_len")
 
 
 class CrammingSimplePreTrainedModel(PreTrainedModel):
