@@ -73,6 +73,10 @@ def test_saved_models_load_with_transformers_where_cramming_simple_is_missing(ru
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == "cramming-simple-bert" and "AutoModelForMaskedLM" in config["auto_map"]
         assert (folder / MODELING_FILE).is_file()
+        # a class name transformers 4 knows as well (5 calls its fast tokenizers TokenizersBackend)
+        assert (
+            json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+        )
         model = load_model(folder).eval()
         inputs = batch(load_tokenizer(folder))
         with torch.no_grad():

@@ -57,7 +57,7 @@ def check_hub() -> str:
 def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
     """Create the model repo (if needed) and upload the folder as one commit; the repo's URL."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+    from huggingface_hub.utils import HfHubHTTPError, LocalTokenNotFoundError  # also in huggingface_hub<0.24
 
     api = HfApi(endpoint=check_hub())
     try:

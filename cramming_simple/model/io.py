@@ -32,7 +32,7 @@ from .remote import ARCHITECTURES, auto_map, write_modeling_file
 
 log = logging.getLogger(__name__)
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+WEIGHTS, CONFIG, TOKENIZER_CONFIG = "model.safetensors", "config.json", "tokenizer_config.json"
 
 FORMAT = 1
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel
@@ -106,6 +106,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
         if tokenizer is not None:
             tokenizer.model_max_length = encoder.cfg.seq_len
             tokenizer.save_pretrained(str(tmp))
+            portable_tokenizer_config(tmp / TOKENIZER_CONFIG)
         for f in tmp.iterdir():
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -122,6 +123,14 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
     with contextlib.suppress(OSError):
         shutil.rmtree(old)
     return path
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """transformers 5 names a fast tokenizer's class `TokenizersBackend`, which transformers 4 does not know; both
+    load `PreTrainedTokenizerFast` (the same class in 5), so a folder saved here loads under either."""
+    config = read_json(path)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        path.write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
 
 
 def model_head(path: str | Path) -> tuple[int, int] | None:
