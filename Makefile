@@ -28,6 +28,9 @@ DEMO_ARGS ?=
 # make demo's side-by-side speed: an interleaved bench of its blocks at the smoke size (arch tiny, microbatch 32)
 DEMO_BENCH_ARGS ?= --arch tiny --batch 32 --steps 6 --warmup 2
 GLUE_DIR ?=
+# make test: the default suite (what CI runs); make test-all adds the tests marked slow
+TEST_MARKS ?= not slow
+PYTEST_ARGS ?=
 # make all PRETRAIN_SEEDS="0 1 2": replicate pretraining runs per block (runs/<block>-<budget>-s<seed>), which the
 # report folds into one row (GLUE over pretraining x fine-tuning seeds, speed and loss mean ± std)
 PRETRAIN_SEEDS ?=
@@ -38,10 +41,11 @@ else
 LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m cramming_simple
 endif
 
-.PHONY: help setup test format demo data pretrain glue report bench check-block export all params clean-venv
+.PHONY: help setup test test-all format demo data pretrain glue report bench check-block export all params clean-venv
 
 help:
 	@echo "make demo | make test                 first two commands on a fresh machine"
+	@echo "make test-all                         the suite with its slow end-to-end tests (CI runs make test)"
 	@echo "make format                           ruff: fix what it can, format the code"
 	@echo "make pretrain BLOCK=sas BUDGET=24h    pretrain one block (resumes if the run exists)"
 	@echo "make glue BLOCK=sas [RUN=runs/..]     fine-tune the latest run of BLOCK on GLUE"
@@ -62,7 +66,10 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/ruff check cramming_simple tests
 	$(BIN)/ruff format --check cramming_simple tests
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "$(TEST_MARKS)" $(PYTEST_ARGS)
+
+test-all:  # the slow end-to-end tests too (what CI leaves out to stay within 15 minutes)
+	$(MAKE) --no-print-directory test TEST_MARKS=
 
 format: setup
 	$(BIN)/ruff check --fix cramming_simple tests

@@ -11,7 +11,7 @@ import importlib
 import sys
 import traceback
 
-from . import __version__
+from . import __version__, autoregister
 from .commands import COMMANDS
 from .console import setup_logging
 from .errors import EXIT_CODES_HELP, EXIT_DISK_FULL, EXIT_INTERRUPTED, UserError, debug_enabled, is_disk_full
@@ -60,6 +60,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        # The command's own process (and its GLUE workers): folders load with load_model, not the Auto classes,
+        # so no registration (autoregister.py). A call from Python (argv given) leaves its caller's process alone.
+        autoregister.opt_out()
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     # key=value overrides may come anywhere, also after options that follow a positional (`glue RUN --tasks

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import WORDS
 from test_glue import make_glue, write_tsv
 
@@ -59,32 +60,13 @@ def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
     assert "## GLUE (this pretrained model)" in (exported / "README.md").read_text()
 
 
-def test_make_all_runs_every_stage_and_a_rerun_skips_what_is_done(smoke_cache, tmp_path):
+@pytest.mark.slow  # 45 s: the Makefile's loop over what make demo (above) and the skip tests already run
+def test_make_all_runs_every_stage_with_pretraining_seeds_and_a_rerun_skips_what_is_done(smoke_cache, tmp_path):
+    """`make all` pretrains each block once per seed, fine-tunes every run, and reports the replicates folded into
+    one row; run again, it finds everything done (one test: each `make all` costs a dozen processes)."""
     runs, out = tmp_path / "runs", tmp_path / "report"
     variables = [
-        "BLOCKS=preln sasp",
-        "BUDGET=smoke",
-        "PROTOCOL=smoke",
-        "TASKS=rte",
-        f"RUNS={runs}",
-        f"OUT={out}",
-        f"GLUE_DIR={glue_fixture(tmp_path / 'glue')}",
-        f"ARGS=hours=0.001 data.cache_dir={smoke_cache} impl.device=cpu",
-    ]
-    make("all", *variables)
-    for block in ("preln", "sasp"):
-        assert json.loads((runs / f"{block}-smoke" / "summary.json").read_text())["completed"]
-        assert (runs / f"{block}-smoke" / "glue" / "rte" / "seed1.json").exists()
-    assert "SAS-P" in (out / "table1.md").read_text()
-    again = make("all", *variables).stdout
-    assert again.count("is complete; nothing to do") == 2 and again.count("0 of 1 task/seed runs to do") == 2
-
-
-def test_make_all_with_pretraining_seeds_runs_replicates_that_the_report_folds(smoke_cache, tmp_path):
-    runs, out = tmp_path / "runs", tmp_path / "report"
-    done = make(
-        "all",
-        "BLOCKS=preln",
+        "BLOCKS=sasp",
         "BUDGET=smoke",
         "PRETRAIN_SEEDS=0 1",
         "PROTOCOL=smoke",
@@ -93,11 +75,16 @@ def test_make_all_with_pretraining_seeds_runs_replicates_that_the_report_folds(s
         f"OUT={out}",
         f"GLUE_DIR={glue_fixture(tmp_path / 'glue')}",
         f"ARGS=hours=0.0006 data.cache_dir={smoke_cache} impl.device=cpu",
-    )
+    ]
+    done = make("all", *variables)
     for seed in (0, 1):
-        run = runs / f"preln-smoke-s{seed}"
+        run = runs / f"sasp-smoke-s{seed}"
+        assert json.loads((run / "summary.json").read_text())["completed"]
         assert "seed: " + str(seed) in (run / "config.yaml").read_text()
         assert (run / "glue" / "rte" / "seed1.json").exists()
     assert (out / "table1.md").exists(), done.stdout[-3000:] + done.stderr[-3000:]
     table1 = (out / "table1.md").read_text()
-    assert "preln-smoke-s0 + preln-smoke-s1" in table1 and "2 pretraining seeds (0,1)" in table1
+    assert "SAS-P" in table1
+    assert "sasp-smoke-s0 + sasp-smoke-s1" in table1 and "2 pretraining seeds (0,1)" in table1
+    again = make("all", *variables).stdout
+    assert again.count("is complete; nothing to do") == 2 and again.count("0 of 1 task/seed runs to do") == 2

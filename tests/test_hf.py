@@ -161,6 +161,27 @@ def test_importing_cramming_simple_registers_the_classes_and_their_saves_load_in
     assert model(torch.tensor([[2, 5, 9, 3]]))[0].flatten().tolist() == pytest.approx(logits[0], abs=1e-6)
 
 
+def test_the_command_line_and_its_workers_skip_the_registration_and_its_imports(tmp_path):
+    """A command reads tokenizers through transformers but never loads a folder with the Auto classes: its
+    process does not pay for transformers' model classes (1.2 s), nor do the processes it starts."""
+    script = """
+        import json, os, subprocess, sys
+        from cramming_simple.cli import main
+        sys.argv = ["cramming-simple", "params", "--arch", "tiny", "--json"]
+        main()  # as the console command calls it
+        from transformers import AutoTokenizer  # what pretrain and glue import
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        child = "import cramming_simple, transformers, sys; print('transformers.modeling_utils' in sys.modules)"
+        print(json.dumps({"heavy": "transformers.modeling_utils" in sys.modules,
+              "registered": "cramming-simple-bert" in CONFIG_MAPPING,
+              "child": subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout.strip()}))
+        """
+    assert python(script, tmp_path, harness=True) == {"heavy": False, "registered": False, "child": "False"}
+    library = "import json, sys\nimport cramming_simple\nfrom transformers import AutoTokenizer\n"
+    library += "print(json.dumps('transformers.modeling_utils' in sys.modules))"
+    assert python(library, tmp_path, harness=True) is True  # the same import without the command: registered
+
+
 def test_from_config_keeps_the_blocks_init_and_the_bert_names_read_and_write_arch():
     from cramming_simple.model.hf import CrammingSimpleConfig, CrammingSimpleForMaskedLM
 
