@@ -14,7 +14,15 @@ import traceback
 from . import __version__, autoregister
 from .commands import COMMANDS
 from .console import setup_logging
-from .errors import EXIT_CODES_HELP, EXIT_DISK_FULL, EXIT_INTERRUPTED, UserError, debug_enabled, is_disk_full
+from .errors import (
+    EXIT_CODES_HELP,
+    EXIT_DISK_FULL,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    UserError,
+    debug_enabled,
+    is_disk_full,
+)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -80,11 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args)
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """`train.lr=` (nothing after the =) would silently mean null, i.e. the default: refused, as a typo."""
+    empty = [o for o in overrides if o.split("=", 1)[1].strip() == ""]
+    if empty:
+        key = empty[0].split("=", 1)[0]
+        raise ConfigError(
+            f"override {empty[0]!r} has no value: give one ({key}=...), or {key}=null to ask for the default"
+        )
+
+
 def run_command(args: argparse.Namespace) -> int:
     """The one path every user-facing error takes: one line on stderr and its exit code (traceback with --debug)."""
     setup_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     debug = args.debug or debug_enabled()
     try:
+        check_overrides(getattr(args, "overrides", []))
         return int(args.func(args) or 0)
     except UserError as err:
         return _report(args, err, err.exit_code, debug, quiet=getattr(err, "quiet", False))

@@ -4,6 +4,7 @@ before any command)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 LOG = logging.getLogger("cramming_simple")  # the library's logger: every module logs under it
@@ -33,6 +34,18 @@ def setup_logging(verbosity: int = 0) -> None:
     LOG.handlers = [h for h in LOG.handlers if not isinstance(h, ConsoleHandler)] + [ConsoleHandler()]
     LOG.setLevel(level)
     LOG.propagate = False
+    if verbosity < 0 or not sys.stderr.isatty():
+        quiet_library_progress()
+
+
+def quiet_library_progress() -> None:
+    """No progress bars from `datasets` and `huggingface_hub` (data loading, downloads): with -q, and whenever
+    stderr is not a terminal, where their carriage-return redraws would fill a log file with partial lines."""
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for module, call in (("datasets", "disable_progress_bars"), ("huggingface_hub.utils", "disable_progress_bars")):
+        if module in sys.modules:  # imported before the variables were set: they read them at import only
+            getattr(sys.modules[module], call, lambda: None)()
 
 
 # Used as a library (a notebook, a test), the package reports as the command line does: info on stdout, warnings

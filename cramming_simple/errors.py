@@ -86,10 +86,15 @@ def is_disk_full(err: BaseException | None) -> bool:
 
 
 def free_bytes(folder: str | Path) -> int | None:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
+    """Free bytes on the file system of `folder`, or of its nearest existing parent (the folder a failed write
+    was creating may not exist)."""
+    folder = Path(folder).absolute()
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
 
 
 def human_bytes(n: float | None) -> str:

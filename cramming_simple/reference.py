@@ -10,6 +10,7 @@ from .presets import shipped
 
 PAPER = "he2023"  # He & Hofmann, "Simplifying Transformer Blocks": the rows Δ columns compare against
 BASELINE = "preln"  # speed = microbatch steps (or tokens/s) relative to this block
+PUBLISHED_HOURS = 24.0  # the budget of the published runs: only runs of that budget get a "Δ vs published"
 
 
 def reference_names() -> list[str]:

@@ -26,6 +26,7 @@ runs/<name>/
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from .config import ConfigError
@@ -43,6 +44,19 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = (
     "glue",
 )
 PREV_CHECKPOINT, LOCK, DIAGNOSTICS = "checkpoint.prev.pt", ".lock", "diagnostics.jsonl"
+RESTARTED = ".restarted"  # runs_dir/.restarted/<name>-<time>/: folders `pretrain --restart` moved aside
+
+
+def check_runs_dir(runs_dir: str | Path) -> Path:
+    """`--runs-dir` as a folder (it may not exist yet); a file there is a mistake, named in one line."""
+    path = Path(runs_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--runs-dir {runs_dir} is a file, not a folder of runs")
+    return path
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / f).exists() for f in (CHECKPOINT, PREV_CHECKPOINT))
 
 
 def snapshot_name(fraction: float) -> str:
@@ -68,6 +82,36 @@ def read_summary(run_dir: str | Path) -> dict | None:
     except CorruptFileError as err:
         log.warning(f"{err}; skipping that run's summary")
         return None
+
+
+def run_state(run_dir: str | Path, summary: dict | None) -> str:
+    """How a run stands: 'completed', 'running' (a live process holds its lock), its stop reason (preempted,
+    nonfinite_loss, disk_full, ...), or 'killed' (not completed, no reason recorded, nobody training it)."""
+    summary = summary or {}
+    if summary.get("completed"):
+        return "completed"
+    if lock_held(Path(run_dir) / LOCK):
+        return "running"
+    return summary.get("stop_reason") or "killed"
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live process holds the flock on `path` (asked with a shared, non-blocking lock: never waits)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return False
 
 
 def latest_run(runs_dir: str | Path, block: str) -> Path:

@@ -13,7 +13,9 @@ import logging
 import os
 import platform
 import random
+import re
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -27,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .console import LOG
-from .errors import CorruptFileError, DiskFullError, LockedError, is_disk_full
+from .errors import ConfigError, CorruptFileError, DiskFullError, LockedError, is_disk_full
 
 try:
     import fcntl
@@ -35,6 +37,7 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+FILE_MODE = 0o644  # files the harness writes: readable by everyone, whatever the umask of a temporary file
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -46,7 +49,10 @@ def pick_device(name: str = "auto") -> torch.device:
         keep_freed_memory()
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device (is this a CPU build of torch?)")
+            raise ConfigError(
+                "impl.device=cuda, but torch sees no CUDA device here (a CPU build of torch, or no GPU): use "
+                "impl.device=auto or cpu"
+            )
         index = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
@@ -204,6 +210,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], size_hint:
     unique per process, so two writers never rename each other's file. On any failure the temporary file is
     removed; a full disk becomes `DiskFullError` (`size_hint`: the bytes the file needs, for the message).
     """
+    commit_temporary(write_temporary(path, write, size_hint), path)
+
+
+def write_temporary(path: str | Path, write: Callable[[BinaryIO], None], size_hint: int | None = None) -> Path:
+    """The first half of `atomic_write`: the complete, fsynced temporary file beside `path` (not yet renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
@@ -212,12 +223,24 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], size_hint:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, FILE_MODE)
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if is_disk_full(err):
             raise DiskFullError(path, size_hint) from None
+        raise
+    return tmp
+
+
+def commit_temporary(tmp: Path, path: str | Path) -> None:
+    """The second half: rename the temporary file over `path` and make the rename durable."""
+    path = Path(path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     fsync_folder(path.parent)
 
@@ -232,13 +255,46 @@ def fsync_folder(folder: str | Path) -> None:
             os.close(fd)
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files killed writers left in `folder`. Only call this while holding the folder's lock."""
-    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
-    for p in stale:
+# Names of what killed writers leave behind: `.<name>.<pid>[-<hex>].tmp` (atomic writes, checkpoint links, model
+# folders, GLUE predictions), `.<name>.<pid>.old` (a model folder being replaced), `<key>.partial<pid>` (data).
+TEMPORARY = re.compile(r"^\..+\.(\d+)(-[0-9a-f]+)?\.(tmp|old)$|^.+\.partial(\d+)$")
+
+
+def remove_stale_temporaries(folder: str | Path, recursive: bool = False, dead_only: bool = False) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left in `folder` (`recursive`: below it too).
+
+    Call it holding the folder's lock, or with `dead_only`: then only what a process of this host that no longer
+    runs was writing goes (the writer's PID is in the name), so a folder other live processes write in is safe.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    stale = []
+    for p in list(found):
+        match = TEMPORARY.match(p.name)
+        if match is None:
+            continue
+        pid = int(match.group(1) or match.group(4))
+        if dead_only and (pid == os.getpid() or pid_alive(pid)):
+            continue
         with contextlib.suppress(OSError):
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            stale.append(p)
     return stale
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this host (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return True
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -397,33 +453,39 @@ def environment(device: torch.device) -> dict:
 
 
 class Progress:
-    """A tqdm bar on a terminal; when stdout is not a terminal, a log line every `log_every` seconds.
+    """A tqdm bar on a terminal; when stdout is not a terminal, a log line every `log_every` seconds (never a
+    carriage return into a log file). Nothing at all with -q, or with `enabled=False`.
 
     `update(position, **stats)` sets the absolute position (steps done, seconds spent, ...); with unit "s"
-    the position and total read as h:mm:ss (a budget).
+    the position and total read as h:mm:ss (a budget). `total=None`: no end known (a streamed corpus).
     """
 
-    def __init__(self, total: float, desc: str, unit: str = "it", log_every: float = 30.0, file=None):
+    def __init__(
+        self, total: float | None, desc: str, unit: str = "it", log_every: float = 30.0, file=None, enabled=True
+    ):
         self.file = file or sys.stdout
         self.total, self.desc, self.unit, self.log_every = total, desc, unit, log_every
         self.interactive = hasattr(self.file, "isatty") and self.file.isatty()
-        self.quiet = not LOG.isEnabledFor(logging.INFO)  # -q: no progress either
+        self.quiet = not enabled or not LOG.isEnabledFor(logging.INFO)  # -q: no progress either
         self.bar = None
         if self.interactive and not self.quiet:
-            fmt = "{desc}: {percentage:3.0f}%|{bar}| {postfix[0]}"  # our text after the bar: position and stats
+            # our text after the bar: position and stats
+            fmt = "{desc}: {percentage:3.0f}%|{bar}| {postfix[0]}" if total else "{desc}: {postfix[0]}"
             self.bar = tqdm(total=total, desc=desc, file=self.file, dynamic_ncols=True, bar_format=fmt, postfix=[""])
         self.last_log = -float("inf")
         self.position = 0.0
 
     def where(self) -> str:
         if self.unit == "s":
-            return f"{tqdm.format_interval(self.position)}/{tqdm.format_interval(self.total)}"
+            return f"{tqdm.format_interval(self.position)}/{tqdm.format_interval(self.total or 0)}"
+        if not self.total:
+            return f"{self.position:.0f} {self.unit}"
         return f"{self.position:.0f}/{self.total:.0f} {self.unit}"
 
     def update(self, position: float, **stats: Any) -> None:
         self.position = position
         if self.bar is not None:
-            self.bar.n = min(position, self.total)
+            self.bar.n = min(position, self.total) if self.total else position
             self.bar.postfix = [" ".join([self.where(), *(f"{k} {_fmt(v)}" for k, v in stats.items())])]
             self.bar.refresh()
         elif time.monotonic() - self.last_log >= self.log_every:
@@ -433,9 +495,9 @@ class Progress:
         self.last_log = time.monotonic()
         if self.quiet:
             return
-        share = 100.0 * self.position / self.total if self.total else 0.0
+        share = f"{100.0 * self.position / self.total:5.1f}% " if self.total else ""
         fields = " ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
-        print(f"[{self.desc}] {share:5.1f}% {self.where()} {fields}".rstrip(), file=self.file, flush=True)
+        print(f"[{self.desc}] {share}{self.where()} {fields}".rstrip(), file=self.file, flush=True)
 
     def close(self, **stats: Any) -> None:
         if self.bar is not None:

@@ -114,7 +114,7 @@ def test_a_truncated_checkpoint_resumes_from_the_previous_one(preempted, tmp_pat
     args[args.index("--runs-dir") + 1] = str(tmp_path)
     previous = load_checkpoint(run / "checkpoint.prev.pt")["state"]
     damage(run / "checkpoint.pt", "truncate")
-    resumed = cli(*args, "--resume", f"hours={(previous['elapsed_s'] + 4) / 3600}")
+    resumed = cli(*args, "--resume", "--extend-budget", f"hours={(previous['elapsed_s'] + 4) / 3600}")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     warning = [line for line in resumed.stderr.splitlines() if "checkpoint.pt" in line]
     assert len(warning) == 1 and "truncated" in warning[0] and "checkpoint.prev.pt" in warning[0]
@@ -268,7 +268,7 @@ def test_a_full_disk_while_checkpointing_exits_5_and_keeps_the_previous_checkpoi
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stop_reason"] == "disk_full" and not summary["completed"]
     (small_disk / "filler").unlink()  # space again: the run resumes from its checkpoint
-    resumed = cli(*args, "--resume", "hours=0.001")
+    resumed = cli(*args, "--resume", "--extend-budget", "hours=0.001")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
 

@@ -247,7 +247,7 @@ def test_changing_the_block_file_after_pretraining_is_refused(user_run, block_fi
 
 @pytest.mark.parametrize("ref", ["rezero.py:ReZero", "rmsnorm.py:PreRMSNorm"])
 def test_the_examples_pretrain_on_the_smoke_budget(ref, smoke_cache, tmp_path):
-    code, _, err = cli(*pretrain_args(smoke_cache, tmp_path, "hours=0.001", block=f"{EXAMPLES / ref}"))
+    code, _, err = cli(*pretrain_args(smoke_cache, tmp_path, "hours=0.002", block=f"{EXAMPLES / ref}"))
     assert code == 0, err
     (run,) = tmp_path.iterdir()
     summary = json.loads((run / "summary.json").read_text())

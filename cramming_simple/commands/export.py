@@ -11,8 +11,11 @@ not installed); its README.md is the model card.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..config import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this hub repository")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    parser.add_argument(
+        "--license", default="mit", help="the model card's license (a hub license id; default: mit, the harness's)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--seed picks a fine-tuned model: use it with --glue TASK")
     if args.push_to_hub:
         check_hub()  # seconds, before any work
-    folder = export(args.run_dir, args.out, task=args.glue, seed=args.seed)
+    folder = export(args.run_dir, args.out, task=args.glue, seed=args.seed, license=args.license)
     what = f"{args.run_dir} ({args.glue})" if args.glue else args.run_dir
-    print(f"exported {what} to {folder} (model card: {folder}/README.md)")
+    log.info(f"exported {what} to {folder} (model card: {folder}/README.md)")
     if args.push_to_hub:
-        print(f"pushed to {push(folder, args.push_to_hub, private=args.private)}")
+        log.info(f"pushed to {push(folder, args.push_to_hub, private=args.private)}")
     return 0

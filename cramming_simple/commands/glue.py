@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import logging
 from pathlib import Path
 
 from ..config import ConfigError, require
 from ..presets import list_presets
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
-    from tqdm import tqdm
 
     from ..data.tokenizer import check_tokenizer, load_tokenizer
     from ..glue.config import load_protocol, protocol_hash
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import check_model
     from ..profiles import profile_of
     from ..runs import GLUE, MODEL, glue_name, snapshot_name
-    from ..runtime import file_sha256
+    from ..runtime import file_sha256, remove_stale_temporaries
     from ..tracking import Trackers, check_trackers
 
     if args.run_dir and "=" in args.run_dir and not Path(args.run_dir).exists():  # `glue --block sas lr=1e-4`
@@ -109,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
             "pretraining with impl.keep_at=[0.25,0.5,0.75]"
         )
     arch, block = check_model(model_dir)
-    check_tokenizer(load_tokenizer(model_dir), arch.vocab_size, where=f"the tokenizer in {model_dir}")
+    tokenizer = load_tokenizer(model_dir)
+    check_tokenizer(tokenizer, arch.vocab_size, where=f"the tokenizer in {model_dir}")
+    check_pretrained_tokenizer(run_dir, model_dir, tokenizer)
     first_task = protocol.warmup_task if protocol.warmup_from == "first_task" else None
     require(
         first_task is None or first_task in table.tasks,
@@ -135,17 +138,19 @@ def run(args: argparse.Namespace) -> int:
         GLUE if args.at is None else glue_name(args.at),
         first_task_examples,
         args.save_models,
+        overrides=tuple(args.overrides),
     )
+    remove_stale_temporaries(job.glue_dir, recursive=True, dead_only=True)  # what killed GLUE writers left
     plan = [(t, s) for t in tasks for s in protocol.seeds]
     todo = [item for item in plan if args.force or not job.is_done(*item, warn=True)]
     check_not_in_use(job, todo)
 
-    print(
+    log.info(
         f"GLUE on {model_dir} ({block}): protocol {name} [{job.protocol_hash}, profile "
         f"{profile_of('glue', dataclasses.asdict(protocol))}], data from {source.describe()}, "
         f"results in {job.glue_dir}"
     )
-    print(
+    log.info(
         f"{len(todo)} of {len(plan)} task/seed runs to do"
         + (f" ({len(plan) - len(todo)} done before; --force redoes them)" if len(todo) < len(plan) else "")
     )
@@ -155,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def on_result(record: dict) -> None:
-        tqdm.write(result_line(record))
+        log.info(result_line(record))
         write_summary(job, tasks, protocol.seeds)
         for epoch in record.get("epochs") or []:  # the per-epoch rows, to the trackers (this process only)
             metrics = {f"{split}/{k}": v for split, m in epoch["metrics"].items() for k, v in m.items()}
@@ -167,18 +172,33 @@ def run(args: argparse.Namespace) -> int:
     with tracked:
         errors = run_pool(job, todo, workers, on_result) if workers > 1 else run_here(job, todo, on_result)
     summary = write_summary(job, tasks, protocol.seeds)
-    print(results_table(summary, tasks))
+    log.info(results_table(summary, tasks))
     for error in errors:
-        print(f"error: {error}", file=sys.stderr)
+        log.error(error)
     return 1 if errors else 0
+
+
+def check_pretrained_tokenizer(run_dir: Path, model_dir: Path, tokenizer) -> None:
+    """The model folder's tokenizer must be the one pretraining read its data with (summary.json records its
+    hash): another one would feed the model ids it never saw. Runs from before the record are not checked."""
+    from ..data.tokenizer import tokenizer_sha256
+    from ..runs import SUMMARY, read_summary
+
+    summary = read_summary(run_dir) if (run_dir / SUMMARY).exists() else None
+    recorded = ((summary or {}).get("data") or {}).get("tokenizer_sha256")
+    if recorded and recorded != tokenizer_sha256(tokenizer):
+        raise ConfigError(
+            f"the tokenizer in {model_dir} is not the one {run_dir} was pretrained with (sha256 "
+            f"{tokenizer_sha256(tokenizer)[:12]}, recorded {recorded[:12]}): restore that folder's tokenizer files"
+        )
 
 
 def resolve_run(args: argparse.Namespace) -> Path:
     from ..model import block_spec
-    from ..runs import latest_run
+    from ..runs import check_runs_dir, latest_run
 
     if args.block:
         require(args.run_dir is None, "give either RUN_DIR or --block, not both")
-        return latest_run(args.runs_dir, block_spec(args.block).ref)
+        return latest_run(check_runs_dir(args.runs_dir), block_spec(args.block).ref)
     require(args.run_dir is not None, "give a run folder (RUN_DIR) or --block NAME [--runs-dir DIR]")
     return Path(args.run_dir)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import require
 from ..errors import ConfigError
 from ..model import BLOCKS
-from ..presets import list_presets
-from ..runs import CONFIG
+from ..presets import find_preset, list_presets
+from ..runs import CONFIG, check_runs_dir, has_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,12 +26,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "installed package registers (docs/your-block.md)",
     )
     p.add_argument(
-        "--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path"
+        "--budget",
+        help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path (default: 24h; a resumed run "
+        "keeps its own)",
     )
     p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
     p.add_argument("--name", help="run folder name (default: <block>-<budget>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in runs/<name> if it exists (from its own config.yaml)"
+        "--resume",
+        action="store_true",
+        help="continue the run in runs/<name> if it exists (from its own config.yaml; the folder you name is the one "
+        "that trains)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="move an existing runs/<name> aside (into runs/.restarted/, never deleted) and start the run over",
+    )
+    p.add_argument(
+        "--extend-budget",
+        action="store_true",
+        help="with --resume: accept overrides that change the recipe (hours=..., train.*), recorded in the run",
     )
     p.add_argument(
         "overrides",
@@ -41,16 +57,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve(args: argparse.Namespace):
-    """The run's config: its saved config.yaml when resuming, else the budget preset; overrides on top."""
+    """The run's config: its saved config.yaml when resuming (named by its folder), else the budget preset;
+    overrides on top."""
     from ..model import block_spec
     from ..train.config import PretrainConfig
 
-    cfg = PretrainConfig.from_budget(args.budget, args.block, args.overrides, args.name)
+    require(not (args.extend_budget and not args.resume), "--extend-budget goes with --resume")
+    cfg = PretrainConfig.from_budget(args.budget or "24h", args.block, args.overrides, args.name)
     run_dir = Path(args.runs_dir) / cfg.name
-    if args.resume and (run_dir / CONFIG).exists():
-        cfg = PretrainConfig.from_run(run_dir, args.overrides)
+    if args.resume and not args.restart and has_checkpoint(run_dir):  # without one, pretrain says what to do
+        cfg = PretrainConfig.from_run(run_dir, args.overrides, extend_budget=args.extend_budget)
         if args.block and block_spec(args.block).ref != cfg.block:
             raise ConfigError(f"{run_dir / CONFIG} is a run of block '{cfg.block}', not '{args.block}'")
+        if args.budget and find_preset("budgets", args.budget).stem != cfg.budget:
+            raise ConfigError(
+                f"{run_dir / CONFIG} is a run of budget '{cfg.budget}', not '{args.budget}': a resumed run keeps its "
+                "budget (start a new run with --name, or change hours= with --extend-budget)"
+            )
     return cfg
 
 
@@ -63,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import to_yaml
 
+    check_runs_dir(args.runs_dir)
     cfg = resolve(args)
     logging.getLogger(__name__).debug("resolved config:\n%s", to_yaml(cfg).rstrip())
-    summary = pretrain(cfg, args.runs_dir, resume=args.resume)
+    summary = pretrain(cfg, args.runs_dir, resume=args.resume, restart=args.restart)
     return EXIT_CODES.get(summary.get("stop_reason") or "budget", 1)

@@ -11,14 +11,16 @@ numbers are recomputed from the per-seed result files; runs that differ only in 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..reference import PAPER, reference_names
 from ..report.build import write_report
 from ..report.paired import REPLICATES
-from ..runs import find_runs
+from ..runs import check_runs_dir, find_runs
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,19 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dirs = args.run_dirs or find_runs(args.runs_dir)
+    run_dirs = args.run_dirs or find_runs(check_runs_dir(args.runs_dir))
     if not run_dirs:
         raise ConfigError(f"no runs under {args.runs_dir}/ (run `make pretrain` first, or name run folders)")
     if args.bootstrap < 100:
         raise ConfigError(f"--bootstrap needs at least 100 replicates for a 95 % interval, got {args.bootstrap}")
     report = write_report(run_dirs, args.out, args.reference, args.bootstrap, args.latex, args.latex_resize)
     for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        log.warning(w)
     out = args.out
-    print(f"report of {len(report.loaded.runs)} run(s) in {out}/")
-    print("  tables: " + ", ".join(str(p) for paths in report.tables.values() for p in paths))
-    print(
+    log.info(f"report of {len(report.loaded.runs)} run(s) in {out}/")
+    log.info("  tables: " + ", ".join(str(p) for paths in report.tables.values() for p in paths))
+    log.info(
         "  plots:  " + (", ".join(f"{out / s}.png/.pdf" for s in report.figures) or "none (no metrics or GLUE results)")
     )
-    print(f"  index:  {report.index}")
+    log.info(f"  index:  {report.index}")
     return 0

@@ -1,11 +1,14 @@
 """Pretraining data: sources, tokenizer, packing into shards, and the MLM microbatch stream."""
 
 from .loader import EVAL_SEED, MicrobatchStream, MLMCollator, PackedData, Prefetcher, Split, heldout_batches, permute
-from .packing import Prepared, prepare, prepared_path
+from .packing import CACHE_ENV, Prepared, cache_root, data_mismatch, prepare, prepared_path
 from .sources import SOURCES, DataConfig, DataError
 from .tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
 
 __all__ = [
+    "CACHE_ENV",
+    "cache_root",
+    "data_mismatch",
     "EVAL_SEED",
     "Split",
     "heldout_batches",

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import config_hash
-from ..runtime import file_sha256, now_iso, read_json, write_json
+from ..runtime import Progress, file_sha256, now_iso, read_json, remove_stale_temporaries, write_json
 from .sources import DataConfig, DataError, document_batches, pretokenized_tokenizer_dir, token_batches
-from .tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
+from .tokenizer import check_tokenizer, load_tokenizer, tokenizer_sha256, train_wordpiece
 
 FORMAT = 1
+CACHE_ENV = "CRAMMING_SIMPLE_CACHE"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer"
 # Config fields that do not change the prepared bytes, so they stay out of the cache key.
@@ -45,6 +44,17 @@ class Prepared:
     def tokenizer_dir(self) -> Path:
         return self.path / TOKENIZER
 
+    def identity(self, tokenizer: Any) -> dict:
+        """What a run records of its data (summary.json, checkpoints) so that a resume, GLUE or a report can tell
+        whether they read the same ids: the preparation's key, the shards' fingerprint, the tokenizer's hash."""
+        shards = [[s["sha256"], s["rows"]] for s in self.manifest.get("shards", [])]
+        return {
+            "hash": self.path.name,
+            "fingerprint": config_hash(shards, length=16),
+            "tokenizer_sha256": self.manifest.get("tokenizer_sha256") or tokenizer_sha256(tokenizer),
+            "cache": str(self.path.parent.resolve()),
+        }
+
 
 def data_key(cfg: DataConfig, vocab_size: int, seq_len: int) -> str:
     fields = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
@@ -52,7 +62,31 @@ def data_key(cfg: DataConfig, vocab_size: int, seq_len: int) -> str:
 
 
 def prepared_path(cfg: DataConfig, vocab_size: int, seq_len: int) -> Path:
-    return Path(cfg.cache_dir) / data_key(cfg, vocab_size, seq_len)
+    return cache_root(cfg.cache_dir) / data_key(cfg, vocab_size, seq_len)
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    """Where prepared data lives: `data.cache_dir` when set, else $CRAMMING_SIMPLE_CACHE, else the user's cache
+    folder (e.g. ~/.cache/cramming-simple/data): never a folder that depends on where a command is started."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cramming-simple")) / "data"
+
+
+def data_mismatch(recorded: dict | None, current: dict) -> str | None:
+    """Why data a run recorded (its summary's or checkpoint's `data`) is not `current` (`Prepared.identity`), or
+    None when they agree on everything both record (runs from before these keys only record the key)."""
+    if not recorded:
+        return None
+    for field, what in (("hash", "preparation"), ("tokenizer_sha256", "tokenizer"), ("fingerprint", "shards")):
+        if recorded.get(field) and current.get(field) and recorded[field] != current[field]:
+            return f"its {what} differs ({field} {str(recorded[field])[:12]} recorded, {str(current[field])[:12]} now)"
+    return None
 
 
 class ShardWriter:
@@ -125,6 +159,7 @@ class ShardWriter:
 def prepare(cfg: DataConfig, vocab_size: int, seq_len: int, show_progress: bool = True) -> Prepared:
     """Prepare (or reuse) the packed shards and tokenizer for `cfg` at this vocabulary and sequence length."""
     root = prepared_path(cfg, vocab_size, seq_len)
+    remove_stale_temporaries(root.parent, dead_only=True)  # <key>.partial<pid> of preparations that were killed
     if (root / MANIFEST).exists():
         return Prepared(root, read_json(root / MANIFEST), reused=True)
     start = time.perf_counter()
@@ -158,13 +193,8 @@ def build(
     dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
     writer = ShardWriter(work, seq_len, cfg.shard_sequences, dtype, cfg.max_sequences)
     documents = 0
-    # A live bar on a terminal; in logs, a line every 30 s.
-    bar = tqdm(
-        desc=f"preparing {cfg.source} data",
-        unit=" docs",
-        disable=not show_progress,
-        mininterval=0.1 if sys.stderr.isatty() else 30,
-    )
+    # A live bar on a terminal; in logs, a line every 30 s; nothing with -q (or show_progress=False)
+    bar = Progress(cfg.max_documents, f"preparing {cfg.source} data", unit="docs", log_every=30, enabled=show_progress)
     if cfg.source == "hub-pretokenized":
         batches = token_batches(cfg)
     else:
@@ -175,11 +205,10 @@ def build(
         else:
             writer.add_documents(ids, tokenizer.sep_token_id)
         documents += len(ids)
-        bar.update(len(ids))
-        bar.set_postfix(sequences=writer.rows)
+        bar.update(documents, sequences=writer.rows)
         if writer.full:
             break
-    bar.close()
+    bar.close(sequences=writer.rows)
     dropped = writer.close()
     if writer.rows == 0:
         raise DataError(
@@ -196,6 +225,7 @@ def build(
         "dtype": dtype.name,
         "tokenizer": TOKENIZER,
         "tokenizer_size": len(tokenizer),
+        "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "special_ids": sorted(tokenizer.all_special_ids),
         "mask_id": tokenizer.mask_token_id,
         "sep_id": tokenizer.sep_token_id,

@@ -42,7 +42,8 @@ class DataConfig:
     max_sequences: Optional[int] = None  # keep at most this many packed sequences
     tokenizer_documents: int = 200_000  # documents the WordPiece tokenizer is trained on
     shard_sequences: int = 65_536  # sequences per shard file
-    cache_dir: str = "data"  # prepared data lives in <cache_dir>/<hash of this config + vocab + seq_len>/
+    cache_dir: str = ""  # prepared data lives in <cache_dir>/<hash of this config + vocab + seq_len>/; "": the user
+    # cache ($CRAMMING_SIMPLE_CACHE, else e.g. ~/.cache/cramming-simple/data). A new run records the absolute path.
     verify: bool = True  # check shard checksums when a run opens the data
     holdout: int = 2048  # sequences held out for the eval loss (at most a tenth of the data); 0: none
     order: str = "shuffle"  # shuffle (a seeded permutation per epoch) | stored (the prepared rows in order, as

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -33,10 +35,24 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """The fast tokenizer in a folder. Ours (and cramming's uploads) always hold a tokenizer.json: it is read as
+    it is, without `AutoTokenizer`, which would read the folder's config.json, find the model's `auto_map` and
+    ask on a terminal whether to run remote code (the harness's own folders need none)."""
     path = Path(path)
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+    if (path / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    if not (path / "tokenizer_config.json").exists():
         raise ConfigError(f"no tokenizer at {path} (expected tokenizer.json)")
-    return AutoTokenizer.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerFast) -> str:
+    """The identity of a tokenizer: sha256 of its token -> id table and its special tokens' ids. Two tokenizers
+    with the same hash give every text the same ids (a retrained WordPiece that breaks ties otherwise does not)."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
+    names = ("pad", "unk", "cls", "sep", "mask")
+    specials = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id", None) for k in names}
+    return hashlib.sha256(json.dumps([vocab, specials], sort_keys=True).encode()).hexdigest()
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerFast, vocab_size: int, where: str = "tokenizer") -> None:

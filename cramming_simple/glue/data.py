@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import warnings
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -152,10 +151,11 @@ def examples_from_frame(frame, spec: TaskSpec, where: str, allow_empty: bool = F
     labels = frame["label"].to_numpy()
     values = pd_numeric(labels)
     bad = ~np.isfinite(values)
-    expected_labels = "a finite number"
+    expected_labels = expected_label(spec)
+    if spec.score_range:
+        bad |= (values < spec.score_range[0]) | (values > spec.score_range[1])
     if not spec.regression:
         bad |= (values != np.round(values)) | (values < 0) | (values >= spec.num_labels)
-        expected_labels = f"one of the label ids 0..{spec.num_labels - 1}"
     if bad.any():
         row = int(np.argmax(bad))
         _fail(f"{where}, row {row}: label {_plain(labels[row])!r} is not {expected_labels}")
@@ -178,8 +178,8 @@ def pd_numeric(values: np.ndarray) -> np.ndarray:
 def read_tsv(path: Path, spec: TaskSpec) -> Examples:
     """One GLUE TSV file, checked: UTF-8, the task's columns, at least one row, every label in the task's set.
 
-    Quote characters are text (QUOTE_NONE); rows too short to hold the columns are skipped with a warning
-    (the original QQP has a few). Errors name the file and the line.
+    Quote characters are text (QUOTE_NONE). A row too short to hold the columns, a field over the csv module's
+    limit or a label outside the task's set fails, naming the file and the line: a dev set never shrinks silently.
     """
     tsv = spec.tsv
     raw = path.read_bytes()
@@ -201,25 +201,24 @@ def read_tsv(path: Path, spec: TaskSpec) -> Examples:
         _fail(f"{path}, line 1: missing column(s) {missing}; expected {expected}, found {names}")
     columns = [names.index(c) for c in expected]
     texts: list[list[str]] = [[] for _ in tsv.texts]
-    labels, skipped = [], 0
-    for row in rows:
+    labels: list = []
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as err:  # e.g. a field over 131,072 characters: a damaged file, not a sentence
+            _fail(f"{path}, line {rows.line_num}: {err}")
         if len(row) <= max(columns):
-            skipped += 1  # a few malformed QQP lines in the original distribution
-            continue
+            _fail(
+                f"{path}, line {rows.line_num}: {len(row)} column(s), too few for the columns {expected} (a damaged "
+                "or cut line; the hub's copy: omit --data-dir)"
+            )
         for out, c in zip(texts, columns):
             out.append(row[c])
         labels.append(_label(row[columns[-1]], spec, path, rows.line_num))
     if not labels:
-        what = (
-            "only a header line"
-            if tsv.header and not skipped
-            else f"{skipped} row(s), all too short for the columns {expected}"
-            if skipped
-            else "no lines"
-        )
-        _fail(f"{path}: no data rows ({what})")
-    if skipped:
-        warnings.warn(f"{path}: skipped {skipped} malformed row(s)", stacklevel=2)
+        _fail(f"{path}: no data rows ({'only a header line' if tsv.header else 'no lines'})")
     return Examples(texts, np.asarray(labels, dtype=np.float32 if spec.regression else np.int64))
 
 
@@ -233,12 +232,20 @@ def _label(value: str, spec: TaskSpec, path: Path, line: int) -> float | int:
         number = float(value) if spec.regression else int(value)
     except ValueError:
         number = None
-    if spec.regression and number is not None and math.isfinite(number):
+    low, high = spec.score_range or (-math.inf, math.inf)
+    if spec.regression and number is not None and math.isfinite(number) and low <= number <= high:
         return number
     if not spec.regression and number is not None and 0 <= number < spec.num_labels:
         return number
-    expected = "a finite number" if spec.regression else f"one of the label ids 0..{spec.num_labels - 1}"
-    _fail(f"{path}, line {line}: label {value!r} is not {expected}")
+    _fail(f"{path}, line {line}: label {value!r} is not {expected_label(spec)}")
+
+
+def expected_label(spec: TaskSpec) -> str:
+    if not spec.regression:
+        return f"one of the label ids 0..{spec.num_labels - 1}"
+    if spec.score_range:
+        return f"a score in [{spec.score_range[0]:g}, {spec.score_range[1]:g}]"
+    return "a finite number"
 
 
 def _parquet_files(source: Source, name: str, split: str) -> list[Path]:

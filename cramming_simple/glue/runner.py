@@ -44,7 +44,7 @@ from ..runtime import (
 from .config import Protocol, protocol_values
 from .data import Source, TaskData, load_task, prepare
 from .finetune import finetune
-from .score import load_results, summarize
+from .score import run_summary
 from .tasks import TaskTable
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Job:
     glue_name: str = GLUE  # where its results go: glue@0.50 for a snapshot
     first_task_examples: int | None = None  # warmup_from=first_task: training examples of the protocol's warmup_task
     save_models: bool = False  # keep each fine-tuned model (glue <run> --save-models)
+    overrides: tuple[str, ...] = ()  # the protocol's key=value overrides on the command line (recorded, for the card)
 
     @property
     def model_dir(self) -> Path:
@@ -83,6 +84,16 @@ class Job:
     def saved_model(self, task: str, seed: int) -> Path:
         """glue/<task>/seed<k>.model/: the fine-tuned model of a pair, when kept (a Hugging Face folder)."""
         return self.glue_dir / task / f"seed{seed}.model"
+
+    def invocation(self) -> dict:
+        """What the glue command line said: the protocol, the data folder and the overrides."""
+        return {
+            "protocol": self.protocol_name,
+            "data_dir": str(self.source.root.resolve()) if self.source.root is not None else None,
+            "overrides": list(self.overrides),
+            "at": None if self.glue_name == GLUE else self.glue_name.split("@", 1)[1],
+            "save_models": self.save_models,
+        }
 
     def lock(self, task: str, seed: int) -> FileLock:
         """Held while a process fine-tunes this task/seed: two processes never train the same pair."""
@@ -195,6 +206,7 @@ def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.devic
         "train_available": data.train_available,
         "model_hash": job.model_hash,
         "config": protocol_values(job.protocol),
+        "invocation": job.invocation(),  # how to run it again (the model card's glue command)
         "environment": environment(device),
         "started_at": started,
         "finished_at": now_iso(),
@@ -322,18 +334,9 @@ def _run_in_worker(job: Job, task: str, seed: int) -> tuple[str, dict | str]:
 
 
 def write_summary(job: Job, tasks: list[str], seeds: list[int]) -> dict:
-    """glue/summary.json over the requested tasks and seeds, from results of this protocol on this model only."""
-    results = [
-        r
-        for r in load_results(
-            job.run_dir, unreadable=[], glue=job.glue_name
-        )  # damaged files: warned about when planning
-        if r["task"] in tasks
-        and r["seed"] in seeds
-        and r.get("protocol_hash") == job.protocol_hash
-        and r.get("model_hash") == job.model_hash
-    ]
-    summary = summarize(results, tasks, seeds)
+    """glue/summary.json from every result on disk (glue.score.run_summary), the requested pairs expected too:
+    a rerun of one task keeps the others' numbers in it."""
+    summary = run_summary(job.run_dir, job.glue_name, unreadable=[], tasks=tasks, seeds=seeds)  # damaged: warned
     write_json(job.glue_dir / "summary.json", summary)
     return summary
 

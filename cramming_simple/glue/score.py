@@ -72,6 +72,23 @@ def load_results(run_dir: str | Path, unreadable: list[CorruptFileError] | None 
     return sorted(results, key=lambda r: (r["task"], r["seed"]))
 
 
+def run_summary(
+    run_dir: str | Path,
+    glue: str = GLUE,
+    unreadable: list[CorruptFileError] | None = None,
+    tasks: Iterable[str] = (),
+    seeds: Iterable[int] = (),
+    results: list[dict] | None = None,
+) -> dict:
+    """A run's GLUE summary (the content of `glue/summary.json`) from every per-seed result on disk: what the
+    report, the model card and the glue command all show. `tasks` / `seeds`: expected besides those on disk (a
+    pair that has no result then counts as missing). `results`: the run's results, when already read."""
+    results = load_results(run_dir, unreadable, glue) if results is None else results
+    present = {r["task"] for r in results} | set(tasks)
+    ordered = [t for t in TASKS if t in present] + sorted(present - set(TASKS))
+    return summarize(results, ordered, {r["seed"] for r in results} | set(seeds))
+
+
 def column_scores(result: dict) -> dict[str, float]:
     """The columns one task/seed result contributes, in percent."""
     out = {}

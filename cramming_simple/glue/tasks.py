@@ -58,6 +58,7 @@ class TaskSpec:
     texts: list[str] = field(default_factory=list)  # hub columns: one sentence, or a pair
     num_labels: int = 2
     regression: bool = False  # STS-B: one output, MSE
+    score_range: list[float] = field(default_factory=list)  # regression: [low, high] of a valid score; []: any
     labels: list[str] = field(default_factory=list)  # names by label id (a saved classifier's id2label); [] for none
     metrics: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=lambda: ["validation"])  # evaluation splits
@@ -76,6 +77,10 @@ class TaskSpec:
         unknown = sorted(set(self.metrics) - set(METRICS))
         require(bool(self.metrics) and not unknown, f"metrics must be among {', '.join(METRICS)}, got {self.metrics}")
         require(bool(self.splits), "a task needs at least one evaluation split")
+        require(
+            not self.score_range or (self.regression and len(self.score_range) == 2),
+            f"score_range is [low, high] of a regression task, got {self.score_range}",
+        )
         tsv = self.tsv
         require(
             len(tsv.texts) == len(self.texts), f"tsv.texts {tsv.texts} must name as many columns as texts {self.texts}"

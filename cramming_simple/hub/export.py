@@ -8,6 +8,8 @@ losses, the GLUE results, the commands that made it and the two papers to cite.
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 from pathlib import Path
 
@@ -15,16 +17,19 @@ from .. import __version__
 from ..config import ConfigError, require, to_dict
 from ..errors import CorruptFileError
 from ..glue.runner import GLUE
-from ..glue.score import column_scores, format_mean_std, load_results
-from ..glue.tasks import COLUMNS, TASK_LABELS, load_tasks
+from ..glue.score import column_scores, format_mean_std, load_results, run_summary
+from ..glue.tasks import COLUMNS, TASK_LABELS, TASKS, load_tasks
 from ..markdown import table
 from ..model import load_model, save_model, unwrap
 from ..model.io import CONFIG as MODEL_CONFIG
 from ..model.remote import modeling_source
 from ..runs import MODEL, SUMMARY
-from ..runtime import read_json
+from ..runtime import FILE_MODE, read_json
 
 CARD = "README.md"
+LICENSE = "mit"  # the card's license unless `export --license` says otherwise (the harness's own)
+# GLUE metric names as the hub's model-index spells them
+HUB_METRICS = {"pearson": "pearsonr", "spearman": "spearmanr", "matthews": "matthews_correlation"}
 CITATIONS = """@inproceedings{he2024simplifying,
   title     = {Simplifying Transformer Blocks},
   author    = {He, Bobby and Hofmann, Thomas},
@@ -61,7 +66,9 @@ def fine_tuned(run_dir: Path, task: str, seed: int | None) -> tuple[Path, int, l
     return glue_dir / f"seed{seed}.model", seed, results
 
 
-def export(run_dir: str | Path, out: str | Path, task: str | None = None, seed: int | None = None) -> Path:
+def export(
+    run_dir: str | Path, out: str | Path, task: str | None = None, seed: int | None = None, license: str = LICENSE
+) -> Path:
     """Write the Hugging Face folder of a run's pretrained model (or, with `task`, of a kept fine-tuned model)."""
     from ..data.tokenizer import load_tokenizer
 
@@ -80,8 +87,8 @@ def export(run_dir: str | Path, out: str | Path, task: str | None = None, seed: 
     config = read_json(source / MODEL_CONFIG)
     extra = {k: config[k] for k in ("task", "id2label", "label2id") if k in config}
     save_model(model, out, load_tokenizer(source), extra)
-    card = model_card(run_dir, out, task=task, seed=seed, results=results)
-    (out / CARD).write_text(card)
+    model_card(run_dir, out, task=task, seed=seed, results=results, license=license).save(out / CARD)
+    os.chmod(out / CARD, FILE_MODE)
     return out
 
 
@@ -95,26 +102,20 @@ def _summary(run_dir: Path) -> dict:
 def pretrain_command(run_dir: Path) -> str:
     """The command that makes this run's config with today's presets: its budget and block, and every value
     that differs from them as a key=value override."""
-    from ..train.config import PretrainConfig
+    from ..train.config import PretrainConfig, flatten
 
     run = PretrainConfig.from_run(run_dir)
     base = PretrainConfig.from_budget(run.budget, run.block)
     base.validate()
-    ran, preset = _flat(to_dict(run)), _flat(to_dict(base))
-    skip = {"name", "block", "block_source", "budget"}
-    overrides = [f"{k}={_value(v)}" for k, v in ran.items() if k.split(".")[0] not in skip and preset.get(k) != v]
+    ran, preset = flatten(to_dict(run)), flatten(to_dict(base))
+    skip = {"name", "block", "block_source", "budget", "amendments", "data.cache_dir"}  # not the recipe
+    overrides = [
+        f"{k}={_value(v)}"
+        for k, v in ran.items()
+        if k.split(".")[0] not in skip and k not in skip and preset.get(k) != v
+    ]
     words = ["cramming-simple", "pretrain", "--block", run.block, "--budget", run.budget]
     return shlex.join(words + (["--name", run.name] if run.name != base.name else []) + overrides)
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _value(v) -> str:
@@ -127,12 +128,19 @@ def _value(v) -> str:
     return str(v)
 
 
-def model_card(run_dir: Path, out: Path, task: str | None = None, seed: int | None = None, results=()) -> str:
+def model_card(
+    run_dir: Path, out: Path, task: str | None = None, seed: int | None = None, results=(), license: str = LICENSE
+):
+    """The model card: `huggingface_hub.ModelCard` with its metadata (license, tags, the model-index of the run's
+    GLUE results, every per-seed result on disk through glue.score) and the facts, commands and citations."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     s = _summary(run_dir)
     config = read_json(out / MODEL_CONFIG)
     arch, title, block = config["arch"], config.get("block_title") or config["block"], config["block"]
     pipeline = "text-classification" if task else "fill-mask"
     hours = s.get("budget_hours")
+    glue = run_summary(run_dir, unreadable=[])
     facts = [
         ("Block", f"{title} (`{block}`)"),
         ("Parameters", _params(s)),
@@ -159,12 +167,6 @@ def model_card(run_dir: Path, out: Path, task: str | None = None, seed: int | No
         ("Stopped by", f"{s.get('stop_reason', '?')}{'' if s.get('completed', True) else ' (not completed)'}"),
     ]
     lines = [
-        "---",
-        "library_name: transformers",
-        f"pipeline_tag: {pipeline}",
-        "tags: [cramming-simple, crammed-bert, " + ", ".join([block] + ([f"glue-{task}"] if task else [])) + "]",
-        "---",
-        "",
         f"# {run_dir.name}: crammed BERT with the {title} block"
         + (f", fine-tuned on GLUE {TASK_LABELS.get(task, task)}" if task else ""),
         "",
@@ -177,15 +179,75 @@ def model_card(run_dir: Path, out: Path, task: str | None = None, seed: int | No
     ]
     if task:
         lines += _fine_tuned_section(task, seed, results, config)
-    lines += _glue_section(run_dir)
+    lines += _glue_section(glue)
     lines += _use_section(pipeline, block)
-    lines += ["## How it was made", "", "```bash", _command_or_note(run_dir)]
-    if task:
-        lines.append(f"cramming-simple glue {shlex.quote(str(run_dir))} --tasks {task} --save-models")
-    glue = f" --glue {task} --seed {seed}" if task else ""
-    lines += [f"cramming-simple export {shlex.quote(str(run_dir))}{glue} --out {shlex.quote(out.name)}", "```", ""]
+    lines += ["## How it was made", "", "```bash", _command_or_note(run_dir), *glue_commands(run_dir)]
+    glue_flags = f" --glue {task} --seed {seed}" if task else ""
+    lines += [
+        f"cramming-simple export {shlex.quote(str(run_dir))}{glue_flags} --out {shlex.quote(out.name)}",
+        "```",
+        "",
+    ]
     lines += ["## Citation", "", "```bibtex", CITATIONS, "```", ""]
-    return "\n".join(lines)
+    data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag=pipeline,
+        tags=["cramming-simple", "crammed-bert", block] + ([f"glue-{task}"] if task else []),
+        model_name=run_dir.name,
+        eval_results=eval_results(glue) or None,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def eval_results(glue: dict) -> list:
+    """The model-index entries of the run's GLUE columns: the mean over seeds, on the validation split."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for c in COLUMNS:
+        column = glue["columns"][c.label]
+        if not column["n"]:
+            continue
+        out.append(
+            EvalResult(
+                task_type="text-classification",
+                dataset_type="nyu-mll/glue",
+                dataset_name=f"GLUE {c.label}",
+                dataset_config=c.task,
+                dataset_split=c.split,
+                metric_type=HUB_METRICS.get(c.metric, c.metric),
+                metric_value=round(column["mean"], 2),
+                metric_name=f"{c.metric} x100, mean of {column['n']} fine-tuning seed(s)",
+            )
+        )
+    return out
+
+
+def glue_commands(run_dir: Path) -> list[str]:
+    """The glue command lines that made the run's GLUE results (as each recorded its invocation), or, with no
+    results yet, the one that would: the paper's protocol on the hub's data."""
+    groups: dict[str, tuple[dict, set, set]] = {}
+    for glue_dir in sorted([run_dir / GLUE, *run_dir.glob(f"{GLUE}@*")]):
+        for r in load_results(run_dir, unreadable=[], glue=glue_dir.name):
+            how = r.get("invocation") or {"protocol": r.get("protocol"), "data_dir": None, "overrides": []}
+            _, tasks, seeds = groups.setdefault(json.dumps(how, sort_keys=True), (how, set(), set()))
+            tasks.add(r["task"])
+            seeds.add(r["seed"])
+    if not groups:
+        return [
+            "# then GLUE (docs/recipe.md's protocol; --data-dir DIR for a local copy):",
+            shlex.join(["cramming-simple", "glue", str(run_dir), "--protocol", "paper"]),
+        ]
+    lines = []
+    for how, tasks, seeds in groups.values():
+        words = ["cramming-simple", "glue", str(run_dir), "--protocol", str(how.get("protocol"))]
+        words += ["--at", how["at"]] if how.get("at") else []
+        words += ["--data-dir", how["data_dir"]] if how.get("data_dir") else []
+        words += ["--tasks", ",".join(t for t in TASKS if t in tasks), "--seeds", ",".join(map(str, sorted(seeds)))]
+        words += ["--save-models"] if how.get("save_models") else []
+        lines.append(shlex.join(words + list(how.get("overrides") or [])))
+    return lines
 
 
 def _command_or_note(run_dir: Path) -> str:
@@ -248,23 +310,21 @@ def _fine_tuned_section(task: str, seed: int, results: list[dict], config: dict)
     return out
 
 
-def _glue_section(run_dir: Path) -> list[str]:
-    path = run_dir / GLUE / "summary.json"
-    if not path.is_file():
-        return []
-    summary = read_json(path)
-    columns = [c.label for c in COLUMNS if c.task in summary.get("tasks", [])]
+def _glue_section(summary: dict) -> list[str]:
+    columns = [c.label for c in COLUMNS if summary["columns"][c.label]["n"]]
     if not columns:
         return []
     average = summary.get("glue_average")
     cells = [format_mean_std(summary["columns"][c], sep="±") for c in columns]
     head = [*columns, "GLUE"]
     cells.append(format_mean_std(average, sep="±") if average else f"- ({summary.get('average_missing_reason')})")
+    protocol = summary.get("protocol")
+    protocol = " + ".join(map(str, protocol)) if isinstance(protocol, list) else protocol
     return [
         "## GLUE (this pretrained model)",
         "",
-        f"Validation scores in percent, mean ± std over seeds {summary.get('seeds')}, protocol "
-        f"`{summary.get('protocol')}` (profile {summary.get('profile')}), from `glue/summary.json` of the run.",
+        f"Validation scores in percent, mean ± std over seeds {summary.get('seeds')}, protocol `{protocol}` "
+        f"(profile {summary.get('profile')}), from every `glue/<task>/seed<k>.json` of the run.",
         "",
         table(head, [cells]),
         "",

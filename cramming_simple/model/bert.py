@@ -55,7 +55,11 @@ class MaskedLM(nn.Module):
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Full-vocabulary logits at every position, (B, T, V): for evaluation, not training."""
-        return F.linear(self.encoder(input_ids, attention_mask), self.encoder.embedding.tokens.weight)
+        return MaskedLM.decode(self, self.encoder(input_ids, attention_mask))
+
+    def decode(self, hidden: Tensor) -> Tensor:
+        """(B, T, d) encoder output -> (B, T, V) logits through the tied embedding."""
+        return F.linear(hidden, self.encoder.embedding.tokens.weight)
 
 
 class SequenceClassifier(nn.Module):
@@ -81,13 +85,19 @@ class SequenceClassifier(nn.Module):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        first = self.encoder(input_ids, attention_mask)[:, 0]  # (B, d)
-        logits = self.out(self.dropout(torch.tanh(self.dense(first))))  # (B, num_labels)
+        logits = SequenceClassifier.head(self, self.encoder(input_ids, attention_mask))
+        return logits, SequenceClassifier.loss(self, logits, labels)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """(B, T, d) encoder output -> (B, num_labels): the first token through dense, tanh, dropout, out."""
+        return self.out(self.dropout(torch.tanh(self.dense(hidden[:, 0]))))
+
+    def loss(self, logits: Tensor, labels: Tensor | None) -> Tensor | None:
         if labels is None:
-            return logits, None
+            return None
         if self.num_labels == 1:
-            return logits, F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        return logits, F.cross_entropy(logits.float(), labels)
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
 
 
 def init_head_layer(layer: nn.Linear, std: float) -> None:

@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, Seque
 
 from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, init_head_layer
 from .config import MODEL_TYPE, ArchConfig
+from .layers import KeyMask, attention_matrix
 
 
 class ArchField:
@@ -76,6 +77,8 @@ class CrammingSimplePreTrainedModel(PreTrainedModel):
     config_class = CrammingSimpleConfig
     base_model_prefix = "encoder"  # every class keeps the Encoder here: weight names encoder.* in all of them
     main_input_name = "input_ids"
+    supports_gradient_checkpointing = True  # per block (encode); gradient_checkpointing_enable() turns it on
+    gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
         """What a folder does not hold, after a load that built the model without data: the unsaved buffers
@@ -105,6 +108,51 @@ class CrammingSimplePreTrainedModel(PreTrainedModel):
         self.encoder.embedding.tokens = value
 
 
+def encode(
+    model: CrammingSimplePreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    output_hidden_states: bool | None,
+    output_attentions: bool | None,
+) -> BaseModelOutput:
+    """The harness's Encoder, run layer by layer as BERT's classes are: hidden states after the embedding and
+    after every block (before the final LayerNorm, which only `last_hidden_state` has), the attention
+    probabilities softmax(q k^T / sqrt(d_k)) of every block's attention (B, H, T, T) where the block has one
+    (a shaped block's A_h, before its identity and centring terms), and gradient checkpointing per block."""
+    config, encoder = model.config, model.encoder
+    hidden_wanted = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    attentions_wanted = config.output_attentions if output_attentions is None else output_attentions
+    x = encoder.embedding(input_ids)  # (B, T, d)
+    mask = KeyMask.from_attention_mask(attention_mask, x.dtype)
+    hidden = [x] if hidden_wanted else None
+    attentions: list[Tensor] = []
+    probes = [m for m in encoder.modules() if hasattr(m, "probe")] if attentions_wanted else []
+    for module in probes:  # every attention sub-block reports its q and k (model.layers); the first per call
+        module.probe = lambda q, k, m, x_in, out: attentions.append(attention_matrix(q, k, m))
+    try:
+        for layer in encoder.layers:
+            if model.gradient_checkpointing and model.training:
+                x = model._gradient_checkpointing_func(layer.__call__, x, mask)
+            else:
+                x = layer(x, mask)
+            if hidden is not None:
+                hidden.append(x)
+    finally:
+        for module in probes:
+            module.probe = None
+    return BaseModelOutput(
+        last_hidden_state=encoder.final_norm(x),
+        hidden_states=tuple(hidden) if hidden is not None else None,
+        attentions=tuple(attentions) if attentions_wanted and attentions else None,
+    )
+
+
+def as_requested(model: CrammingSimplePreTrainedModel, output, return_dict: bool | None):
+    """A ModelOutput, or with return_dict=False (or config.return_dict False) its tuple, as BERT's classes do."""
+    wanted = model.config.return_dict if return_dict is None else return_dict
+    return output if wanted else output.to_tuple()
+
+
 class CrammingSimpleModel(CrammingSimplePreTrainedModel):
     """The encoder: last_hidden_state (B, T, d), after the final LayerNorm."""
 
@@ -113,13 +161,22 @@ class CrammingSimpleModel(CrammingSimplePreTrainedModel):
         self.encoder = Encoder(config.arch_config(), config.block)
         self.post_init()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **unused) -> BaseModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **unused,
+    ) -> BaseModelOutput:
         # unused: token_type_ids and the like, which BERT tokenizers return and this encoder has no use for
-        return BaseModelOutput(last_hidden_state=self.encoder(input_ids, attention_mask))
+        out = encode(self, input_ids, attention_mask, output_hidden_states, output_attentions)
+        return as_requested(self, out, return_dict)
 
 
 class CrammingSimpleForMaskedLM(CrammingSimplePreTrainedModel):
-    """Full-vocabulary logits (B, T, V) through the tied decoder (MaskedLM.logits); `labels` (B, T) with -100
+    """Full-vocabulary logits (B, T, V) through the tied decoder (MaskedLM.decode); `labels` (B, T) with -100
     where no loss is taken give the mean cross-entropy."""
 
     def __init__(self, config: CrammingSimpleConfig):
@@ -128,13 +185,24 @@ class CrammingSimpleForMaskedLM(CrammingSimplePreTrainedModel):
         self.post_init()
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None, **unused
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **unused,
     ) -> MaskedLMOutput:
-        logits = MaskedLM.logits(self, input_ids, attention_mask)  # the harness's code on the same `encoder`
+        encoded = encode(self, input_ids, attention_mask, output_hidden_states, output_attentions)
+        logits = MaskedLM.decode(self, encoded.last_hidden_state)  # the harness's code on the same `encoder`
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
-        return MaskedLMOutput(loss=loss, logits=logits)
+        out = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+        return as_requested(self, out, return_dict)
 
 
 class CrammingSimpleForSequenceClassification(CrammingSimplePreTrainedModel):
@@ -150,10 +218,24 @@ class CrammingSimpleForSequenceClassification(CrammingSimplePreTrainedModel):
         self.post_init()
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None, **unused
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **unused,
     ) -> SequenceClassifierOutput:
-        logits, loss = SequenceClassifier.forward(self, input_ids, attention_mask, labels)  # same attributes
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        encoded = encode(self, input_ids, attention_mask, output_hidden_states, output_attentions)
+        logits = SequenceClassifier.head(self, encoded.last_hidden_state)  # the harness's head, same attributes
+        out = SequenceClassifierOutput(
+            loss=SequenceClassifier.loss(self, logits, labels),
+            logits=logits,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+        return as_requested(self, out, return_dict)
 
 
 AUTO_CLASSES = {

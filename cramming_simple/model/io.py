@@ -24,7 +24,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..errors import CorruptFileError, DiskFullError, is_disk_full
-from ..runtime import fsync_folder, read_json
+from ..runtime import FILE_MODE, fsync_folder, read_json
 from .bert import MaskedLM, SequenceClassifier
 from .config import MODEL_TYPE, ArchConfig
 from .registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
@@ -108,6 +108,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
             tokenizer.save_pretrained(str(tmp))
             portable_tokenizer_config(tmp / TOKENIZER_CONFIG)
         for f in tmp.iterdir():
+            os.chmod(f, FILE_MODE)  # safetensors writes 0600: a model folder is for others to read too
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
     except BaseException as err:
@@ -216,7 +217,11 @@ def load_model(
         model = MaskedLM(arch, block)
     else:
         model = SequenceClassifier(arch, block, num_labels, head_width)
-    load_encoder_state(model, load_file(str(path / WEIGHTS)), with_head=head is not None)
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except Exception as err:  # noqa: BLE001 - SafetensorError and OS errors: the file cannot be used either way
+        raise CorruptFileError(path / WEIGHTS, f"damaged safetensors file ({str(err).splitlines()[0]})") from None
+    load_encoder_state(model, weights, with_head=head is not None)
     return model
 
 

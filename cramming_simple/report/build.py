@@ -95,8 +95,9 @@ def run_line(r) -> str:
     )
     state = "completed" if r.completed else f"**not completed** (stop reason: {r.stop_reason})"
     hours = "?" if tables.missing(r.budget_hours) else f"{r.budget_hours:g}"
+    profile = "unknown" if tables.missing(r.profile) else r.profile  # no config.yaml to read it from
     return (
-        f"- **{r.name}** ({r.title}): profile {r.profile}, device {r.device}, budget {r.budget} ({hours} h), "
+        f"- **{r.name}** ({r.title}): profile {profile}, device {r.device}, budget {r.budget} ({hours} h), "
         f"data {r.data_source}/{r.data_name} (hash {r.data_hash}), world size {r.world_size}, precision {r.precision}, "
         f"microbatch {r.microbatch}; GLUE protocol {glue}; {state}"
     )
@@ -164,7 +165,7 @@ def write_report(
     """Load the runs, write the tables, the figures and index.md into `out`. latex: the style of the .tex tables
     (full | compact); resize: each tabular in a \\resizebox to the line width."""
     loaded = load_runs(run_dirs)
-    groups, pooled = replicates(loaded.runs, loaded.glue)
+    groups, pooled = replicates(loaded.runs, loaded.glue, loaded.warnings)
     t1_ref, t2_ref = load_reference(reference) if reference != "none" else (None, None)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(
@@ -180,7 +181,7 @@ def write_report(
     run_dirs_by_name = {name: Path(r.dir) for name, r in loaded.runs.iterrows()}
     table3 = paired.paired_table(groups, run_dirs_by_name, replicates=bootstrap)
     if not table3.shown.empty:
-        report.tables["table3"] = tables.write(table3, out, "table3", "full", resize)  # compact: Tables 1, 2
+        report.tables["table3"] = tables.write(table3, out, "table3", latex, resize)
     if "loss" in loaded.metrics:
         plots.loss_plot(loaded.runs, loaded.metrics, out, "hours")
         plots.loss_plot(loaded.runs, loaded.metrics, out, "steps")

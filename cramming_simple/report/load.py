@@ -19,9 +19,10 @@ from omegaconf import OmegaConf
 
 from .. import runs as contract
 from ..config import ConfigError, config_hash, load_yaml
+from ..data.packing import data_mismatch
 from ..errors import CorruptFileError
-from ..glue.score import load_results, mean_std, summarize
-from ..glue.tasks import COLUMNS, TASK_LABELS
+from ..glue.score import load_results, mean_std, run_summary
+from ..glue.tasks import COLUMNS, TASK_LABELS, TASKS
 from ..model import BLOCKS
 from ..profiles import profile_of, switches
 from ..runtime import read_json
@@ -58,14 +59,14 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     for run_dir in map(Path, run_dirs):
         if not (run_dir / contract.SUMMARY).exists():
             raise ConfigError(f"{run_dir} is not a run folder (no {contract.SUMMARY})")
-        row = read_run(run_dir)
+        row = read_run(run_dir, warnings)
         if row["summary_problem"]:
             warnings.append(f"{row['summary_problem']}: run {row['name']} is shown without its pretraining numbers")
         if row["name"] in {r["name"] for r in rows}:
             raise ConfigError(f"two run folders are both named '{row['name']}': compare runs with distinct names")
         unreadable: list[CorruptFileError] = []
         results = load_results(run_dir, unreadable)
-        glue_summary = summarize(results)
+        glue_summary = run_summary(run_dir, tasks=TASKS, results=results)  # every task expected: one not run shows
         damaged = {_task_seed(err.path): err for err in unreadable}
         for err in unreadable:
             warnings.append(f"{err}: left out of run {row['name']}'s GLUE scores")
@@ -106,6 +107,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
             for (t, s), err in damaged.items()
         ]
 
+    check_same_data(rows)
     runs = pd.DataFrame(rows).set_index("name", drop=False)
     rank = runs.block.map({name: i for i, name in enumerate(BLOCKS)}).fillna(len(BLOCKS))
     runs = runs.iloc[rank.argsort(kind="stable")]  # BLOCKS order; runs of one block keep the order given
@@ -131,7 +133,7 @@ def snapshot_glue(run_dir: Path, name: str, final: dict) -> list[dict]:
             fraction = float(folder.name.split("@", 1)[1])
         except ValueError:
             continue
-        avg = summarize(load_results(run_dir, [], glue=folder.name))["glue_average"]
+        avg = run_summary(run_dir, folder.name, unreadable=[], tasks=TASKS)["glue_average"]
         if avg:
             out.append({"run": name, "fraction": fraction, "mean": avg["mean"], "std": avg["std"], "n": avg["n"]})
     if out and final["glue_average"]:
@@ -181,8 +183,28 @@ def _task_seed(path: Path) -> tuple[str, int | None]:
     return path.parent.name, int(seed) if seed.isdigit() else None
 
 
-def read_run(run_dir: Path) -> dict:
-    """One run's summary.json, with config.yaml filling what the summary lacks (all of it when it is damaged)."""
+def check_same_data(rows: list[dict]) -> None:
+    """Runs that claim the same prepared data (one key) must have read the same ids: a run resumed elsewhere by an
+    older version could have trained on a second preparation with another tokenizer. Refused in one line."""
+    seen: dict[str, dict] = {}
+    for row in rows:
+        data = row["data"]
+        if not data.get("hash"):
+            continue
+        first = seen.setdefault(data["hash"], row)
+        reason = data_mismatch(first["data"], data)
+        if reason:
+            raise ConfigError(
+                f"runs {first['name']} and {row['name']} both name prepared data {data['hash']} but did not read the "
+                f"same ids: {reason}. Report them separately"
+            )
+
+
+def read_run(run_dir: Path, warnings: list[str] | None = None) -> dict:
+    """One run's summary.json, with config.yaml filling what the summary lacks (all of it when it is damaged). The
+    folder's name is the run's name (a copy keeps the name of its original in its files). Missing pieces are one
+    line each in `warnings`."""
+    warnings = [] if warnings is None else warnings
     problem = ""  # why summary.json could not be read ("" when it could)
     try:
         s = read_json(run_dir / contract.SUMMARY)
@@ -193,12 +215,16 @@ def read_run(run_dir: Path) -> dict:
     config_path = run_dir / contract.CONFIG
     try:
         cfg = OmegaConf.to_container(load_yaml(config_path)) if config_path.exists() else {}
-    except ConfigError:
+    except ConfigError as err:
         cfg = {}
+        warnings.append(f"{err}: run {run_dir.name} is compared without its config")
+    if not config_path.exists():
+        warnings.append(f"run {run_dir.name} has no {contract.CONFIG}: it is not folded with replicates")
     data = s.get("data") or cfg.get("data") or {}
     block = s.get("block") or cfg.get("block")
+    state = contract.run_state(run_dir, s)
     return {
-        "name": s.get("name") or run_dir.name,
+        "name": run_dir.name,
         "dir": str(run_dir),
         "block": block,
         "title": s.get("block_title") or (BLOCKS[block].title if block in BLOCKS else str(block)),
@@ -211,7 +237,7 @@ def read_run(run_dir: Path) -> dict:
         "final_loss": s.get("final_loss"),
         "eval_loss": s.get("eval_loss"),  # held-out MLM loss (runs before held-out evaluation: none)
         "arch": s.get("arch"),
-        "train_seed": (cfg.get("train") or {}).get("seed"),
+        "train_seed": (cfg.get("train") or {}).get("seed", 0) if cfg else None,  # unset: the default seed, 0
         "experiment": experiment_key(cfg, s) if cfg and not problem else f"run:{run_dir}",
         "budget": s.get("budget") or cfg.get("budget"),
         "budget_hours": s.get("budget_hours") or cfg.get("hours"),
@@ -222,8 +248,9 @@ def read_run(run_dir: Path) -> dict:
         "data_source": data.get("source"),
         "data_name": data.get("name"),
         "data_hash": data.get("hash"),
+        "data": data,
         "completed": bool(s.get("completed", False)),
-        "stop_reason": s.get("stop_reason"),
+        "stop_reason": s.get("stop_reason") if s.get("completed") else state,  # running, preempted, ..., killed
         "summary_problem": problem,
     }
 
@@ -265,7 +292,9 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(path))
 
 
-def replicates(runs: pd.DataFrame, glue: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def replicates(
+    runs: pd.DataFrame, glue: pd.DataFrame, warnings: list[str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Runs folded by experiment (replicates differ only in train.seed): one row per experiment, in the runs'
     order, and its GLUE columns pooled over pretraining x fine-tuning seeds.
 
@@ -275,6 +304,7 @@ def replicates(runs: pd.DataFrame, glue: pd.DataFrame) -> tuple[pd.DataFrame, pd
     """
     groups, pooled = [], []
     for _, members in runs.groupby("experiment", sort=False):
+        members = distinct_seeds(members, [] if warnings is None else warnings)
         first = members.iloc[0]
         names = list(members.name)
         row = first.to_dict()
@@ -324,6 +354,20 @@ def replicates(runs: pd.DataFrame, glue: pd.DataFrame) -> tuple[pd.DataFrame, pd
             )
     frame = pd.DataFrame(groups).set_index("name", drop=False)
     return frame, pd.DataFrame(pooled)
+
+
+def distinct_seeds(members: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """Replicates are runs of different pretraining seeds: of runs with one seed (a renamed copy, or two names
+    given one train.seed) the first is kept and the others are named in one warning, never counted twice."""
+    seeds = members.train_seed.map(lambda v: None if v is None or pd.isna(v) else int(v))
+    twice = seeds.duplicated(keep="first") & seeds.notna()
+    for seed in sorted(set(seeds[twice])):
+        names = list(members.name[seeds == seed])
+        warnings.append(
+            f"runs {', '.join(names)} have the same pretraining seed (train.seed={seed}): they are not replicates "
+            f"(a copy, or one seed given twice), so only {names[0]} is counted"
+        )
+    return members[~twice]
 
 
 def describe_problems(problems: pd.DataFrame) -> str:

@@ -91,10 +91,12 @@ def paired_table(runs: pd.DataFrame, run_dirs: dict[str, Path], replicates: int 
             per_replicate.append(diffs)
             points.append(point)
             d[c.label], d[f"{c.label} low"], d[f"{c.label} high"] = iv.diff, iv.low, iv.high
+            d[f"{c.label} within_noise"] = iv.within_noise
             s[c.label] = cell(iv, notes, row_notes)
         if len(points) == len(COLUMNS):
             iv = stats.percentile_interval(np.mean(per_replicate, axis=0), float(np.mean(points)))
             d["GLUE"], d["GLUE low"], d["GLUE high"] = iv.diff, iv.low, iv.high
+            d["GLUE within_noise"] = iv.within_noise
             s["GLUE"] = cell(iv, notes, row_notes)
         else:
             d["GLUE"] = None

@@ -17,7 +17,7 @@ import pandas as pd
 from ..glue.tasks import COLUMNS
 from ..markdown import table as markdown_table
 from ..model import BLOCKS
-from ..reference import BASELINE, published_rows
+from ..reference import BASELINE, PUBLISHED_HOURS, published_rows
 from . import stats
 from .load import describe_problems
 
@@ -184,6 +184,20 @@ def steadiness_note(r: pd.Series, base: pd.Series | None, speed: dict) -> str | 
     )
 
 
+def of_published_budget(run: pd.Series) -> bool:
+    """Whether a run's budget is the published runs' (24 h): only then is a difference to them a comparison."""
+    hours = run.get("budget_hours")
+    return not missing(hours) and abs(float(hours) - PUBLISHED_HOURS) < 1e-9
+
+
+def published_note(runs: pd.DataFrame) -> str:
+    hours = sorted({f"{h:g} h" for h in runs.budget_hours if not missing(h)}) or ["unknown"]
+    return (
+        f"no Δ vs published: the published numbers are {PUBLISHED_HOURS:g}-hour runs on a GPU, and a run is "
+        f"compared with them only at that budget (these runs: {', '.join(hours)})"
+    )
+
+
 def table1(
     runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame | None, glue: pd.DataFrame | None = None
 ) -> Table:
@@ -195,6 +209,9 @@ def table1(
     """
     notes, paper = Notes(), published_rows(reference)
     data, shown = [], []
+    any_published_budget = any(of_published_budget(r) for _, r in runs.iterrows())
+    if reference is not None and not any_published_budget:
+        notes.mark(published_note(runs), [])
     for name, r in runs.iterrows():
         row_notes: list[str] = []
         base_name, speed_note = speed_baseline(r, runs)
@@ -276,8 +293,8 @@ def table1(
                 else ""
             ),
         }
-        if reference is not None:
-            p = paper.get(r.block)
+        if reference is not None and any_published_budget:
+            p = paper.get(r.block) if of_published_budget(r) else None
             d["delta_glue"] = r.glue_mean - p.glue_mean if p is not None and not missing(r.glue_mean) else None
             d["delta_speed"] = speed["speed"] - p.speed if p is not None and speed["speed"] is not None else None
             s["Δ GLUE"], s["Δ speed"] = fmt(d["delta_glue"], "+.1f"), fmt(d["delta_speed"], "+.2f")
@@ -314,8 +331,7 @@ def table1(
                 "Speed": fmt(p.speed, ".2f"),
                 "Speed (tok/s)": "",
                 "MLM loss": "",
-                "Δ GLUE": "",
-                "Δ speed": "",
+                **({"Δ GLUE": "", "Δ speed": ""} if any_published_budget else {}),
             }
         )
     return Table(with_int_columns(data, ["glue_n", "microbatch_steps"]), pd.DataFrame(shown), notes, first_published)
@@ -325,6 +341,8 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
     """Per-task GLUE scores (mean over seeds; std and seed count in the CSV), with deltas to the paper."""
     notes, paper = Notes(), published_rows(reference)
     data, shown = [], []
+    if reference is not None and not any(of_published_budget(r) for _, r in runs.iterrows()):
+        notes.mark(published_note(runs), [])
     for name, r in runs.iterrows():
         row_notes: list[str] = []
         scores = glue[glue.run == name].set_index("column")
@@ -351,7 +369,7 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
                 )
         data.append({**d, "notes": "; ".join(row_notes)})
         shown.append(s)
-        p = paper.get(r.block)
+        p = paper.get(r.block) if of_published_budget(r) else None
         if p is not None:  # the delta row sits right under its run
             deltas = {c.label: None if missing(d[c.label]) else d[c.label] - p[c.label] for c in COLUMNS}
             data.append(
@@ -406,7 +424,11 @@ def table2(runs: pd.DataFrame, glue: pd.DataFrame, problems: pd.DataFrame, refer
                 **{c.label: fmt(p[c.label], ".1f") or "-" for c in COLUMNS},
             }
         )
-    return Table(with_int_columns(data, [f"{c.label} n" for c in COLUMNS]), pd.DataFrame(shown), notes, first_published)
+    shown = pd.DataFrame(shown)
+    ran = glue[glue.run.isin(runs.name)].groupby("column")["n"].sum()
+    if ran.sum() > 0:  # GLUE was run: columns of tasks that no run has are left out of the shown table
+        shown = shown.drop(columns=[c.label for c in COLUMNS if ran.get(c.label, 0) == 0 and c.label in shown])
+    return Table(with_int_columns(data, [f"{c.label} n" for c in COLUMNS]), shown, notes, first_published)
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -520,8 +542,9 @@ def compact(t: Table, resize: bool) -> str:
     runs = kinds == "run"
     if "Run" in shown and "Block" in shown:
         unique = not shown.loc[runs, "Block"].duplicated().any()
+        standalone = not runs.any()  # Table 3: every row a difference, none under its run: the block names it
         for i in shown.index:
-            label = ROW_LABELS.get(kinds[i])
+            label = None if standalone else ROW_LABELS.get(kinds[i])
             if label:
                 shown.loc[i, "Block"] = f"  {label}"
             elif kinds[i] == "published":
@@ -532,18 +555,22 @@ def compact(t: Table, resize: bool) -> str:
             elif not unique:
                 shown.loc[i, "Block"] = f"{shown.loc[i, 'Block']} ({data.loc[i, 'run']})"
         shown = shown.drop(columns="Run")
-    legend = "Δ Pre-LN: difference to Pre-LN; bold where its 95 % Welch interval excludes 0 (the intervals: the CSV)"
+    legend = (
+        "Δ Pre-LN: difference to Pre-LN; bold where its 95 % interval (Welch; Table 3: paired bootstrap) excludes 0 "
+        "(the intervals: the CSV and Markdown)"
+    )
     for i in shown.index[kinds == "vs_preln"]:  # the difference alone; its interval stays in the CSV and Markdown
         for column in shown.columns[1:]:
-            text = re.sub(r" ± [\d.]+| \[\d+\]", "", str(shown.loc[i, column]))
-            real = data.get(f"{column} within_noise") is not None and data.loc[i, f"{column} within_noise"] is False
+            text = re.sub(r" ± [\d.]+| \[\d+\]| \[[^\]]*,[^\]]*\]", "", str(shown.loc[i, column]))
+            noise = data.loc[i, f"{column} within_noise"] if f"{column} within_noise" in data else None
+            real = not missing(noise) and not bool(noise)  # the interval excludes 0
             shown.loc[i, column] = f"**{text}**" if real and text else text
         notes += [] if legend in notes else [legend]
         shown.loc[i, "Block"] = f"{shown.loc[i, 'Block']} [{notes.index(legend) + 1}]"
     shown, notes = renumbered(shown, notes)
     mine, published = shown[kinds != "published"], shown[kinds == "published"]
     published = published.loc[:, [c == "Block" or published[c].astype(str).str.strip().ne("").any() for c in published]]
-    wide = len(mine.columns) > 9  # Table 2 in one column: nine GLUE columns beside the block
+    wide = len(mine.columns) > 9  # Table 2 in one column (Table 3 across two): nine GLUE columns beside the block
     size = r"\scriptsize\setlength{\tabcolsep}{1.5pt}" if wide else r"\footnotesize\setlength{\tabcolsep}{3pt}"
     lines = ["{" + size, *tabular(mine, [COMPACT_HEADERS.get(c, c) for c in mine.columns], resize=resize)]
     if len(published):

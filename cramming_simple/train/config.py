@@ -12,14 +12,15 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, load_yaml, merge_typed, require
+from ..config import ConfigError, load_yaml, merge_typed, require, to_dict
 from ..data.loader import MASKINGS
+from ..data.packing import cache_root
 from ..data.sources import DataConfig
 from ..model import ArchConfig, arch_config, block_spec, check_protocol, recorded_block
 from ..optim import DECAY_RULES
 from ..presets import find_preset
 from ..runs import CONFIG
-from ..runtime import PRECISIONS, compile_default
+from ..runtime import PRECISIONS, compile_default, now_iso
 from ..tracking import check_trackers
 from .schedules import RAMPS
 
@@ -143,6 +144,8 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
+    # Changes of the recipe a resumed run was told to accept (--extend-budget): {at, changes: {key: [old, new]}}
+    amendments: List[Dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> None:
         """Also fills what the budget left to the block: its recipe's peak LR and weight decay, and the run name.
@@ -185,15 +188,66 @@ class PretrainConfig:
             layers.append(("--block", {"block": block}))
         if name:
             layers.append(("--name", {"name": name}))
-        return merge_typed(cls, cls(arch=arch_config(preset), budget=path.stem), layers)
+        cfg = merge_typed(cls, cls(arch=arch_config(preset), budget=path.stem), layers)
+        cfg.data.cache_dir = str(cache_root(cfg.data.cache_dir).resolve())  # recorded: resumable from any folder
+        return cfg
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, overrides: list[str] = ()) -> PretrainConfig:
-        """The config a run folder was started with (its config.yaml), plus `key=value` overrides."""
+    def from_run(cls, run_dir: str | Path, overrides: list[str] = (), extend_budget: bool = False) -> PretrainConfig:
+        """The config a run folder was started with (its config.yaml), plus `key=value` overrides.
+
+        The folder names the run (a copied or moved folder is its own run). An override that changes the recipe
+        (anything but how the run executes: HOW_IT_RUNS) is refused, unless `extend_budget`: then the change is
+        recorded in `amendments`, and the run goes on under the new values.
+        """
         saved = Path(run_dir) / CONFIG
         if not saved.is_file():
             raise ConfigError(f"{run_dir} has no {CONFIG}: not a run folder")
         raw = load_yaml(saved)
         # A run started before held-out evaluation existed trained on every row: it resumes on the same stream.
         older = [("older run", {"data": {"holdout": 0}})] if OmegaConf.select(raw, "data.holdout") is None else []
-        return merge_typed(cls, None, [(str(saved), raw), *older, ("command line", list(overrides))])
+        before = merge_typed(cls, None, [(str(saved), raw), *older])
+        cfg = merge_typed(cls, None, [(str(saved), raw), *older, ("command line", list(overrides))])
+        before.name = cfg.name = Path(run_dir).name
+        changes = recipe_changes(before, cfg)
+        if changes and not extend_budget:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            raise ConfigError(
+                f"--resume would change the recipe of {run_dir} ({listed}): a resumed run keeps its recipe. Pass "
+                "--extend-budget to go on under the new values (recorded in the run), or start a new run with --name"
+            )
+        if changes:
+            cfg.amendments = [*cfg.amendments, {"at": now_iso(), "changes": {k: list(v) for k, v in changes.items()}}]
+        return cfg
+
+
+# Keys a resumed run may change: how it executes, not what it trains (cramming's impl, and where data is read).
+HOW_IT_RUNS = (
+    "impl.checkpoint_minutes",
+    "impl.log_seconds",
+    "impl.eval_minutes",
+    "impl.keep_at",
+    "impl.prefetch",
+    "impl.threads",
+    "impl.tracker",
+    "train.max_steps",  # a cap on the steps: the schedules follow the clock and do not see it
+    "data.cache_dir",
+    "data.verify",
+)
+
+
+def recipe_changes(before: PretrainConfig, after: PretrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every value that differs between two configs, outside HOW_IT_RUNS."""
+    old, new = flatten(to_dict(before)), flatten(to_dict(after))
+    keys = [k for k in {**old, **new} if k not in HOW_IT_RUNS and k != "amendments"]
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

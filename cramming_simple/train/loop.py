@@ -32,18 +32,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, to_dict, to_yaml
 from ..data import (
+    CACHE_ENV,
     MicrobatchStream,
     MLMCollator,
     PackedData,
     Prefetcher,
     Split,
     check_tokenizer,
+    data_mismatch,
     load_tokenizer,
     prepare,
+    prepared_path,
 )
 from ..errors import EXIT_DISK_FULL, DiskFullError, UserError
 from ..model import MaskedLM, count_params, save_model, unwrap
@@ -57,7 +61,9 @@ from ..runs import (
     METRICS,
     MODEL,
     PREV_CHECKPOINT,
+    RESTARTED,
     SUMMARY,
+    has_checkpoint,
     read_summary,
     snapshot_name,
 )
@@ -189,8 +195,11 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = False) -> dict:
-    """Run (or resume) one pretraining run into `runs_dir/cfg.name`; returns its summary."""
+def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = False, restart: bool = False) -> dict:
+    """Run (or resume) one pretraining run into `runs_dir/cfg.name`; returns its summary.
+
+    The folder is the run: whatever name its config.yaml stores, `runs_dir/cfg.name` is the folder that trains.
+    `restart`: an existing folder is moved aside (runs_dir/.restarted/) first, never deleted."""
     run_dir = Path(runs_dir) / cfg.name
     device = pick_device(cfg.impl.device)
     if cfg.impl.threads:
@@ -201,16 +210,19 @@ def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = 
         die_with_parent(signal.SIGTERM)
     dist = init_distributed(device)
     try:
+        if restart:
+            move_aside(run_dir, dist)
         with run_lock(run_dir, dist):
-            has_state = any((run_dir / f).exists() for f in (CHECKPOINT, PREV_CHECKPOINT, SUMMARY))
-            if has_state and not resume:
-                raise ConfigError(
-                    f"run folder {run_dir} already holds a run: pass --resume to continue it, or --name to start "
-                    "another"
-                )
-            summary = read_summary(run_dir) if resume and (run_dir / SUMMARY).exists() else None
-            if summary and summary.get("completed"):
-                log.info(f"{run_dir} is complete; nothing to do")
+            error = None
+            if dist.main:
+                try:
+                    check_folder(run_dir, resume)
+                except Exception as err:  # noqa: BLE001 - raised on every rank by fail_together
+                    error = err
+            dist.fail_together(error)
+            summary = read_summary(run_dir) if (run_dir / SUMMARY).exists() else None
+            if summary and summary.get("completed") and summary.get("amendments", []) == cfg.amendments:
+                log.info(f"{run_dir} is complete; nothing to do")  # (an --extend-budget goes on)
                 return summary
             with StopSignals() as signals:
                 summary = Trainer(cfg, run_dir, device, dist, signals).run()
@@ -218,6 +230,51 @@ def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = 
             return summary
     finally:
         dist.close()
+
+
+def check_folder(run_dir: Path, resume: bool) -> None:
+    """What is in the folder decides what may happen: nothing (a new run), a checkpoint (--resume continues it),
+    a finished run (returned), or the traces of a run killed before its first checkpoint (refused: --restart).
+    A folder copied or moved here is adopted: its stored name becomes the folder's."""
+    traces = [f for f in (CONFIG, METRICS, SUMMARY, DIAGNOSTICS) if (run_dir / f).exists()]
+    restart = f"pass --restart to move it aside into {run_dir.parent / RESTARTED}/ and start over"
+    if not resume and (traces or has_checkpoint(run_dir)):
+        raise ConfigError(
+            f"run folder {run_dir} already holds a run: pass --resume to continue it, --name to start another, or "
+            + restart
+        )
+    summary = read_summary(run_dir) if (run_dir / SUMMARY).exists() else None
+    if summary and summary.get("name") not in (None, run_dir.name):
+        log.info(f"{run_dir} was copied or moved from a run named '{summary['name']}': it is now run '{run_dir.name}'")
+        adopt(run_dir, summary)
+    if summary and summary.get("completed") or has_checkpoint(run_dir) or not traces:
+        return
+    rows = len((run_dir / METRICS).read_text(errors="replace").splitlines()) if (run_dir / METRICS).exists() else 0
+    raise ConfigError(
+        f"{run_dir} holds a run stopped before its first checkpoint ({', '.join(traces)}; {rows} metrics rows) and "
+        f"nothing to resume: {restart}"
+    )
+
+
+def adopt(run_dir: Path, summary: dict) -> None:
+    """The folder's name becomes the run's stored name (summary.json and config.yaml)."""
+    summary["name"] = run_dir.name
+    write_json(run_dir / SUMMARY, summary)
+    if (run_dir / CONFIG).exists():
+        saved = OmegaConf.load(run_dir / CONFIG)
+        saved.name = run_dir.name
+        atomic_write_bytes(run_dir / CONFIG, OmegaConf.to_yaml(saved).encode())
+
+
+def move_aside(run_dir: Path, dist: Dist) -> None:
+    """--restart: the old folder goes to runs_dir/.restarted/<name>-<time>/ (under its lock: never a live run's)."""
+    if dist.main and run_dir.exists():
+        with FileLock(run_dir / LOCK, f"run folder {run_dir}", purpose="cramming-simple pretrain --restart"):
+            aside = run_dir.parent / RESTARTED / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(run_dir, aside)
+        log.info(f"moved the old {run_dir} aside to {aside}")
+    dist.barrier()
 
 
 @contextlib.contextmanager
@@ -245,6 +302,26 @@ def run_lock(run_dir: Path, dist: Dist):
         lock.release()
 
 
+def check_data_at_hand(cfg: PretrainConfig, run_dir: Path) -> None:
+    """A resumed run whose prepared data is not in the cache would prepare it again. A trained tokenizer does
+    not come out the same twice (tokenizers breaks ties differently), so that is refused, naming where the data
+    was looked for; a pre-tokenised upload comes out the same (checked against the record after preparing)."""
+    path = prepared_path(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
+    if cfg.data.source == "hub-pretokenized" or path.exists():
+        return
+    recorded = (read_summary(run_dir) or {}).get("data") if (run_dir / SUMMARY).exists() else None
+    raise ConfigError(
+        f"cannot resume {run_dir}: its prepared data {path.name} is not in {path.parent}, and preparing it again "
+        f"would train a new tokenizer (other token ids). Point data.cache_dir (or {CACHE_ENV}) at the cache the "
+        f"run used{_cache_hint(recorded)}"
+    )
+
+
+def _cache_hint(recorded: dict | None) -> str:
+    cache = (recorded or {}).get("cache")
+    return f" ({cache})" if cache else " (older runs prepared it in ./data of the folder they were started in)"
+
+
 class Trainer:
     def __init__(self, cfg: PretrainConfig, run_dir: Path, device: torch.device, dist: Dist, signals: StopSignals):
         self.cfg, self.run_dir, self.device, self.dist, self.signals = cfg, run_dir, device, dist, signals
@@ -253,13 +330,20 @@ class Trainer:
         self.warn = log.warning if dist.main else (lambda *a, **k: None)
 
         # Data first: preparation is not budget time. Rank 0 prepares, the others then reuse it.
+        error = None
         if dist.main:
-            self.prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
-        dist.barrier()
+            try:
+                if has_checkpoint(run_dir):
+                    check_data_at_hand(cfg, run_dir)
+                self.prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
+            except Exception as err:  # noqa: BLE001 - raised on every rank by fail_together
+                error = err
+        dist.fail_together(error)
         if not dist.main:
             self.prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len, show_progress=False)
         self.tokenizer = load_tokenizer(self.prepared.tokenizer_dir)
         check_tokenizer(self.tokenizer, cfg.arch.vocab_size)
+        self.data_identity = self.prepared.identity(self.tokenizer)  # recorded in summaries and checkpoints
         data = PackedData(self.prepared.path, verify=cfg.data.verify)
         collate = MLMCollator.for_tokenizer(
             self.tokenizer, cfg.arch.seq_len, cfg.train.mask_prob, cfg.train.seed, cfg.train.masking
@@ -291,6 +375,7 @@ class Trainer:
         self.keep_previous = True  # False while checkpoint.pt is known to be damaged: the good prev must stay
         self.clock: Clock | None = None
         self.saved_step = -1  # microbatch step of the checkpoint on disk
+        self.has_checkpoint = False
         self.resume_from_checkpoint()
 
         # Execution concerns on the built model: DDP, then compile (falling back to eager if compiling fails).
@@ -351,7 +436,17 @@ class Trainer:
             raise UnreadableCheckpoint(
                 path, f"does not fit this run ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
             ) from None
-        self.state, self.saved_step = state, state.microbatch_steps
+        recorded = ckpt.get("data") or (read_summary(self.run_dir) or {}).get("data")  # older checkpoints: no data
+        reason = data_mismatch(recorded, self.data_identity)
+        if reason:
+            raise ConfigError(
+                f"cannot resume {self.run_dir}: the prepared data at {self.prepared.path} is not what it trained on: "
+                f"{reason}. Resuming would change the token ids; point data.cache_dir (or {CACHE_ENV}) at the "
+                f"cache the run used{_cache_hint(recorded)}"
+            )
+        self.state, self.saved_step, self.has_checkpoint = state, state.microbatch_steps, True
+        if self.dist.main and isinstance(ckpt.get("summary"), dict):  # summary.json as it was written with it
+            write_json(self.run_dir / SUMMARY, {**ckpt["summary"], "name": self.cfg.name})
         set_rng_state(rng)
         for log in (self.run_dir / METRICS, self.run_dir / DIAGNOSTICS):
             if self.dist.main and log.exists():  # rows logged after the checkpoint describe work that is redone now
@@ -380,7 +475,11 @@ class Trainer:
         error = None
         if self.dist.main:
             try:
-                if not unchanged:
+                self.has_checkpoint = True
+                summary = self.summary(completed=False, stop_reason=stop_reason)
+                if unchanged:
+                    write_json(self.run_dir / SUMMARY, summary)
+                else:
                     state = {
                         "model": self.model.state_dict(),
                         "optimizer": self.optimizer.state_dict(),
@@ -389,13 +488,15 @@ class Trainer:
                         "rng": rngs,
                         "world_size": self.dist.world,
                         "block": self.cfg.block,
+                        "data": self.data_identity,
+                        "summary": summary,  # what summary.json says beside this checkpoint (a resume repairs it)
                     }
-                    save_checkpoint(
+                    save_checkpoint(  # the summary is written once the checkpoint is complete, just before its rename
                         self.run_dir / CHECKPOINT,
                         state,
                         previous=self.run_dir / PREV_CHECKPOINT if self.keep_previous else None,
+                        before_commit=lambda: write_json(self.run_dir / SUMMARY, summary),
                     )
-                self.write_summary(completed=False, stop_reason=stop_reason)
             except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
                 error = err
         self.dist.fail_together(error)
@@ -718,10 +819,11 @@ class Trainer:
             "world_size": self.dist.world,
             "precision": precision_name(self.dtype),
             "compiled": self.runner.compiled,
-            "data": {**cfg.data.describe(), "hash": self.prepared.path.name, "sequences": len(self.stream.data)},
+            "data": {**cfg.data.describe(), **self.data_identity, "sequences": len(self.stream.data)},
+            "amendments": cfg.amendments,  # recipe changes accepted on a resume (--extend-budget)
             "completed": completed,
             "stop_reason": stop_reason,
-            "checkpoint": CHECKPOINT if (self.run_dir / CHECKPOINT).exists() else None,
+            "checkpoint": CHECKPOINT if self.has_checkpoint else None,
             "started_at": self.started_at,
             "finished_at": now_iso(),
         }

@@ -1,0 +1,320 @@
+"""A run folder is its own identity, and its data is the data it trained on: copies, moves, kills before the first
+checkpoint, recipe changes on resume, a summary that never lags its checkpoint, one checkpoint generation per file,
+temporary files of killed writers, and prepared data that does not depend on the working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import pretrain_args
+from test_pretrain import metrics, run_cli, wait_for
+
+from cramming_simple.cli import main
+from cramming_simple.data import DataConfig, cache_root, prepare
+from cramming_simple.errors import DiskFullError
+from cramming_simple.runs import find_runs
+from cramming_simple.runtime import remove_stale_temporaries
+from cramming_simple.train import loop
+from cramming_simple.train.checkpoint import load_checkpoint, save_checkpoint
+from cramming_simple.train.config import PretrainConfig
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def preempt(args: list[str], run: Path, after: str = "checkpoint.pt") -> None:
+    """Start a pretraining process and stop it with SIGTERM (a checkpoint, exit 4) once `after` exists."""
+    proc = run_cli(args)
+    wait_for(run / after, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out
+
+
+def pretrain_here(*args: str) -> tuple[int, str]:
+    """`cramming-simple pretrain ...` in this process: (exit code, its one error line or '')."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(args))
+    lines = [line for line in err.getvalue().splitlines() if "error:" in line]
+    assert len(lines) <= 1, err.getvalue()
+    return code, lines[0] if lines else ""
+
+
+@pytest.fixture
+def stopped(smoke_cache, tmp_path):
+    """runs/c0: a 12-second run stopped by SIGTERM right after it began (a checkpoint, not complete)."""
+    runs = tmp_path / "runs"
+    args = pretrain_args(smoke_cache, runs, "--name", "c0", "hours=0.0033", "impl.log_seconds=0.3")
+    preempt(args, runs / "c0", after="metrics.jsonl")
+    return runs, args
+
+
+def test_a_copied_or_moved_folder_trains_itself_and_is_adopted(stopped):
+    runs, args = stopped
+    original = runs / "c0"
+    before = load_checkpoint(original / "checkpoint.pt")["state"]["microbatch_steps"]
+    shutil.copytree(original, runs / "c1", symlinks=True)  # cp -a
+    resume = [a for a in args if a not in ("--name", "c0")]
+    code, line = pretrain_here(*resume, "--name", "c1", "--resume")
+    assert code == 0, line
+    copy = summary(runs / "c1")
+    assert copy["name"] == "c1" and copy["completed"] and copy["microbatch_steps"] > before
+    assert "name: c1" in (runs / "c1" / "config.yaml").read_text()
+    # the original did not move: same checkpoint, same summary, not completed
+    assert load_checkpoint(original / "checkpoint.pt")["state"]["microbatch_steps"] == before
+    assert summary(original)["name"] == "c0" and not summary(original)["completed"]
+    steps = [r["microbatch_steps"] for r in metrics(runs / "c1")]
+    assert steps == sorted(steps) and steps[-1] > before  # it continued, not from step 0 again
+    assert steps.count(0) <= 1
+
+    os.rename(original, runs / "c2")  # mv, then --resume under the new name: continues there
+    code, line = pretrain_here(*resume, "--name", "c2", "--resume")
+    assert code == 0, line
+    assert not original.exists() and summary(runs / "c2")["name"] == "c2" and summary(runs / "c2")["completed"]
+    steps = [r["microbatch_steps"] for r in metrics(runs / "c2")]
+    assert steps == sorted(steps) and steps.count(0) <= 1
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_refused_and_restart_moves_it_aside(smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    args = pretrain_args(smoke_cache, runs, "hours=1", "impl.log_seconds=0.2")
+    run = runs / "preln-smoke"
+    proc = run_cli(args)
+    wait_for(run / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGKILL)  # before the first checkpoint (every 30 min)
+    proc.wait()
+    assert not (run / "checkpoint.pt").exists()
+    rows = (run / "metrics.jsonl").read_text()
+    for extra in ([], ["--resume"]):
+        code, line = pretrain_here(*args, *extra, "hours=0.001")
+        assert code == 2 and "--restart" in line, line
+        assert (run / "metrics.jsonl").read_text() == rows  # nothing appended
+    code, line = pretrain_here(*args, "--restart", "hours=0.001")
+    assert code == 0, line
+    (aside,) = (runs / ".restarted").iterdir()
+    assert aside.name.startswith("preln-smoke-") and (aside / "metrics.jsonl").read_text() == rows  # kept, not deleted
+    steps = [r["microbatch_steps"] for r in metrics(run)]
+    assert steps == sorted(steps) and steps.count(0) <= 1 and summary(run)["completed"]
+    assert find_runs(runs) == [run]  # the report does not see the folder moved aside
+
+
+def test_resume_refuses_a_changed_recipe_unless_the_budget_is_extended(stopped):
+    runs, args = stopped
+    run = runs / "c0"
+    config = (run / "config.yaml").read_text()
+    for change in (["hours=0.01"], ["train.lr=0.5"]):
+        code, line = pretrain_here(*args, "--resume", *change)
+        assert code == 2 and "--extend-budget" in line and change[0].split("=")[0] in line, line
+    assert (run / "config.yaml").read_text() == config
+    code, line = pretrain_here(*args, "--resume", "--budget", "1h")
+    assert code == 2 and "budget 'smoke'" in line
+    code, line = pretrain_here(*args, "--resume", "impl.log_seconds=0.5")  # how it runs: allowed
+    assert code == 0, line
+    code, line = pretrain_here(*args, "--resume", "--extend-budget", "hours=0.004")
+    assert code == 0, line
+    (amendment,) = summary(run)["amendments"]
+    assert amendment["changes"] == {"hours": [0.0033, 0.004]}
+    assert PretrainConfig.from_run(run).amendments[0]["changes"] == {"hours": [0.0033, 0.004]}
+    assert abs(summary(run)["elapsed_s"] - 0.004 * 3600) < 3 and summary(run)["completed"]  # a finished run goes on
+
+
+def test_the_summary_is_written_with_its_checkpoint_never_beside_another(stopped, monkeypatch):
+    """A summary that cannot be written (a full disk) cancels the checkpoint it describes: the two agree."""
+    runs, args = stopped
+    run = runs / "c0"
+    real = loop.write_json
+
+    def full_disk(path, obj):
+        if Path(path).name == "summary.json" and obj.get("stop_reason") != "x":
+            raise DiskFullError(path, 1000)
+        return real(path, obj)
+
+    monkeypatch.setattr(loop, "write_json", full_disk)
+    code, _ = pretrain_here(*args, "--resume", "impl.checkpoint_minutes=0.01")
+    assert code == 5
+    assert summary(run)["microbatch_steps"] == load_checkpoint(run / "checkpoint.pt")["state"]["microbatch_steps"]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_checkpoint_killed_mid_write_leaves_two_generations(tmp_path):
+    path, prev = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    save_checkpoint(path, {"step": 1})
+    save_checkpoint(path, {"step": 2}, previous=prev)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed  # what a SIGKILL in the middle of torch.save leaves: the old files and a temporary
+
+    real = torch.save
+    torch.save = killed
+    try:
+        with pytest.raises(Killed):
+            save_checkpoint(path, {"step": 3}, previous=prev)
+    finally:
+        torch.save = real
+    assert not os.path.samefile(path, prev)
+    assert load_checkpoint(path)["step"] == 2 and load_checkpoint(prev)["step"] == 1
+
+
+def test_temporaries_of_killed_writers_are_removed_at_the_next_start(stopped, smoke_cache):
+    runs, args = stopped
+    run = runs / "c0"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (run / f".model.{pid}.tmp").mkdir()
+    (run / f".model.{pid}.tmp" / "model.safetensors").write_bytes(b"half")
+    os.link(run / "checkpoint.pt", run / f".checkpoint.prev.pt.{pid}.tmp")
+    (run / f".checkpoint.pt.{pid}-abc123.tmp").write_bytes(b"half")
+    partial = Path(smoke_cache) / f"0123456789ab.partial{pid}"
+    partial.mkdir()
+    glue = run / "glue" / "rte"
+    glue.mkdir(parents=True)
+    (glue / f".seed1.predictions.npz.{pid}-abc123.tmp").write_bytes(b"half")
+    (glue / f".seed2.predictions.npz.{os.getpid()}-abc123.tmp").write_bytes(b"a live writer's")
+    code, line = pretrain_here(*args, "--resume")
+    assert code == 0, line
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert not os.path.samefile(run / "checkpoint.pt", run / "checkpoint.prev.pt")
+    # the data cache and GLUE folders are shared with live processes: only dead writers' leftovers go
+    prepare(DataConfig(source="builtin", cache_dir=str(smoke_cache), shard_sequences=1024), 8192, 128)
+    assert not partial.exists()
+    assert remove_stale_temporaries(run / "glue", recursive=True, dead_only=True) == [
+        glue / f".seed1.predictions.npz.{pid}-abc123.tmp"
+    ]
+    assert (glue / f".seed2.predictions.npz.{os.getpid()}-abc123.tmp").exists()
+
+
+# ------------------------------------------------------------------------------------------ data identity
+
+
+def test_the_data_cache_does_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CRAMMING_SIMPLE_CACHE", str(tmp_path / "cache"))
+    assert PretrainConfig.from_budget("smoke", "preln").data.cache_dir == str((tmp_path / "cache").resolve())
+    relative = PretrainConfig.from_budget("smoke", "preln", ["data.cache_dir=mine"])
+    assert relative.data.cache_dir == str(tmp_path / "mine")  # recorded absolute
+    monkeypatch.delenv("CRAMMING_SIMPLE_CACHE")
+    default = cache_root("")
+    assert default.is_absolute() and "cramming-simple" in str(default) and tmp_path not in default.parents
+
+
+def test_resume_from_another_folder_reads_the_same_data_and_old_runs_are_refused(smoke_cache, tmp_path, monkeypatch):
+    here, elsewhere = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(smoke_cache, here / "data")
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    runs = tmp_path / "runs"
+    args = [a for a in pretrain_args("data", runs, "hours=0.002", "impl.log_seconds=0.3") if "cache_dir" not in a]
+    args.append("data.cache_dir=data")  # relative: recorded as here/data
+    proc = run_cli(args)
+    wait_for(runs / "preln-smoke" / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    run = runs / "preln-smoke"
+    recorded = summary(run)["data"]
+    assert recorded["cache"] == str(here / "data") and len(recorded["tokenizer_sha256"]) == 64
+    monkeypatch.chdir(elsewhere)
+    resume = [a for a in args if not a.startswith("data.cache_dir")]
+    code, line = pretrain_here(*resume, "--resume")
+    assert code == 0, line
+    assert not (elsewhere / "data").exists()  # nothing prepared again here
+    assert summary(run)["data"]["tokenizer_sha256"] == recorded["tokenizer_sha256"]
+
+    # a run of an older version recorded a relative cache and no identity: resumed elsewhere it is refused
+    config = (run / "config.yaml").read_text().replace(f"cache_dir: {here / 'data'}", "cache_dir: data")
+    (run / "config.yaml").write_text(config)
+    data = summary(run)
+    data["completed"] = False
+    (run / "summary.json").write_text(json.dumps(data))
+    code, line = pretrain_here(*resume, "--resume", "--extend-budget", "hours=0.003")
+    assert code == 2 and "a new tokenizer" in line and "data.cache_dir" in line, line
+    assert not (elsewhere / "data").exists()
+
+
+def test_a_different_tokenizer_under_the_same_key_is_refused_on_resume(stopped, smoke_cache, tmp_path):
+    runs, args = stopped
+    other = tmp_path / "other-cache"
+    shutil.copytree(smoke_cache, other)
+    (prepared,) = [p for p in other.iterdir() if (p / "manifest.json").exists()]
+    tokenizer = json.loads((prepared / "tokenizer" / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = (next(t for t, i in vocab.items() if i == k) for k in (100, 101))
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # a retrained WordPiece that broke a tie the other way
+    (prepared / "tokenizer" / "tokenizer.json").write_text(json.dumps(tokenizer))
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest.pop("tokenizer_sha256", None)
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
+    moved = [a if not a.startswith("data.cache_dir=") else f"data.cache_dir={other}" for a in args]
+    code, line = pretrain_here(*moved, "--resume")
+    assert code == 2 and "tokenizer differs" in line, line
+
+
+def test_every_source_records_its_identity_and_a_pretokenized_upload_prepares_the_same_twice(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from conftest import generic_text
+
+    from cramming_simple.data import data_mismatch, load_tokenizer, train_wordpiece
+    from cramming_simple.data.tokenizer import tokenizer_sha256
+
+    repo = tmp_path / "user--pile-pretokenized"
+    (repo / "data").mkdir(parents=True)
+    tok = train_wordpiece(generic_text(300, seed=6), vocab_size=300)
+    tok.save_pretrained(str(repo / "tokenizer"))
+    rows = np.random.default_rng(0).integers(5, len(tok), size=(40, 32))
+    pd.DataFrame({"input_ids": list(rows)}).to_parquet(repo / "data" / "train-00000-of-00001.parquet")
+    (tmp_path / "corpus.txt").write_text("\n\n".join(generic_text(200, seed=1)))
+    configs = {
+        "hub-pretokenized": dict(source="hub-pretokenized", name=str(repo), column="input_ids"),
+        "text": dict(source="text", files=[str(tmp_path / "corpus.txt")]),
+        "builtin": dict(source="builtin", max_documents=2000),
+    }
+    for source, fields in configs.items():
+        identities = []
+        for cache in ("one", "two"):
+            prepared = prepare(DataConfig(**fields, cache_dir=str(tmp_path / cache)), 512, 32, show_progress=False)
+            tokenizer = load_tokenizer(prepared.tokenizer_dir)
+            identity = prepared.identity(tokenizer)
+            assert identity["tokenizer_sha256"] == tokenizer_sha256(tokenizer), source
+            assert identity["hash"] == prepared.path.name and len(identity["fingerprint"]) == 16
+            assert identity["cache"] == str(tmp_path / cache)
+            identities.append(identity)
+        if source == "hub-pretokenized":  # deterministic: a second cache holds the same ids
+            assert data_mismatch(identities[0], identities[1]) is None
+    changed = {**identities[0], "tokenizer_sha256": "0" * 64}
+    assert "tokenizer differs" in data_mismatch(identities[0], changed)
+    assert (
+        data_mismatch(None, identities[0]) is None and data_mismatch({"hash": identities[0]["hash"]}, changed) is None
+    )
+
+
+def test_glue_refuses_a_model_folder_whose_tokenizer_is_not_the_pretrained_one(pretrained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    assert len(summary(run)["data"]["tokenizer_sha256"]) == 64
+    tokenizer = json.loads((run / "model" / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = (next(t for t, i in vocab.items() if i == k) for k in (200, 201))
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (run / "model" / "tokenizer.json").write_text(json.dumps(tokenizer))
+    done = subprocess.run(
+        [sys.executable, "-m", "cramming_simple", "glue", str(run), "--protocol", "smoke", "--tasks", "rte",
+         "--data-dir", str(tmp_path / "nowhere")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "not the one" in done.stderr and len(done.stderr.strip().splitlines()) == 1
