@@ -6,8 +6,10 @@ runs/<name>/
                    at each eval point a row {"kind": "eval", microbatch_steps, elapsed_s, p, eval_loss, eval_s}
   diagnostics.jsonl  at each eval point: microbatch_steps, elapsed_s, p, embedding and per-layer statistics
                    (model.diagnostics)
-  summary.json     block, block_title, block_source, arch, budget_hours, params, microbatch_steps, tokens,
-                   elapsed_s, final_loss, device, torch, world_size, completed, stop_reason, ...
+  summary.json     name, block, block_title, block_source, arch, budget_hours, params, microbatch_steps, tokens,
+                   elapsed_s, final_loss, device, torch, world_size, data (source, name, hash, fingerprint,
+                   tokenizer_sha256, cache), amendments, completed, stop_reason, ...; written with every
+                   checkpoint (which carries it too)
   checkpoint.pt    full training state for --resume
   checkpoint.prev.pt  the checkpoint before it: --resume falls back to it when checkpoint.pt is damaged
   .lock            held (flock) by the process pretraining in this folder; a second one exits with code 2
@@ -21,6 +23,9 @@ runs/<name>/
   glue/.locks/<task>-seed<k>.lock   held while a process fine-tunes that task/seed
   tb/              TensorBoard event files (impl.tracker=tensorboard): pretraining's train/ and eval/ rows, glue/...
   trackers.json    the W&B / MLflow run ids of this run (impl.tracker=wandb / mlflow), so a resume continues them
+runs/.restarted/<name>-<time>/   folders `pretrain --restart` moved aside (never deleted; no report reads them)
+
+The folder is the run: its name is the run's name, whatever the files in it say (a copy is adopted).
 """
 
 from __future__ import annotations

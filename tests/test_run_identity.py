@@ -53,13 +53,26 @@ def pretrain_here(*args: str) -> tuple[int, str]:
     return code, lines[0] if lines else ""
 
 
-@pytest.fixture
-def stopped(smoke_cache, tmp_path):
-    """runs/c0: a 12-second run stopped by SIGTERM right after it began (a checkpoint, not complete)."""
-    runs = tmp_path / "runs"
-    args = pretrain_args(smoke_cache, runs, "--name", "c0", "hours=0.0033", "impl.log_seconds=0.3")
+@pytest.fixture(scope="module")
+def stopped_once(smoke_cache, tmp_path_factory):
+    """runs/c0: a 5.4-second run stopped by SIGTERM right after it began (a checkpoint, not complete)."""
+    runs = tmp_path_factory.mktemp("stopped") / "runs"
+    args = pretrain_args(smoke_cache, runs, "--name", "c0", f"hours={HOURS}", "impl.log_seconds=0.3")
     preempt(args, runs / "c0", after="metrics.jsonl")
     return runs, args
+
+
+HOURS = 0.0015
+
+
+@pytest.fixture
+def stopped(stopped_once, tmp_path):
+    """A copy of that stopped run for one test (its own runs/ folder), and its command line."""
+    runs, args = stopped_once
+    shutil.copytree(runs, tmp_path / "runs", symlinks=True)
+    args = list(args)
+    args[args.index("--runs-dir") + 1] = str(tmp_path / "runs")
+    return tmp_path / "runs", args
 
 
 def test_a_copied_or_moved_folder_trains_itself_and_is_adopted(stopped):
@@ -123,28 +136,30 @@ def test_resume_refuses_a_changed_recipe_unless_the_budget_is_extended(stopped):
     assert code == 2 and "budget 'smoke'" in line
     code, line = pretrain_here(*args, "--resume", "impl.log_seconds=0.5")  # how it runs: allowed
     assert code == 0, line
-    code, line = pretrain_here(*args, "--resume", "--extend-budget", "hours=0.004")
+    code, line = pretrain_here(*args, "--resume", "--extend-budget", "hours=0.002")
     assert code == 0, line
     (amendment,) = summary(run)["amendments"]
-    assert amendment["changes"] == {"hours": [0.0033, 0.004]}
-    assert PretrainConfig.from_run(run).amendments[0]["changes"] == {"hours": [0.0033, 0.004]}
-    assert abs(summary(run)["elapsed_s"] - 0.004 * 3600) < 3 and summary(run)["completed"]  # a finished run goes on
+    assert amendment["changes"] == {"hours": [HOURS, 0.002]}
+    assert PretrainConfig.from_run(run).amendments[0]["changes"] == {"hours": [HOURS, 0.002]}
+    assert abs(summary(run)["elapsed_s"] - 0.002 * 3600) < 2 and summary(run)["completed"]  # a finished run goes on
 
 
 def test_the_summary_is_written_with_its_checkpoint_never_beside_another(stopped, monkeypatch):
     """A summary that cannot be written (a full disk) cancels the checkpoint it describes: the two agree."""
     runs, args = stopped
     run = runs / "c0"
-    real = loop.write_json
+    resumed_at = load_checkpoint(run / "checkpoint.pt")["state"]["microbatch_steps"]
+    real, refused = loop.write_json, []
 
-    def full_disk(path, obj):
-        if Path(path).name == "summary.json" and obj.get("stop_reason") != "x":
+    def full_disk(path, obj):  # the summary of any step after the resume point does not fit
+        if Path(path).name == "summary.json" and obj["microbatch_steps"] > resumed_at:
+            refused.append(obj["microbatch_steps"])
             raise DiskFullError(path, 1000)
         return real(path, obj)
 
     monkeypatch.setattr(loop, "write_json", full_disk)
     code, _ = pretrain_here(*args, "--resume", "impl.checkpoint_minutes=0.01")
-    assert code == 5
+    assert code == 5 and refused  # it trained on, and the next checkpoint's summary did not fit
     assert summary(run)["microbatch_steps"] == load_checkpoint(run / "checkpoint.pt")["state"]["microbatch_steps"]
     assert not list(run.glob(".*.tmp"))
 

@@ -209,6 +209,8 @@ class PretrainConfig:
         before = merge_typed(cls, None, [(str(saved), raw), *older])
         cfg = merge_typed(cls, None, [(str(saved), raw), *older, ("command line", list(overrides))])
         before.name = cfg.name = Path(run_dir).name
+        if cfg.data.cache_dir != before.data.cache_dir:  # moved on a resume: recorded absolute, as a new run's
+            cfg.data.cache_dir = str(cache_root(cfg.data.cache_dir).resolve())
         changes = recipe_changes(before, cfg)
         if changes and not extend_budget:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
