@@ -475,8 +475,7 @@ class Trainer:
         error = None
         if self.dist.main:
             try:
-                self.has_checkpoint = True
-                summary = self.summary(completed=False, stop_reason=stop_reason)
+                summary = {**self.summary(completed=False, stop_reason=stop_reason), "checkpoint": CHECKPOINT}
                 if unchanged:
                     write_json(self.run_dir / SUMMARY, summary)
                 else:
@@ -497,6 +496,7 @@ class Trainer:
                         previous=self.run_dir / PREV_CHECKPOINT if self.keep_previous else None,
                         before_commit=lambda: write_json(self.run_dir / SUMMARY, summary),
                     )
+                self.has_checkpoint = True
             except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
                 error = err
         self.dist.fail_together(error)
