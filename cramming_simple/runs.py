@@ -75,9 +75,12 @@ def glue_name(fraction: float | None) -> str:
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders under `runs_dir` (those with a summary.json), oldest first."""
-    found = [p.parent for p in Path(runs_dir).glob(f"*/{SUMMARY}")]
-    return sorted(found, key=lambda p: (p / SUMMARY).stat().st_mtime)
+    """Run folders under `runs_dir`, oldest first: those with a summary.json, and those a live process is training
+    in before its first checkpoint (a config.yaml and a held lock)."""
+    found = {p.parent for p in Path(runs_dir).glob(f"*/{SUMMARY}")}
+    found |= {p.parent for p in Path(runs_dir).glob(f"*/{CONFIG}") if lock_held(p.parent / LOCK)}
+    first = (SUMMARY, CONFIG)
+    return sorted(found, key=lambda p: next((p / f).stat().st_mtime for f in first if (p / f).exists()))
 
 
 def read_summary(run_dir: str | Path) -> dict | None:

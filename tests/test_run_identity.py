@@ -55,14 +55,14 @@ def pretrain_here(*args: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def stopped_once(smoke_cache, tmp_path_factory):
-    """runs/c0: a 5.4-second run stopped by SIGTERM right after it began (a checkpoint, not complete)."""
+    """runs/c0: a 4.3-second run stopped by SIGTERM right after it began (a checkpoint, not complete)."""
     runs = tmp_path_factory.mktemp("stopped") / "runs"
     args = pretrain_args(smoke_cache, runs, "--name", "c0", f"hours={HOURS}", "impl.log_seconds=0.3")
     preempt(args, runs / "c0", after="metrics.jsonl")
     return runs, args
 
 
-HOURS = 0.0015
+HOURS = 0.0012
 
 
 @pytest.fixture

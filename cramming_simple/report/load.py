@@ -57,7 +57,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     out with a warning naming it (its run stays a row, marked); it never stops the other runs' report."""
     rows, metrics, glue, problems, warnings, budget_glue, diagnostics = [], [], [], [], [], [], {}
     for run_dir in map(Path, run_dirs):
-        if not (run_dir / contract.SUMMARY).exists():
+        if not (run_dir / contract.SUMMARY).exists() and not (run_dir / contract.CONFIG).exists():
             raise ConfigError(f"{run_dir} is not a run folder (no {contract.SUMMARY})")
         row = read_run(run_dir, warnings)
         if row["summary_problem"]:
@@ -207,7 +207,8 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> dict:
     warnings = [] if warnings is None else warnings
     problem = ""  # why summary.json could not be read ("" when it could)
     try:
-        s = read_json(run_dir / contract.SUMMARY)
+        # no summary yet: a run before its first checkpoint (find_runs lists it while a process trains it)
+        s = read_json(run_dir / contract.SUMMARY) if (run_dir / contract.SUMMARY).exists() else {}
         if not isinstance(s, dict):
             raise CorruptFileError(run_dir / contract.SUMMARY, "not a run summary (not a JSON object)")
     except CorruptFileError as err:
