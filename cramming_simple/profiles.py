@@ -33,11 +33,16 @@ SWITCHES = (
     Switch("pretrain", "train.decay_rule", "ndim", "names"),
     Switch("pretrain", "arch.first_layer_norm", False, True),
     Switch("pretrain", "impl.precision", "auto", "fp16"),
+    Switch("pretrain", "train.max_microbatches", None, 900_000),
     Switch("glue", "precision", "auto", "fp16"),
     Switch("glue", "head_width", None, 1024),
     Switch("glue", "attention_dropout", 0.0, 0.1),
     Switch("glue", "warmup_from", "each_task", "first_task"),
+    Switch("glue", "single_text", "clean", "cramming"),
+    Switch("glue", "drop_last", False, True),
 )
+# Not a switch, since the published value is unknown: GLUE's `train_order` (shuffle | stored). cramming's default
+# (impl.shuffle_in_dataloader: False) is `stored`, its README passes True; both profiles keep `shuffle`.
 
 
 def switches(stage: str) -> tuple[Switch, ...]:

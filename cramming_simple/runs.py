@@ -49,6 +49,7 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = (
     "glue",
 )
 PREV_CHECKPOINT, LOCK, DIAGNOSTICS = "checkpoint.prev.pt", ".lock", "diagnostics.jsonl"
+COMPLETE = ("budget", "max_steps", "max_microbatches")  # summary.json stop reasons of a finished run
 RESTARTED = ".restarted"  # runs_dir/.restarted/<name>-<time>/: folders `pretrain --restart` moved aside
 
 

@@ -223,7 +223,7 @@ def test_progress_never_writes_carriage_returns_into_a_log(tmp_path):
     cache = tmp_path / "cache"  # a fresh preparation: its bar too
     done = command(
         "pretrain", "--block", "preln", "--budget", "smoke", "--runs-dir", str(runs), f"data.cache_dir={cache}",
-        "impl.device=cpu", "hours=0.0006", "data.max_documents=1000", "impl.log_seconds=0.5",
+        "impl.device=cpu", "hours=0.0004", "data.max_documents=600", "impl.log_seconds=0.5",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stdout + done.stderr

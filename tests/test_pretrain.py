@@ -97,7 +97,11 @@ def test_overrides_apply_and_typos_fail_listing_valid_keys():
 # ------------------------------------------------------------------------------------------ smoke runs
 
 
-@pytest.mark.parametrize("block", ["preln", "sas", "sasp"])
+# 12 s each; sas and sasp also pretrain end to end in test_faults (sas), test_pretrain's kill test (sasp) and
+# test_upload_tokenizer (sas), so `make test` runs Pre-LN here and `make test-all` all three
+@pytest.mark.parametrize(
+    "block", ["preln", pytest.param("sas", marks=pytest.mark.slow), pytest.param("sasp", marks=pytest.mark.slow)]
+)
 def test_smoke_run_finishes_within_budget_and_learns(smoke_cache, tmp_path, block):
     seconds = 12.0
     cfg = smoke_config(smoke_cache, block, seconds, "impl.log_seconds=1", "train.batch_max=64", "impl.eval_minutes=0")

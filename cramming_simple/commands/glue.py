@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="redo task/seed pairs that already have results")
     parser.add_argument(
+        "--show-inputs",
+        type=int,
+        metavar="N",
+        help="print each task's first N training inputs as the model gets them (tokens, special tokens visible) "
+        "and exit before any training",
+    )
+    parser.add_argument(
         "--save-models",
         action="store_true",
         help="also keep each fine-tuned model, as glue/<task>/seed<k>.model/ (a Hugging Face folder; "
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.tokenizer import check_tokenizer, load_tokenizer
     from ..glue.config import load_protocol, protocol_hash
-    from ..glue.data import check_counts, load_task, open_source
+    from ..glue.data import check_counts, load_task, open_source, shown_inputs
     from ..glue.runner import Job, check_not_in_use, result_line, run_here, run_pool, write_summary
     from ..glue.score import results_table
     from ..glue.tasks import load_tasks
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         )
     arch, block = check_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    check_tokenizer(tokenizer, arch.vocab_size, where=f"the tokenizer in {model_dir}")
+    check_tokenizer(tokenizer, arch.vocab_size, where=f"the tokenizer in {model_dir}", pad_token_id=arch.pad_token_id)
     check_pretrained_tokenizer(run_dir, model_dir, tokenizer)
     first_task = protocol.warmup_task if protocol.warmup_from == "first_task" else None
     require(
@@ -121,6 +128,14 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.data_dir, table, [*tasks, *([first_task] if first_task not in (None, *tasks) else [])])
     for task in tasks:
         check_counts(task, load_task(source, task, table.tasks[task]), protocol)
+    if args.show_inputs is not None:  # what the model is fed, then nothing else
+        require(args.show_inputs > 0, f"--show-inputs needs a positive count, got {args.show_inputs}")
+        for task in tasks:
+            train = load_task(source, task, table.tasks[task])["train"]
+            lines = shown_inputs(tokenizer, train, protocol, args.show_inputs)
+            log.info(f"{task} ({protocol.single_text if len(train.texts) == 1 else 'pairs'}), first {len(lines)}:")
+            log.info("\n".join(f"  {line}" for line in lines))
+        return 0
     first_task_examples = None
     if first_task is not None:  # every task's warmup is this task's (the published runs' schedule)
         available = len(load_task(source, first_task, table.tasks[first_task])["train"])

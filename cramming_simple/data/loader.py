@@ -160,7 +160,7 @@ class MLMCollator:
             len(tokenizer),
             seed,
             masking,
-            tokenizer.pad_token_id or 0,
+            tokenizer.pad_token_id,
         )
 
     def reseeded(self, seed: int) -> MLMCollator:

@@ -11,9 +11,10 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..config import ConfigError
+from ..model.config import special_ids
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in a trained tokenizer: pad is 0, the embedding's padding index
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in a tokenizer trained here (others may number them otherwise)
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -55,11 +56,17 @@ def tokenizer_sha256(tokenizer: PreTrainedTokenizerFast) -> str:
     return hashlib.sha256(json.dumps([vocab, specials], sort_keys=True).encode()).hexdigest()
 
 
-def check_tokenizer(tokenizer: PreTrainedTokenizerFast, vocab_size: int, where: str = "tokenizer") -> None:
-    """A tokenizer fits a model when every id it makes is an embedding row and its pad id is the padding index 0."""
+def check_tokenizer(
+    tokenizer: PreTrainedTokenizerFast, vocab_size: int, where: str = "tokenizer", pad_token_id: int | None = None
+) -> None:
+    """A tokenizer fits a model when every id it makes is an embedding row, it names the special tokens the
+    harness uses, and (given the model's padding index) it pads with that id."""
     if len(tokenizer) > vocab_size:
         raise ConfigError(
             f"{where} has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size}: they do not match"
         )
-    if tokenizer.pad_token_id != 0:
-        raise ConfigError(f"{where} pads with id {tokenizer.pad_token_id}; the model's padding index is 0")
+    missing = [name for name, i in special_ids(tokenizer).items() if i is None]
+    if missing:
+        raise ConfigError(f"{where} has no {', '.join(m.removesuffix('_id') for m in missing)}")
+    if pad_token_id is not None and tokenizer.pad_token_id != pad_token_id:
+        raise ConfigError(f"{where} pads with id {tokenizer.pad_token_id}; the model's padding index is {pad_token_id}")

@@ -19,6 +19,10 @@ SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # transformers.get_sch
 WARMUP_FROM = ("each_task", "first_task")
 
 
+SINGLE_TEXT = ("clean", "cramming")
+TRAIN_ORDERS = ("shuffle", "stored")
+
+
 @dataclass
 class Protocol:
     """Fine-tuning hyperparameters, the same for every task. Defaults: the paper's protocol."""
@@ -44,6 +48,11 @@ class Protocol:
     warmup_from: str = "each_task"  # each_task: warmup from each task's own steps | first_task: every task takes
     # the warmup step count of `warmup_task` (cramming kept its first task's count for all later tasks)
     warmup_task: str = "cola"  # the first task of cramming's GLUE task list
+    single_text: str = "clean"  # one-sentence tasks (CoLA, SST-2): clean [CLS] A [SEP] | cramming [CLS] A [SEP] [SEP]
+    # (cramming passed an empty second text, to get its tokenizer's pair template with its [CLS])
+    drop_last: bool = False  # drop each epoch's last partial training batch, as cramming's dataloader did
+    train_order: str = "shuffle"  # shuffle (a new order every epoch) | stored (the same, unshuffled order every epoch:
+    # cramming's default impl.shuffle_in_dataloader=False)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
@@ -67,6 +76,14 @@ class Protocol:
             self.warmup_from in WARMUP_FROM,
             f"warmup_from must be one of {', '.join(WARMUP_FROM)}, got {self.warmup_from!r}",
         )
+        require(
+            self.single_text in SINGLE_TEXT,
+            f"single_text must be one of {', '.join(SINGLE_TEXT)}, got {self.single_text!r}",
+        )
+        require(
+            self.train_order in TRAIN_ORDERS,
+            f"train_order must be one of {', '.join(TRAIN_ORDERS)}, got {self.train_order!r}",
+        )
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             require(value is None or value > 0, f"{name} must be positive or null, got {value}")
@@ -83,7 +100,7 @@ def load_protocol(name: str, overrides: list[str] = ()) -> tuple[str, Protocol]:
 # Keys added after results were first stored (the profile switches), at the clean value that reproduces what
 # ran before them, stay out of the protocol's values: the hash of an unchanged protocol (which decides whether a
 # stored result is reused) stays what it was.
-ADDED_LATER = {s.key: s.clean for s in switches("glue")}
+ADDED_LATER = {s.key: s.clean for s in switches("glue")} | {"train_order": "shuffle"}
 
 
 def protocol_values(protocol: Protocol) -> dict:

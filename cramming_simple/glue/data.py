@@ -274,7 +274,7 @@ def _fail(message: str) -> NoReturn:
 class Encoded:
     """A tokenised split on one device: every example's ids end to end, cut into batches padded to their longest."""
 
-    def __init__(self, ids: list[list[int]], labels: np.ndarray, device: torch.device):
+    def __init__(self, ids: list[list[int]], labels: np.ndarray, device: torch.device, pad_id: int = 0):
         self.lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # (N,) on the host: batch widths
         starts = np.cumsum(self.lengths) - self.lengths
         flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(self.lengths.sum()))
@@ -282,6 +282,7 @@ class Encoded:
         self.starts = torch.from_numpy(starts).to(device)  # (N,)
         self.lens = torch.from_numpy(self.lengths).to(device)  # (N,)
         self.labels = torch.tensor(labels, device=device)  # (N,); a copy: arrays from parquet are read-only
+        self.pad_id = pad_id  # the tokenizer's (cramming's tokenizers need not pad with 0)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -298,7 +299,7 @@ class Encoded:
             cols = torch.arange(width, device=self.flat.device)  # (L,)
             mask = cols < self.lens[rows, None]  # (B, L)
             at = (self.starts[rows, None] + cols).clamp_max(len(self.flat) - 1)  # (B, L); padding reads a neighbour...
-            yield self.flat[at].masked_fill(~mask, 0), mask, self.labels[rows]  # ...then becomes pad id 0
+            yield self.flat[at].masked_fill(~mask, self.pad_id), mask, self.labels[rows]  # ...then becomes pad
 
 
 @dataclass
@@ -309,16 +310,43 @@ class TaskData:
     train_available: int
 
 
-def tokenize(tokenizer, examples: Examples, max_length: int, chunk: int = 8192) -> list[list[int]]:
-    """Token ids per example; pairs as pairs ([CLS] a [SEP] b [SEP]), truncated longest-first to max_length."""
+def tokenize(
+    tokenizer, examples: Examples, max_length: int, single_text: str = "clean", chunk: int = 8192
+) -> list[list[int]]:
+    """Token ids per example, the special tokens placed here from the tokenizer's own ids, whatever its templates:
+    [CLS] a [SEP] b [SEP] for pairs; for one text [CLS] a [SEP] (clean) or [CLS] a [SEP] [SEP] (cramming: an empty
+    second text). The texts are truncated longest-first by the tokenizer, to max_length with the specials."""
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    pair = len(examples.texts) == 2 or single_text == "cramming"
     ids: list[list[int]] = []
     for start in range(0, len(examples), chunk):
         columns = [col[start : start + chunk] for col in examples.texts]
+        if pair and len(columns) == 1:
+            columns.append([""] * len(columns[0]))  # cramming's empty second text
         out = tokenizer(
-            *columns, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+            *columns,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=max_length - (3 if pair else 2),  # room for the special tokens placed below
+            return_attention_mask=False,
+            return_token_type_ids=False,
         )
-        ids.extend(out["input_ids"])
+        for i, row in enumerate(out["input_ids"]):
+            if not pair:
+                ids.append([cls, *row, sep])
+                continue
+            segment = out.sequence_ids(i)  # 0 / 1: which text a token came from
+            first = [t for t, s in zip(row, segment) if s == 0]
+            second = [t for t, s in zip(row, segment) if s == 1]
+            ids.append([cls, *first, sep, *second, sep])
     return ids
+
+
+def shown_inputs(tokenizer, examples: Examples, protocol: Protocol, n: int) -> list[str]:
+    """The first n examples as the model gets them: their tokens, special tokens included (glue --show-inputs)."""
+    first = examples.take(np.arange(min(n, len(examples))))
+    ids = tokenize(tokenizer, first, protocol.max_length, protocol.single_text)
+    return [" ".join(tokenizer.convert_ids_to_tokens(row)) for row in ids]
 
 
 def check_counts(task: str, splits: dict[str, Examples], protocol: Protocol) -> None:
@@ -344,7 +372,8 @@ def prepare(
     evals = {s: subset(e, protocol.max_eval_examples) for s, e in splits.items() if s != "train"}
 
     def encode(examples: Examples) -> Encoded:
-        return Encoded(tokenize(tokenizer, examples, protocol.max_length), examples.labels, device)
+        ids = tokenize(tokenizer, examples, protocol.max_length, protocol.single_text)
+        return Encoded(ids, examples.labels, device, tokenizer.pad_token_id)
 
     return TaskData(
         train=encode(train),

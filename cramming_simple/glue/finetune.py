@@ -26,7 +26,20 @@ def classifier_config(task: str, spec: TaskSpec) -> dict:
 
 
 def optimizer_steps(train_examples: int, protocol: Protocol) -> int:
-    return protocol.epochs * math.ceil(train_examples / protocol.batch_size)
+    """Steps over all epochs: every batch, or (drop_last, as cramming's dataloader) the full batches only."""
+    per_epoch = (
+        train_examples // protocol.batch_size if protocol.drop_last else -(-train_examples // protocol.batch_size)
+    )
+    return protocol.epochs * per_epoch
+
+
+def epoch_order(protocol: Protocol, examples: int, rng: np.random.Generator) -> np.ndarray:
+    """The training examples' order of one epoch: a new permutation every epoch, or (train_order=stored) the
+    stored order; with drop_last, without the last partial batch."""
+    order = rng.permutation(examples) if protocol.train_order == "shuffle" else np.arange(examples)
+    if protocol.drop_last:
+        order = order[: examples // protocol.batch_size * protocol.batch_size]
+    return order
 
 
 def schedule_steps(train_examples: int, protocol: Protocol, first_task_examples: int | None = None) -> tuple[int, int]:
@@ -118,7 +131,9 @@ def finetune(
         model.train()
         loss_sum = torch.zeros((), device=device)
         with timed() as train_t:
-            for ids, mask, labels in data.train.batches(order_rng.permutation(len(data.train)), protocol.batch_size):
+            for ids, mask, labels in data.train.batches(
+                epoch_order(protocol, len(data.train), order_rng), protocol.batch_size
+            ):
                 with autocast(device, dtype):
                     _, loss = model(ids, mask, labels)
                 scaler.scale(loss).backward()

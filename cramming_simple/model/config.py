@@ -10,6 +10,15 @@ from ..config import ConfigError, require
 MODEL_TYPE = "cramming-simple-bert"  # a saved folder's `model_type` for Hugging Face transformers (model.hf)
 
 
+SPECIAL_ROLES = ("pad", "cls", "sep", "mask", "unk")  # the special tokens the harness uses, by their role
+
+
+def special_ids(tokenizer: Any) -> dict[str, int | None]:
+    """{"pad_token_id": ..., "cls_token_id": ..., ...}: the ids a tokenizer gives its special tokens, in any order
+    (cramming's tokenizers number them in Python's set order, so pad need not be 0). Recorded with every model."""
+    return {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id", None) for role in SPECIAL_ROLES}
+
+
 @dataclass
 class ArchConfig:
     preset: str = "crammed-bert"  # provenance: which preset the other values started from
@@ -27,6 +36,10 @@ class ArchConfig:
     # The official simplified-blocks code's "always use LN in first layer": a block without norms (sasp-nonorm)
     # keeps a LayerNorm on layer 0's input. Off by default: the embedding's LayerNorm already normalises it.
     first_layer_norm: bool = False
+    # The tokenizer's pad id: the embedding's padding index (its row starts at zero and gets no gradient). A
+    # tokenizer made as cramming's upload was (special tokens in set order) need not pad with 0; pretraining sets
+    # it from the tokenizer. Folders saved before it existed padded with 0.
+    pad_token_id: int = 0
 
     def validate(self) -> None:
         for name in ("vocab_size", "seq_len", "width", "depth", "heads", "glu_width"):
@@ -34,6 +47,10 @@ class ArchConfig:
         require(self.width % self.heads == 0, f"arch.heads ({self.heads}) must divide arch.width ({self.width})")
         require(self.glu_width % 2 == 0, f"arch.glu_width must be even (value and gate halves), got {self.glu_width}")
         require(self.norm_eps > 0 and self.init_std > 0, "arch.norm_eps and arch.init_std must be positive")
+        require(
+            0 <= self.pad_token_id < self.vocab_size,
+            f"arch.pad_token_id must be a token id below arch.vocab_size ({self.vocab_size}), got {self.pad_token_id}",
+        )
         for name in ("dropout", "attention_dropout"):
             require(0.0 <= getattr(self, name) < 1.0, f"arch.{name} must be in [0, 1), got {getattr(self, name)}")
 

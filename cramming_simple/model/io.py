@@ -26,7 +26,7 @@ from ..config import ConfigError
 from ..errors import CorruptFileError, DiskFullError, is_disk_full
 from ..runtime import FILE_MODE, fsync_folder, read_json
 from .bert import MaskedLM, SequenceClassifier
-from .config import MODEL_TYPE, ArchConfig
+from .config import MODEL_TYPE, ArchConfig, special_ids
 from .registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
 from .remote import ARCHITECTURES, auto_map, write_modeling_file
 
@@ -94,6 +94,8 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
     if isinstance(plain, SequenceClassifier):
         config |= {"num_labels": plain.num_labels, "head_width": plain.dense.out_features}
         config |= {"problem_type": "regression"} if plain.num_labels == 1 else {}
+    # the special tokens' ids (transformers reads pad_token_id); without a tokenizer, the padding index alone
+    config |= special_ids(tokenizer) if tokenizer is not None else {"pad_token_id": encoder.cfg.pad_token_id}
     config |= extra or {}
     try:
         tmp.mkdir(parents=True)
@@ -171,6 +173,10 @@ def check_model(path: str | Path) -> tuple[ArchConfig, str]:
     path = Path(path)
     arch, block = read_model_config(path)
     check_protocol(block_spec(block), arch)
+    pad = read_json(path / CONFIG).get("pad_token_id", arch.pad_token_id)  # what transformers would pad with
+    if pad != arch.pad_token_id:
+        why = f"pad_token_id {pad} is not the embedding's padding index (arch.pad_token_id {arch.pad_token_id})"
+        raise CorruptFileError(path / CONFIG, why)
     weights = path / WEIGHTS
     if not weights.exists():
         raise ConfigError(f"no model weights at {weights}")

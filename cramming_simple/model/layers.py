@@ -303,14 +303,14 @@ def sinusoid_table(length: int, width: int) -> Tensor:
 
 
 class Embedding(nn.Module):
-    """Token embedding (pad index 0) + scaled sinusoidal positions, then LayerNorm."""
+    """Token embedding (padding index: the tokenizer's pad id) + scaled sinusoidal positions, then LayerNorm."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
-        self.tokens = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=0)
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=cfg.pad_token_id)
         nn.init.normal_(self.tokens.weight, std=cfg.init_std)
         with torch.no_grad():
-            self.tokens.weight[0].zero_()
+            self.tokens.weight[cfg.pad_token_id].zero_()
         self.register_buffer("sinusoid", sinusoid_table(cfg.seq_len, cfg.width), persistent=False)  # not saved
         self.position_scale = nn.Parameter(torch.tensor(cfg.width**-0.5))  # learnable, init 1/sqrt(d)
         self.norm = norm(cfg)

@@ -38,7 +38,12 @@ NOT_AN_EXPERIMENT = {
 
 # Config keys added by later versions, with the value that reproduces what ran before them: a run that records
 # one at that value is the same experiment as an older run that does not record it.
-ADDED_LATER = {s.key: s.clean for s in switches("pretrain")} | {"arch.attention_dropout": 0.0, "block_source": None}
+ADDED_LATER = {s.key: s.clean for s in switches("pretrain")} | {
+    "arch.attention_dropout": 0.0,
+    "arch.pad_token_id": 0,
+    "block_source": None,
+    "amendments": [],
+}
 
 
 @dataclass
@@ -328,7 +333,7 @@ def replicates(
                 "label": f"{first.title} ({len(members)} pretraining seeds)",
                 "completed": bool(members.completed.all()),
                 "summary_problem": next((p for p in members.summary_problem if p), ""),
-                "stop_reason": next((r for r in members.stop_reason if r not in (None, "budget", "max_steps")), None),
+                "stop_reason": next((r for r in members.stop_reason if r not in (None, *contract.COMPLETE)), None),
                 "microbatch_steps": members.microbatch_steps.mean(),
                 "final_loss": members.final_loss.mean(),
                 "eval_loss": pd.to_numeric(members.eval_loss).mean(),

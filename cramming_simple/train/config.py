@@ -73,7 +73,10 @@ class TrainConfig:
     decay_rule: str = "ndim"  # ndim (no decay on tensors with ndim < 2) | names (cramming's rule by name: the
     # position scale is decayed too)
     seed: int = 0
-    max_steps: Optional[int] = None  # stop after this many microbatch steps (stop_reason "max_steps")
+    max_steps: Optional[int] = None  # stop after this many microbatch steps (stop_reason "max_steps"): a test cap
+    # The published runs' cap (cramming's budget: 900,000 microbatches, bert-o4.yaml), a part of the recipe: the run
+    # stops there (stop_reason "max_microbatches") while its learning rate follows the clock. None: the budget only.
+    max_microbatches: Optional[int] = None
 
     def validate(self) -> None:
         require(
@@ -94,6 +97,9 @@ class TrainConfig:
         )
         require(self.grad_clip > 0 and self.eps > 0, "train.grad_clip and train.eps must be positive")
         require(self.lr is None or self.lr > 0, "train.lr must be positive")
+        for name in ("max_steps", "max_microbatches"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"train.{name} must be positive or null, got {value}")
 
 
 @dataclass

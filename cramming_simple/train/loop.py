@@ -55,6 +55,7 @@ from ..optim import make_optimizer
 from ..profiles import profile_of
 from ..runs import (
     CHECKPOINT,
+    COMPLETE,
     CONFIG,
     DIAGNOSTICS,
     LOCK,
@@ -95,7 +96,7 @@ from .schedules import accumulation_at, lr_at
 
 log = logging.getLogger(__name__)
 
-EXIT_CODES = {"budget": 0, "max_steps": 0, "nonfinite_loss": 3, "preempted": 4, "disk_full": 5}
+EXIT_CODES = {"budget": 0, "max_steps": 0, "max_microbatches": 0, "nonfinite_loss": 3, "preempted": 4, "disk_full": 5}
 
 
 @dataclass
@@ -343,6 +344,7 @@ class Trainer:
             self.prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len, show_progress=False)
         self.tokenizer = load_tokenizer(self.prepared.tokenizer_dir)
         check_tokenizer(self.tokenizer, cfg.arch.vocab_size)
+        cfg.arch.pad_token_id = self.tokenizer.pad_token_id  # the embedding's padding index: the tokenizer's pad
         self.data_identity = self.prepared.identity(self.tokenizer)  # recorded in summaries and checkpoints
         data = PackedData(self.prepared.path, verify=cfg.data.verify)
         collate = MLMCollator.for_tokenizer(
@@ -606,8 +608,10 @@ class Trainer:
             return "budget"
         if preempt:
             return "preempted"
-        if self.cfg.train.max_steps is not None and st.microbatch_steps >= self.cfg.train.max_steps:
-            return "max_steps"
+        for cap in ("max_steps", "max_microbatches"):
+            limit = getattr(self.cfg.train, cap)
+            if limit is not None and st.microbatch_steps >= limit:
+                return cap
         return None
 
     def set_schedules(self) -> None:
@@ -763,7 +767,7 @@ class Trainer:
             else:  # a short tail after the last log joins that window: never a loss over a handful of microbatches
                 n = st.last_loss_steps + self.window.steps
                 st.last_loss, st.last_loss_steps = (st.last_loss * st.last_loss_steps + loss_total) / n, n
-        completed = stop in ("budget", "max_steps")
+        completed = stop in COMPLETE
         if completed and st.eval_step != st.optimizer_steps:
             self.evaluate()  # the final model's held-out loss (clock paused, as always)
             st.elapsed_s = self.clock.elapsed()
