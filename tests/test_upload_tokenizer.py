@@ -246,3 +246,14 @@ def test_check_model_refuses_a_config_whose_pad_is_not_the_embeddings(upload, tm
     (model / "config.json").write_text(json.dumps({**config, "pad_token_id": 0}))
     with pytest.raises(CorruptFileError, match="padding index"):
         check_model(model)
+
+
+def test_drop_last_with_fewer_examples_than_a_batch_fails_before_training():
+    from cramming_simple.config import ConfigError
+    from cramming_simple.glue.data import check_counts
+
+    examples = Examples([["a", "b", "c"]], np.array([0, 1, 0]))
+    protocol = load_protocol("smoke-published", ["batch_size=4"])[1]
+    with pytest.raises(ConfigError, match="fill no batch"):
+        check_counts("cola", {"train": examples, "validation": examples}, protocol)
+    check_counts("cola", {"train": examples, "validation": examples}, load_protocol("smoke", ["batch_size=4"])[1])

@@ -361,6 +361,11 @@ def check_counts(task: str, splits: dict[str, Examples], protocol: Protocol) -> 
                 f"GLUE task {task}: no {split} examples to {'train on' if split == 'train' else 'evaluate'} after "
                 "the protocol's subsets"
             )
+        if split == "train" and protocol.drop_last and n < protocol.batch_size:
+            _fail(
+                f"GLUE task {task}: {n} training examples fill no batch of {protocol.batch_size}, and drop_last drops "
+                "the partial one: nothing to train on (drop_last=false, or a smaller batch_size)"
+            )
 
 
 def prepare(

@@ -27,9 +27,8 @@ def classifier_config(task: str, spec: TaskSpec) -> dict:
 
 def optimizer_steps(train_examples: int, protocol: Protocol) -> int:
     """Steps over all epochs: every batch, or (drop_last, as cramming's dataloader) the full batches only."""
-    per_epoch = (
-        train_examples // protocol.batch_size if protocol.drop_last else -(-train_examples // protocol.batch_size)
-    )
+    batch = protocol.batch_size
+    per_epoch = train_examples // batch if protocol.drop_last else math.ceil(train_examples / batch)
     return protocol.epochs * per_epoch
 
 
