@@ -154,12 +154,6 @@ def train_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics["kind"].fillna("train") == "train"]
 
 
-def eval_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    if "kind" not in metrics:
-        return metrics.iloc[:0]
-    return metrics[metrics["kind"] == "eval"]
-
-
 def experiment_key(cfg: dict, summary: dict) -> str:
     """What must match for two runs to be replicates: the config without its seed and how-it-ran keys, plus the
     hardware it ran on."""

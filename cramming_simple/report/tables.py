@@ -462,7 +462,6 @@ def tex(text: str) -> str:
     return re.sub(r" \[(\d+)\]", r"\\textsuperscript{\1}", text)  # footnote markers
 
 
-LATEX_STYLES = ("full", "compact")
 # --latex compact: short headers (the long ones are in the Markdown and CSV tables)
 COMPACT_HEADERS = {
     "vs Pre-LN (95 % CI)": "vs Pre-LN [95 % CI]",
