@@ -257,3 +257,19 @@ def test_drop_last_with_fewer_examples_than_a_batch_fails_before_training():
     with pytest.raises(ConfigError, match="fill no batch"):
         check_counts("cola", {"train": examples, "validation": examples}, protocol)
     check_counts("cola", {"train": examples, "validation": examples}, load_protocol("smoke", ["batch_size=4"])[1])
+
+
+@pytest.mark.parametrize("masking", ["clean", "cramming"])
+def test_both_masking_rules_leave_the_tokenizers_pad_alone(upload, masking):
+    from cramming_simple.data import MLMCollator
+
+    tokenizer = load_tokenizer(upload / "tokenizer")
+    pad = tokenizer.pad_token_id
+    collate = MLMCollator.for_tokenizer(tokenizer, 16, 0.25, seed=0, masking=masking)
+    rows = np.full((64, 16), pad)
+    rows[:, :10] = np.random.default_rng(0).integers(len(SPECIALS), len(tokenizer), (64, 10))  # 10 words, 6 pads
+    batch = collate(rows, np.arange(64))
+    chosen = np.take_along_axis(rows, batch["positions"].numpy(), axis=1)
+    labels = batch["labels"].numpy()
+    assert (chosen[labels != -100] != pad).all()  # never a pad position, whichever id pad has
+    assert (labels != -100).sum() > 0
