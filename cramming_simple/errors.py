@@ -21,6 +21,16 @@ EXIT_PREEMPTED = 4  # SIGTERM or Ctrl-C: a checkpoint was written, rerun with --
 EXIT_DISK_FULL = 5  # no space left; the previous checkpoint is intact
 EXIT_INTERRUPTED = 130  # a second Ctrl-C
 
+# A pretraining run's exit code by its stop_reason (summary.json); the reasons themselves live in runs.py.
+STOP_EXIT_CODES = {
+    "budget": EXIT_OK,
+    "max_steps": EXIT_OK,
+    "max_microbatches": EXIT_OK,
+    "nonfinite_loss": EXIT_NONFINITE,
+    "preempted": EXIT_PREEMPTED,
+    "disk_full": EXIT_DISK_FULL,
+}
+
 EXIT_CODES_HELP = """exit codes:
   0    done
   1    some work failed while the rest finished (e.g. a GLUE task/seed), or an unexpected error (a bug)

@@ -45,6 +45,22 @@ SWITCHES = (
 # (impl.shuffle_in_dataloader: False) is `stored`, its README passes True; both profiles keep `shuffle`.
 
 
+# Keys a later version added, by stage, with the value that reproduces what ran before them (every switch at its
+# clean value, and a few more): a config that records one at that value is the same experiment as an older one
+# that does not record it. Reports group replicates by it (pretrain); a GLUE protocol's hash leaves them out
+# (glue), so a stored result stays valid.
+ADDED_LATER = {
+    "pretrain": {
+        **{s.key: s.clean for s in SWITCHES if s.stage == "pretrain"},
+        "arch.attention_dropout": 0.0,
+        "arch.pad_token_id": 0,
+        "block_source": None,
+        "amendments": [],
+    },
+    "glue": {**{s.key: s.clean for s in SWITCHES if s.stage == "glue"}, "train_order": "shuffle"},
+}
+
+
 def switches(stage: str) -> tuple[Switch, ...]:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")

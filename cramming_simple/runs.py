@@ -75,6 +75,45 @@ def glue_name(fraction: float | None) -> str:
     return GLUE if fraction is None else f"{GLUE}@{fraction:.2f}"
 
 
+# ----------------------------------------------------------------------------------------------- glue/
+
+RESULTS = "*/seed*.json"  # every per-seed result of a glue/ folder
+
+
+def glue_result(glue_dir: Path, task: str, seed: int) -> Path:
+    """glue/<task>/seed<k>.json: one task/seed's result."""
+    return glue_dir / task / f"seed{seed}.json"
+
+
+def glue_predictions(result: Path) -> Path:
+    """glue/<task>/seed<k>.json -> glue/<task>/seed<k>.predictions.npz (per validation example)"""
+    return result.with_name(f"{result.stem}.predictions.npz")
+
+
+def glue_model(glue_dir: Path, task: str, seed: int) -> Path:
+    """glue/<task>/seed<k>.model/: the fine-tuned model of a pair, when kept (a Hugging Face folder)."""
+    return glue_dir / task / f"seed{seed}.model"
+
+
+def glue_lock(glue_dir: Path, task: str, seed: int) -> Path:
+    """glue/.locks/<task>-seed<k>.lock: held while a process fine-tunes that pair."""
+    return glue_dir / ".locks" / f"{task}-seed{seed}.lock"
+
+
+def kept_models(task_dir: Path) -> list[int]:
+    """The seeds whose fine-tuned model a glue/<task>/ folder keeps."""
+    return sorted(int(p.name.removesuffix(".model").removeprefix("seed")) for p in task_dir.glob("seed*.model"))
+
+
+def task_seed(result: Path) -> tuple[str, int | None]:
+    """glue/<task>/seed<k>.json -> (task, k)"""
+    seed = result.stem.removeprefix("seed")
+    return result.parent.name, int(seed) if seed.isdigit() else None
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
 def find_runs(runs_dir: str | Path) -> list[Path]:
     """Run folders under `runs_dir`, oldest first: those with a summary.json, and those a live process is training
     in before its first checkpoint (a config.yaml and a held lock)."""

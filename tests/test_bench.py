@@ -19,7 +19,7 @@ from cramming_simple.bench import (
     render,
     result_row,
 )
-from cramming_simple.bench.step import Ceiling, Gemm, gemm_flops, matrices, step_gemms
+from cramming_simple.bench.flops import Ceiling, Gemm, gemm_flops, matrices, step_gemms
 from cramming_simple.cli import main
 from cramming_simple.model import BLOCKS, IGNORE, MaskedLM, arch_config, count_params, set_fused
 from cramming_simple.optim import make_optimizer, param_groups
@@ -443,7 +443,7 @@ def test_a_compiled_module_that_fails_at_its_first_call_falls_back_to_eager_once
     def broken(x):  # stands in for a compiled module whose first call (the real compile) fails
         raise RuntimeError("inductor failed")
 
-    monkeypatch.setattr(runtime, "compile_model", lambda model, enabled: (broken, True))
+    monkeypatch.setattr(runtime.device, "compile_model", lambda model, enabled: (broken, True))
     resets = []
     runner = runtime.CompiledModule(eager, True, "m", reset=lambda: resets.append(1))
     x = torch.ones(1, 2)

@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 def test_auto_precision_on_cpu_follows_the_detected_bf16_support(monkeypatch, amx, avx512_bf16, expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(runtime.device.platform, "machine", lambda: "x86_64")
     assert runtime.cpu_has_bf16() == (expected is not None)
     assert runtime.autocast_dtype(CPU, "auto") is expected
     assert runtime.autocast_dtype(CPU, "fp32") is None and runtime.autocast_dtype(CPU, "bf16") is torch.bfloat16
@@ -36,9 +36,9 @@ def test_auto_precision_on_cpu_follows_the_detected_bf16_support(monkeypatch, am
 def test_arm_cpus_are_asked_through_their_feature_flags(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(runtime.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(runtime.device.platform, "machine", lambda: "aarch64")
     cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(runtime, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else runtime.Path(p))
+    monkeypatch.setattr(runtime.device, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else runtime.device.Path(p))
     cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
     assert runtime.cpu_has_bf16()
     cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd\n")
@@ -135,11 +135,11 @@ if sys.argv[1] == "cpu-run":
     runtime.pick_device("cpu")  # what every CPU run calls
 cfg, cpu = arch_config("tiny"), torch.device("cpu")
 step = block_contender("preln", cfg, make_batch(cfg, 32, cpu, 0), cpu)
-step.compile(False)
+step.prepare(None, cpu, False)
 for i in range(4):
     if i == 2:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step.step(None, cpu)
+    step.step()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 2)
 """
 

@@ -309,7 +309,8 @@ def test_runs_that_read_different_ids_under_one_data_key_are_refused(tmp_path):
 
 
 def test_compact_table3_keeps_the_difference_and_marks_what_the_interval_excludes():
-    from cramming_simple.report.tables import Notes, Table, latex
+    from cramming_simple.report.render import latex
+    from cramming_simple.report.tables import Notes, Table
 
     data = pd.DataFrame(
         [{"kind": "vs_preln", "block": "sas", "title": "SAS", "run": "a - b", "RTE within_noise": False}]

@@ -506,7 +506,7 @@ def test_compact_latex_fits_a_two_column_paper_where_the_full_tables_do_not(late
 
 
 def test_latex_minus_signs_left_aligned_notes_and_the_compact_layout(latex_styles):
-    from cramming_simple.report.tables import tex
+    from cramming_simple.report.render import tex
 
     assert tex("-0.7 [-6.7, +5.3]") == "$-$0.7 [$-$6.7, +5.3]"
     assert tex("preln-24h") == "preln-24h" and tex("-") == "-" and tex("**-1.0**") == r"\textbf{$-$1.0}"

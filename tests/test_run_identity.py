@@ -22,7 +22,7 @@ from cramming_simple.data import DataConfig, cache_root, prepare
 from cramming_simple.errors import DiskFullError
 from cramming_simple.runs import find_runs
 from cramming_simple.runtime import remove_stale_temporaries
-from cramming_simple.train import loop
+from cramming_simple.train import checkpoint
 from cramming_simple.train.checkpoint import load_checkpoint, save_checkpoint
 from cramming_simple.train.config import PretrainConfig
 
@@ -149,7 +149,7 @@ def test_the_summary_is_written_with_its_checkpoint_never_beside_another(stopped
     runs, args = stopped
     run = runs / "c0"
     resumed_at = load_checkpoint(run / "checkpoint.pt")["state"]["microbatch_steps"]
-    real, refused = loop.write_json, []
+    real, refused = checkpoint.write_json, []
 
     def full_disk(path, obj):  # the summary of any step after the resume point does not fit
         if Path(path).name == "summary.json" and obj["microbatch_steps"] > resumed_at:
@@ -157,7 +157,7 @@ def test_the_summary_is_written_with_its_checkpoint_never_beside_another(stopped
             raise DiskFullError(path, 1000)
         return real(path, obj)
 
-    monkeypatch.setattr(loop, "write_json", full_disk)
+    monkeypatch.setattr(checkpoint, "write_json", full_disk)
     code, _ = pretrain_here(*args, "--resume", "impl.checkpoint_minutes=0.01")
     assert code == 5 and refused  # it trained on, and the next checkpoint's summary did not fit
     assert summary(run)["microbatch_steps"] == load_checkpoint(run / "checkpoint.pt")["state"]["microbatch_steps"]

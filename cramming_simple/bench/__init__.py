@@ -1,16 +1,16 @@
 """Speed: the training-step bench (every block side by side, `step`) and the data-path bench (`data`)."""
 
+from .flops import peak_tflops
+from .results import render, result_row
 from .step import (
     COMPILE_WARMUP,
     DEFAULTS,
     Contender,
+    Rounds,
     block_contender,
     hf_config,
     hf_contender,
     make_batch,
-    peak_tflops,
-    render,
-    result_row,
     step_bench,
 )
 
@@ -23,6 +23,7 @@ __all__ = [
     "hf_contender",
     "make_batch",
     "peak_tflops",
+    "Rounds",
     "render",
     "result_row",
     "step_bench",

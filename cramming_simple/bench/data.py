@@ -28,7 +28,7 @@ DATA_BATCHES = 200  # microbatches per data-path measurement (milliseconds each)
 
 
 def data_bench(
-    cfg: PretrainConfig, device: torch.device, precision: str, compile: bool, steps: int, warmup: int
+    cfg: PretrainConfig, device: torch.device, precision: str, compile_model: bool, steps: int, warmup: int
 ) -> dict:
     dtype = autocast_dtype(device, precision)
     prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
@@ -37,14 +37,55 @@ def data_bench(
     stream = MicrobatchStream(
         PackedData(prepared.path, verify=False), collate, cfg.train.microbatch, cfg.train.seed, order=cfg.data.order
     )
-    n = DATA_BATCHES
+    produce, delivered, batch = time_data_path(stream, cfg, device)
+    step, contender = time_train_step(cfg, batch, device, dtype, compile_model, steps, warmup)
+    tokens = cfg.train.microbatch * cfg.arch.seq_len
+    rows = [
+        {
+            "name": "produce",
+            "what": "one microbatch from the shards: shuffle, read, mask (the background thread's work)",
+            "seconds": produce,
+        },
+        {
+            "name": "deliver",
+            "what": "through the prefetcher onto the device, consumer idle (the path's throughput)",
+            "seconds": delivered,
+        },
+        {
+            "name": "train",
+            "what": f"one {contender.title} training step at {cfg.arch.preset}, microbatch {cfg.train.microbatch}",
+            "seconds": step,
+        },
+    ]
+    for r in rows:
+        r["batches_per_s"] = 1.0 / r["seconds"]
+        r["tokens_per_s"] = tokens / r["seconds"]
+        r["x_train_step"] = step / r["seconds"]
+    settings = {
+        "budget": cfg.budget,
+        "arch": cfg.arch.preset,
+        "microbatch": cfg.train.microbatch,
+        "seq_len": cfg.arch.seq_len,
+        "data": str(prepared.path),
+        "batches": DATA_BATCHES,
+        "train_steps": steps,
+        "compile": contender.compiled,
+        "precision": precision_name(dtype),
+        "threads": torch.get_num_threads(),
+    }
+    env = environment(device)
+    result = {"rows": rows, "device": env["device"], "device_type": device.type, "date": now_iso()}
+    return {**result, "settings": settings, "environment": env}
 
-    produce = []
+
+def time_data_path(stream: MicrobatchStream, cfg: PretrainConfig, device: torch.device) -> tuple[float, float, dict]:
+    """(median seconds to produce one microbatch, seconds per microbatch delivered through the prefetcher, the last
+    microbatch delivered)."""
+    n, produce = DATA_BATCHES, []
     for b in range(n):
         start = time.perf_counter()
         stream(b)
         produce.append(time.perf_counter() - start)
-
     prefetch = Prefetcher(stream, n, device, cfg.impl.prefetch)
     next(prefetch)  # the thread has started and filled its queue once
     start = time.perf_counter()
@@ -54,64 +95,26 @@ def data_bench(
         torch.cuda.synchronize(device)
     delivered = (time.perf_counter() - start) / n
     prefetch.close()
+    return statistics.median(produce), delivered, batch
 
+
+def time_train_step(
+    cfg: PretrainConfig, batch: dict, device: torch.device, dtype, compile_model: bool, steps: int, warmup: int
+) -> tuple[float, Contender]:
+    """The median seconds of the budget's own training step (train.step.TrainStep) on one delivered microbatch."""
     seed_everything(cfg.train.seed)
     with torch.device(device):
         model = MaskedLM(cfg.arch, BASELINE).train()
-    spec = block_spec(BASELINE)
-    optimizer = make_optimizer(
-        model, cfg.train.lr, cfg.train.weight_decay, device=device, decay_rule=cfg.train.decay_rule
-    )
-    contender = Contender(BASELINE, spec.title, model, lambda m: m(**batch), optimizer, Counter())
-    contender.compile(compile)
+    t = cfg.train
+    optimizer = make_optimizer(model, t.lr, t.weight_decay, tuple(t.betas), t.eps, device, t.decay_rule)
+    contender = Contender(BASELINE, block_spec(BASELINE).title, model, lambda m: m(**batch), optimizer, Counter())
+    contender.prepare(dtype, device, compile_model)
     train_times = []
     for r in range(warmup + steps):
         seconds, _ = timed_step(contender, dtype, device)
         if r >= warmup:
             train_times.append(seconds)
-
-    step = statistics.median(train_times)
-    tokens = cfg.train.microbatch * cfg.arch.seq_len
-    rows = [
-        {
-            "name": "produce",
-            "what": "one microbatch from the shards: shuffle, read, mask (the background thread's work)",
-            "seconds": statistics.median(produce),
-        },
-        {
-            "name": "deliver",
-            "what": "through the prefetcher onto the device, consumer idle (the path's throughput)",
-            "seconds": delivered,
-        },
-        {
-            "name": "train",
-            "what": f"one {spec.title} training step at {cfg.arch.preset}, microbatch {cfg.train.microbatch}",
-            "seconds": step,
-        },
-    ]
-    for r in rows:
-        r["batches_per_s"] = 1.0 / r["seconds"]
-        r["tokens_per_s"] = tokens / r["seconds"]
-        r["x_train_step"] = step / r["seconds"]
-    return {
-        "rows": rows,
-        "device": environment(device)["device"],
-        "device_type": device.type,
-        "date": now_iso(),
-        "settings": {
-            "budget": cfg.budget,
-            "arch": cfg.arch.preset,
-            "microbatch": cfg.train.microbatch,
-            "seq_len": cfg.arch.seq_len,
-            "data": str(prepared.path),
-            "batches": n,
-            "train_steps": steps,
-            "compile": contender.compiled,
-            "precision": precision_name(dtype),
-            "threads": torch.get_num_threads(),
-        },
-        "environment": environment(device),
-    }
+    return statistics.median(train_times), contender
 
 
 def render_data(result: dict) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import resource
-import statistics
 import sys
 import time
 from collections import Counter
@@ -34,12 +33,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..markdown import table as markdown_table
 from ..model import IGNORE, ArchConfig, MaskedLM, arch_config, block_spec
 from ..optim import make_optimizer
-from ..reference import BASELINE, published_speeds
+from ..reference import BASELINE
 from ..runtime import (
-    CompiledModule,
     Progress,
     autocast,
     autocast_dtype,
@@ -48,39 +45,26 @@ from ..runtime import (
     precision_name,
     seed_everything,
 )
-from ..train.config import block_recipe
-from .profile import kernel_names, profile_step, render_profiles
+from ..train.config import TrainConfig, block_recipe
+from ..train.step import TrainStep
+from .flops import (
+    CEILING_NOTE,
+    FLOP_FORMULA,
+    PEAK_TFLOPS,
+    Ceiling,
+    gemm_flops,
+    matrices,
+    peak_tflops,
+    step_gemms,
+)
+from .intervals import precise_enough
+from .profile import kernel_names, profile_step
+from .results import RATIO_NOTE, result_rows
 
 MASK_PROB = 0.25  # the recipe's masking rate (docs/recipe.md): exactly round(0.25 T) masked positions per sequence
 # (batch, timed steps, warm-up steps) by device type: a few minutes for all blocks on either.
 DEFAULTS = {"cuda": (128, 50, 10), "cpu": (8, 5, 2)}
 COMPILE_WARMUP = 3  # the first compiled step compiles forward and backward; give it a few more
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), matched as substrings of the CUDA device name in this
-# order. "H100 80GB HBM3" is how the SXM card names itself.
-PEAK_TFLOPS = [
-    ("H100 PCIe", 756.0),
-    ("H100 SXM", 989.0),
-    ("H100 80GB HBM3", 989.0),
-    ("H200", 989.0),
-    ("A100", 312.0),
-    ("A6000", 155.0),  # approximate
-    ("4090", 165.0),  # approximate
-]
-FLOP_FORMULA = (
-    "FLOPs per step = 3 x B x (2 T N + 4 T^2 d L + 2 P d V), the matrix products listed by step_gemms: forward "
-    "+ backward = 3 x the forward matmuls; "
-    "N = weights of the matrices every token passes through (all matrices of the blocks, plus Hugging Face's "
-    "MLM transform); 4 T^2 d L = attention scores Q K^T and A V over all heads and layers; P = positions "
-    "that reach the decoder (the masked ones with sparse prediction, all T for hf-bert); no FLOPs for "
-    "elementwise ops, norms, softmax or the embedding lookup."
-)
-CEILING_NOTE = (
-    "TFLOP/s of the same step's matrix products (FLOPs above) run alone as bare torch.matmul calls in the "
-    "step's precision, each shape timed back to back, interleaved with the steps; matmul eff.: TFLOP/s over "
-    "the ceiling, the share of the step its matmuls alone would take (the rest: norms, activations, softmax, "
-    "casts, the optimiser, overheads)."
-)
-
 
 # ----------------------------------------------------------------------------------------------- inputs
 
@@ -108,67 +92,13 @@ def make_batch(cfg: ArchConfig, batch: int, device: torch.device, seed: int) -> 
     return Batch(ids.to(device), positions.to(device), ids.gather(1, positions).to(device))
 
 
-# ----------------------------------------------------------------------------------------------- FLOPs
-
-
-@dataclass(frozen=True)
-class Gemm:
-    """One matrix product: (batch, m, k) @ (batch, k, n)."""
-
-    m: int
-    k: int
-    n: int
-    batch: int = 1
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.batch * self.m * self.k * self.n
-
-
-def linear_gemms(tokens: int, fan_in: int, fan_out: int) -> list[Gemm]:
-    """x W^T for `tokens` rows: forward, then backward's input gradient and weight gradient."""
-    return [Gemm(tokens, fan_in, fan_out), Gemm(tokens, fan_out, fan_in), Gemm(fan_out, tokens, fan_in)]
-
-
-def attention_gemms(batch: int, cfg: ArchConfig) -> list[Gemm]:
-    """One layer's Q K^T and A V over all heads, and backward's four products (dV, dA, dQ, dK)."""
-    T, dk, BH = cfg.seq_len, cfg.width // cfg.heads, batch * cfg.heads
-    return (
-        [Gemm(T, dk, T, BH), Gemm(T, T, dk, BH)] + [Gemm(T, T, dk, BH), Gemm(T, dk, T, BH)] + 2 * [Gemm(T, T, dk, BH)]
-    )
-
-
-def matrices(module: nn.Module) -> list[tuple[int, int]]:
-    """(out, in) of every matrix in `module`: in the blocks every one of them is a per-token matmul."""
-    return [tuple(p.shape) for p in module.parameters() if p.ndim == 2]
-
-
-def step_gemms(cfg: ArchConfig, batch: int, token_matrices: list[tuple[int, int]], predicted: int) -> Counter:
-    """The matrix products of one training step (see FLOP_FORMULA), counted: every matrix that every token passes
-    through, attention in every layer, and the decoder at `predicted` positions per row."""
-    gemms: Counter = Counter()
-    for fan_out, fan_in in token_matrices:
-        gemms.update(linear_gemms(batch * cfg.seq_len, fan_in, fan_out))
-    for _ in range(cfg.depth):
-        gemms.update(attention_gemms(batch, cfg))
-    gemms.update(linear_gemms(batch * predicted, cfg.width, cfg.vocab_size))
-    return gemms
-
-
-def gemm_flops(gemms: Counter) -> float:
-    return float(sum(g.flops * count for g, count in gemms.items()))
-
-
-def peak_tflops(device_name: str) -> float | None:
-    return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
-
-
 # ----------------------------------------------------------------------------------------------- contenders
 
 
 @dataclass
 class Contender:
-    """One row: a model, its optimiser and its loss on the fixed batch, plus what timing collects."""
+    """One row: a model, its optimiser and its loss on the fixed batch, plus what timing collects. `prepare` puts
+    it under the trainer's own step (`train.step.TrainStep`: clipping and GradScaler included), which is timed."""
 
     name: str
     title: str
@@ -176,7 +106,7 @@ class Contender:
     loss: Callable[[nn.Module], Tensor]  # one forward, returning the scalar loss
     optimizer: torch.optim.Optimizer
     gemms: Counter  # the matrix products of one training step (step_gemms)
-    runner: CompiledModule | None = None  # what runs: compiled (with its eager fallback) or eager
+    train_step: TrainStep | None = None  # what runs: the trainer's step, compiled (with its eager fallback) or not
     times: list[float] = field(default_factory=list)
     peak_bytes: int = 0
 
@@ -187,23 +117,23 @@ class Contender:
 
     @property
     def compiled(self) -> bool:
-        return self.runner is not None and self.runner.compiled
+        return self.train_step is not None and self.train_step.compiled
 
-    def step(self, dtype: torch.dtype | None, device: torch.device) -> None:
-        self.runner.run(self._step, dtype, device)
-
-    def compile(self, enabled: bool) -> None:
-        """Run under torch.compile (falling back to eager, gradients dropped, if compiling fails)."""
-        self.runner = CompiledModule(
-            self.eager, enabled, self.name, reset=lambda: self.optimizer.zero_grad(set_to_none=True)
+    def prepare(self, dtype: torch.dtype | None, device: torch.device, compile_model: bool) -> None:
+        """The pretraining step around this model: autocast, GradScaler, the recipe's gradient clipping."""
+        self.train_step = TrainStep(
+            self.eager,
+            self.optimizer,
+            device,
+            dtype,
+            TrainConfig().grad_clip,
+            compile_model,
+            loss_fn=lambda module, _: self.loss(module),
+            name=self.name,
         )
 
-    def _step(self, model: nn.Module, dtype: torch.dtype | None, device: torch.device) -> None:
-        with autocast(device, dtype):
-            loss = self.loss(model)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def step(self) -> None:
+        self.train_step.step(None)  # the batch is fixed: the loss holds it
 
     def state_bytes(self) -> int:
         """Weights and optimiser state: what stays allocated between steps (gradients are set to None)."""
@@ -213,16 +143,21 @@ class Contender:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def make_step_optimizer(model: nn.Module, block: str, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW as pretraining makes it for `block`: its peak LR and weight decay, the recipe's betas, eps and rule."""
+    recipe, t = block_recipe(block), TrainConfig()
+    return make_optimizer(model, recipe.lr, recipe.weight_decay, tuple(t.betas), t.eps, device, t.decay_rule)
+
+
 def block_contender(name: str, cfg: ArchConfig, data: Batch, device: torch.device) -> Contender:
-    spec, recipe = block_spec(name), block_recipe(name)
     with torch.device(device):
         model = MaskedLM(cfg, name).train()  # dropout is 0 in pretraining, so train() == eval() here
     return Contender(
         name=name,
-        title=spec.title,
+        title=block_spec(name).title,
         eager=model,
         loss=lambda m: m(data.input_ids, data.positions, data.labels),
-        optimizer=make_optimizer(model, recipe.lr, recipe.weight_decay, device=device),
+        optimizer=make_step_optimizer(model, name, device),
         gemms=step_gemms(cfg, len(data.input_ids), matrices(model.encoder.layers), data.positions.shape[1]),
     )
 
@@ -256,7 +191,6 @@ def hf_contender(cfg: ArchConfig, data: Batch, device: torch.device) -> Contende
     with torch.device(device):
         model = BertForMaskedLM(hf_config(cfg)).train()
     labels = data.dense_labels()
-    recipe = block_recipe(BASELINE)
     # Per token: the blocks' matrices and the MLM head's dense transform; the decoder runs at all T positions.
     token_matrices = matrices(model.bert.encoder) + matrices(model.cls.predictions.transform)
     return Contender(
@@ -264,7 +198,7 @@ def hf_contender(cfg: ArchConfig, data: Batch, device: torch.device) -> Contende
         title="Hugging Face BERT",
         eager=model,
         loss=lambda m: m(input_ids=data.input_ids, labels=labels).loss,
-        optimizer=make_optimizer(model, recipe.lr, recipe.weight_decay, device=device),
+        optimizer=make_step_optimizer(model, BASELINE, device),
         gemms=step_gemms(cfg, len(data.input_ids), token_matrices, cfg.seq_len),
     )
 
@@ -297,269 +231,181 @@ def timed_step(c: Contender, dtype: torch.dtype | None, device: torch.device) ->
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    c.step(dtype, device)
+    c.step()
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return seconds, torch.cuda.max_memory_allocated(device) - base + c.state_bytes() if cuda else 0
 
 
-class Ceiling:
-    """The matmul ceiling: the matrix products of every contender's step (`Contender.gemms`), timed as bare
-    `torch.matmul` calls on random operands in the step's precision. Each distinct shape runs back to back as often
-    as a step runs it at most, and is timed per call; a row's ceiling is the time its step's products take this
-    way, so achieved FLOP/s over the ceiling's FLOP/s ("matmul efficiency") is the share of the step the matmuls
-    would need on their own. It is timed round by round with the contenders, so drift hits both alike."""
+@dataclass(frozen=True)
+class Rounds:
+    """How many rounds to time: at least `steps`; with a precision `target`, more until every ratio's 95 %
+    interval half-width is below it (bench.intervals) or `max_seconds` of timing have passed."""
 
-    def __init__(self, contenders: list[Contender], dtype: torch.dtype | None, device: torch.device, seed: int):
-        self.repeats: dict[Gemm, int] = {}
-        for c in contenders:
-            for g, count in c.gemms.items():
-                self.repeats[g] = max(self.repeats.get(g, 0), count)
-        g = torch.Generator(device).manual_seed(seed)
-        dtype = dtype or torch.float32
-
-        def operand(batch: int, rows: int, cols: int) -> Tensor:
-            shape = (rows, cols) if batch == 1 else (batch, rows, cols)
-            return torch.randn(shape, generator=g, device=device, dtype=dtype)
-
-        self.operands = {
-            gemm: (operand(gemm.batch, gemm.m, gemm.k), operand(gemm.batch, gemm.k, gemm.n)) for gemm in self.repeats
-        }
-        self.times: dict[Gemm, list[float]] = {gemm: [] for gemm in self.repeats}
-
-    def time_round(self, device: torch.device, keep: bool) -> None:
-        cuda = device.type == "cuda"
-        for gemm, (a, b) in self.operands.items():
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            for _ in range(self.repeats[gemm]):
-                torch.matmul(a, b)
-            if cuda:
-                torch.cuda.synchronize(device)
-            if keep:
-                self.times[gemm].append((time.perf_counter() - start) / self.repeats[gemm])
-
-    def seconds(self, gemms: Counter) -> float:
-        """The bare-matmul time of one step's products: sum over shapes of count x median seconds per call."""
-        return sum(count * statistics.median(self.times[g]) for g, count in gemms.items())
-
-    def shapes(self) -> list[dict]:
-        """Per distinct shape: its size, calls timed back to back, median seconds and TFLOP/s per call."""
-        rows = []
-        for g, times in self.times.items():
-            median = statistics.median(times)
-            rows.append(
-                {
-                    "batch": g.batch,
-                    "m": g.m,
-                    "k": g.k,
-                    "n": g.n,
-                    "repeats": self.repeats[g],
-                    "s_median": median,
-                    "tflops": g.flops / median / 1e12,
-                }
-            )
-        return rows
+    warmup: int
+    steps: int
+    target: float | None = None
+    max_seconds: float | None = None
 
 
 def time_rounds(
     contenders: list[Contender],
-    warmup: int,
-    steps: int,
+    rounds: Rounds,
     dtype: torch.dtype | None,
     device: torch.device,
     ceiling: Ceiling | None = None,
-) -> None:
+    seed: int = 0,
+) -> str:
     """Round r: one step of every contender (and one pass of the ceiling's products), the order rotated by r.
-    Rounds before `warmup` are not kept."""
-    progress = Progress(warmup + steps, "bench", unit="round", log_every=10.0, file=sys.stderr)
+    Rounds before `warmup` are not kept. Returns what stopped the timing: "rounds", "target" or "time cap"."""
+    total = rounds.warmup + rounds.steps if rounds.target is None else None
+    progress = Progress(total, "bench", unit="round", log_every=10.0, file=sys.stderr)
     gc.collect()
     entries: list = contenders + ([ceiling] if ceiling is not None else [])
-    for r in range(warmup + steps):
-        k = r % len(entries)
-        for c in entries[k:] + entries[:k]:
-            if c is ceiling:
-                ceiling.time_round(device, keep=r >= warmup)
-                continue
-            seconds, peak_bytes = timed_step(c, dtype, device)
-            if r >= warmup:
-                c.times.append(seconds)
-                c.peak_bytes = max(c.peak_bytes, peak_bytes)
-        progress.update(r + 1, phase="warm-up" if r < warmup else "timed")
-    progress.close()
+    r, started = 0, None
+    while True:
+        if r == rounds.warmup:
+            started = time.perf_counter()
+        time_round(entries, r, r >= rounds.warmup, dtype, device)
+        r += 1
+        progress.update(r, phase="warm-up" if r <= rounds.warmup else "timed")
+        stop = stop_reason(contenders, rounds, r - rounds.warmup, started, seed)
+        if stop:
+            progress.close(stopped=stop)
+            return stop
+
+
+def time_round(entries: list, r: int, keep: bool, dtype: torch.dtype | None, device: torch.device) -> None:
+    k = r % len(entries)
+    for c in entries[k:] + entries[:k]:
+        if isinstance(c, Ceiling):
+            c.time_round(device, keep=keep)
+            continue
+        seconds, peak_bytes = timed_step(c, dtype, device)
+        if keep:
+            c.times.append(seconds)
+            c.peak_bytes = max(c.peak_bytes, peak_bytes)
+
+
+def stop_reason(contenders: list[Contender], rounds: Rounds, timed: int, started: float | None, seed: int) -> str:
+    """ "" while more rounds are wanted; else what stopped them."""
+    if timed < rounds.steps:
+        return ""
+    if rounds.target is None:
+        return "rounds"
+    times = {c.name: c.times for c in contenders}
+    if precise_enough(times, contenders[0].name, rounds.target, seed):
+        return "target"
+    if rounds.max_seconds is not None and time.perf_counter() - started >= rounds.max_seconds:
+        return "time cap"
+    return ""
 
 
 # ----------------------------------------------------------------------------------------------- results
-
-
-def result_row(
-    c: Contender, tokens_per_step: int, peak: float | None, paper: dict[str, float], ceiling_s: float
-) -> dict:
-    """One row of the table; `ceiling_s`: the step's matrix products alone (`Ceiling.seconds`)."""
-    median = statistics.median(c.times)
-    q1, _, q3 = statistics.quantiles(c.times, n=4) if len(c.times) > 1 else (median, median, median)
-    tflops = c.flops / median / 1e12
-    return {
-        "name": c.name,
-        "title": c.title,
-        "params": sum(p.numel() for p in c.eager.parameters()),
-        "steps_per_s": 1.0 / median,
-        "tokens_per_s": tokens_per_step / median,
-        "ratio_vs_preln": None,  # filled once the reference row is known
-        "paper_ratio": paper.get(c.name),
-        "step_s_median": median,
-        "step_s_iqr_pct": 100.0 * (q3 - q1) / median,  # spread of this row's steps: the noise of the machine
-        "step_s": c.times,
-        "peak_mem_mb": c.peak_bytes / 2**20,
-        "flops_per_step": c.flops,
-        "tflops": tflops,
-        "ceiling_s": ceiling_s,  # the step's matrix products alone, as bare matmuls (Ceiling)
-        "ceiling_tflops": c.flops / ceiling_s / 1e12,
-        "matmul_efficiency": ceiling_s / median,  # achieved TFLOP/s over the ceiling's
-        "mfu": tflops / peak if peak else None,
-        "compiled": c.compiled,
-    }
-
-
-def render(result: dict) -> str:
-    s = result["settings"]
-    cuda = result["device_type"] == "cuda"
-    columns: dict[str, Callable[[dict], str]] = {
-        "block": lambda r: r["title"],
-        "params": lambda r: f"{r['params'] / 1e6:.1f}M",
-        "steps/s": lambda r: f"{r['steps_per_s']:.3g}",
-        "tokens/s": lambda r: f"{r['tokens_per_s']:,.0f}",
-        f"vs {BASELINE}": lambda r: f"{r['ratio_vs_preln']:.2f}",
-        "paper": lambda r: "-" if r["paper_ratio"] is None else f"{r['paper_ratio']:.2f}",
-        "spread": lambda r: f"{r['step_s_iqr_pct']:.0f}%",
-        "peak MB": lambda r: f"{r['peak_mem_mb']:,.0f}",
-        "TFLOP/s": lambda r: f"{r['tflops']:.3g}",
-        "ceiling": lambda r: f"{r['ceiling_tflops']:.3g}",
-        "matmul eff.": lambda r: f"{100 * r['matmul_efficiency']:.0f}%",
-    }
-    if cuda:
-        columns["MFU"] = lambda r: "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-    lines = [
-        f"# Training-step speed, {s['arch']}",
-        "",
-        markdown_table(list(columns), [[f(r) for f in columns.values()] for r in result["rows"]], left=["block"]),
-        f"- device: {result['device']}; torch {result['environment']['torch']}; {s['threads']} CPU threads for "
-        f"torch; {result['date']}",
-        f"- batch {s['batch']} x {s['seq_len']} tokens ({s['masked']} masked per row), {s['warmup']} warm-up + "
-        f"{s['steps']} timed "
-        f"steps per block, interleaved round by round; precision {s['precision']}; compile {s['compile']}",
-        "- step: forward with the MLM loss, backward, AdamW step (fused kernel), zero_grad; median over the timed "
-        "steps. "
-        "spread: interquartile range of the step times over the median (the machine's noise).",
-        f"- vs {BASELINE}: tokens/s over {BASELINE}'s; paper: the speed column of He & Hofmann (2024) Table 1 "
-        "(RTX 2080 Ti, 24 h budget).",
-        f"- peak MB: {result['peak_mem_method']}",
-        f"- {FLOP_FORMULA}",
-        f"- ceiling: {CEILING_NOTE}",
-    ]
-    lines += [f"- {note}" for note in result["notes"]]
-    if result.get("profile"):
-        lines += ["", render_profiles(result["profile"], {r["name"]: r["title"] for r in result["rows"]}).rstrip()]
-    return "\n".join(lines) + "\n"
 
 
 def step_bench(
     arch: str | ArchConfig,
     names: list[str],
     batch: int,
-    steps: int,
-    warmup: int,
+    rounds: Rounds,
     device: torch.device,
     precision: str = "auto",
-    compile: bool = False,
+    compile_model: bool = False,
     peer: str | None = None,
     seed: int = 0,
     profile: int = 0,
 ) -> dict:
     """Time `names` (BASELINE first, always) and the optional peer round by round; the result as bench.json holds it.
     `profile`: after timing, profile that many steps of every row (`bench.profile`)."""
-    with kernel_names() if profile else contextlib.nullcontext():
-        return _step_bench(arch, names, batch, steps, warmup, device, precision, compile, peer, seed, profile)
-
-
-def _step_bench(arch, names, batch, steps, warmup, device, precision, compile, peer, seed, profile) -> dict:
     cfg = arch if isinstance(arch, ArchConfig) else arch_config(arch)
-    arch = cfg.preset if isinstance(arch, ArchConfig) else arch
-    names = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
     dtype = autocast_dtype(device, precision)
-    env, notes = environment(device), []
     seed_everything(seed)
     data = make_batch(cfg, batch, device, seed)
-    contenders = [block_contender(name, cfg, data, device) for name in names]
-    if peer == "hf":
-        contenders.append(hf_contender(cfg, data, device))
-        notes.append(
-            "hf-bert: transformers BertForMaskedLM, same width, depth, heads, vocabulary and length, FFN width "
-            f"{round(3 * cfg.glu_width / 4)} (parameters of our GLU), dropout 0 (we pretrain without dropout), "
-            "SDPA attention, dense MLM head (decoder at every position), labels -100 except at the masked positions."
-        )
+    contenders = make_contenders(cfg, names, data, device, peer)
     peak_method = count_cpu_memory(contenders, dtype, device)
     for c in contenders:
-        c.compile(compile)
+        c.prepare(dtype, device, compile_model)
     ceiling = Ceiling(contenders, dtype, device, seed)
-
-    time_rounds(contenders, warmup, steps, dtype, device, ceiling)
-
-    if device.type == "cpu":
+    with kernel_names() if profile else contextlib.nullcontext():
+        stopped = time_rounds(contenders, rounds, dtype, device, ceiling, seed)
+        profiles = {c.name: profile_step(c.step, profile, device) for c in contenders} if profile else {}
+    if device.type == "cpu":  # the estimate's held bytes (count_cpu_memory) plus weights and AdamW state
         for c in contenders:
             c.peak_bytes += c.state_bytes()
-        notes.append(
-            "process peak RSS (all models together): "
-            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB"
-        )
+    env = environment(device)
     peak = peak_tflops(env["device"]) if device.type == "cuda" else None
-    if device.type == "cuda" and peak is None:
-        notes.append(
-            f"MFU omitted: no known dense bf16 peak for '{env['device']}' (known: "
-            f"{', '.join(k for k, _ in PEAK_TFLOPS)})"
-        )
-    elif peak is not None:
-        notes.append(f"MFU: achieved TFLOP/s over the device's dense bf16 peak, {peak:g} TFLOP/s")
-    if compile and not all(c.compiled for c in contenders):
-        notes.append("compile fell back to eager for: " + ", ".join(c.name for c in contenders if not c.compiled))
-
-    paper = published_speeds()
-    rows = [result_row(c, data.input_ids.numel(), peak, paper, ceiling.seconds(c.gemms)) for c in contenders]
-    for r in rows:
-        r["ratio_vs_preln"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
-    profiles = {}
-    if profile:
-        notes.append(f"profile: {profile} steps per row after timing, inductor's CPU kernels named (kernel profiling)")
-        profiles = {c.name: profile_step(lambda c=c: c.step(dtype, device), profile, device) for c in contenders}
+    rows = result_rows(contenders, data.input_ids.numel(), peak, ceiling, seed)
+    settings = {
+        "arch": cfg.preset if isinstance(arch, ArchConfig) else arch,
+        "batch": batch,
+        "seq_len": cfg.seq_len,
+        "masked": data.positions.shape[1],
+        **rounds_settings(rounds, len(contenders[0].times), stopped),
+        **{"compile": compile_model, "precision": precision_name(dtype), "threads": torch.get_num_threads()},
+        "peer": peer,
+        "seed": seed,
+    }
     return {
         "rows": rows,
         "profile": profiles,
         "device": env["device"],
         "device_type": device.type,
         "date": now_iso(),
-        "settings": {
-            "arch": arch,
-            "batch": batch,
-            "seq_len": cfg.seq_len,
-            "masked": data.positions.shape[1],
-            "steps": steps,
-            "warmup": warmup,
-            "compile": compile,
-            "precision": precision_name(dtype),
-            "threads": torch.get_num_threads(),
-            "peer": peer,
-            "seed": seed,
-        },
+        "settings": settings,
         "peak_tflops": peak,
         "peak_mem_method": peak_method,
         "flop_formula": FLOP_FORMULA,
         "ceiling_note": CEILING_NOTE,
+        "ratio_note": RATIO_NOTE,
         "ceiling_shapes": ceiling.shapes(),
         "environment": env,
-        "notes": notes,
+        "notes": bench_notes(contenders, cfg, device, env, peak, compile_model, profile),
     }
+
+
+def make_contenders(cfg: ArchConfig, names: list[str], data: Batch, device: torch.device, peer: str | None) -> list:
+    """BASELINE first (always timed), then the other blocks in the order given, then the peer."""
+    names = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
+    contenders = [block_contender(name, cfg, data, device) for name in names]
+    if peer == "hf":
+        contenders.append(hf_contender(cfg, data, device))
+    return contenders
+
+
+def rounds_settings(rounds: Rounds, timed: int, stopped: str) -> dict:
+    return {
+        "steps": timed,
+        "warmup": rounds.warmup,
+        "min_steps": rounds.steps,
+        "precision_target": rounds.target,
+        "max_seconds": rounds.max_seconds,
+        "stopped_by": stopped,  # rounds (a fixed number) | target | time cap
+    }
+
+
+def bench_notes(contenders, cfg: ArchConfig, device, env: dict, peak, compile_model: bool, profile: int) -> list:
+    notes = []
+    if any(c.name == "hf-bert" for c in contenders):
+        notes.append(
+            "hf-bert: transformers BertForMaskedLM, same width, depth, heads, vocabulary and length, FFN width "
+            f"{round(3 * cfg.glu_width / 4)} (parameters of our GLU), dropout 0 (we pretrain without dropout), "
+            "SDPA attention, dense MLM head (decoder at every position), labels -100 except at the masked positions."
+        )
+    if device.type == "cpu":
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        notes.append(f"process peak RSS (all models together): {rss:,.0f} MB")
+    if device.type == "cuda" and peak is None:
+        known = ", ".join(k for k, _ in PEAK_TFLOPS)
+        notes.append(f"MFU omitted: no known dense bf16 peak for '{env['device']}' (known: {known})")
+    elif peak is not None:
+        notes.append(f"MFU: achieved TFLOP/s over the device's dense bf16 peak, {peak:g} TFLOP/s")
+    if compile_model and not all(c.compiled for c in contenders):
+        notes.append("compile fell back to eager for: " + ", ".join(c.name for c in contenders if not c.compiled))
+    if profile:
+        notes.append(f"profile: {profile} steps per row after timing, inductor's CPU kernels named (kernel profiling)")
+    return notes
 
 
 def count_cpu_memory(contenders: list[Contender], dtype: torch.dtype | None, device: torch.device) -> str:

@@ -41,6 +41,7 @@ from ..reference import BASELINE
 from ..runtime import autocast, autocast_dtype, environment, now_iso, precision_name, seed_everything
 from ..train.config import PretrainConfig, block_recipe
 from ..train.schedules import lr_at
+from ..train.step import TrainStep
 
 CHECKS = ("signal", "train", "speed", "compile")  # the groups --skip may leave out; the basics always run
 COMPARED_IN_FIGURE = ("preln", "sas")
@@ -68,6 +69,12 @@ class Card:
 
     def add(self, check: str, status: str, value: str, note: str = "") -> None:
         self.lines.append({"check": check, "status": status, "value": value, "note": note})
+
+    @property
+    def verdict(self) -> str:
+        """fail if any line fails, else warn if any warns, else pass."""
+        statuses = [line["status"] for line in self.lines]
+        return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
 
 
 @dataclass
@@ -130,24 +137,16 @@ def check_block(
         speed(card, cfg, ref, len(text.rows), speed_steps, device, precision, compile_speed, seed, limits)
     if "compile" not in skip:
         compiles(card, cfg, ref, batch, attention_mask)
-    statuses = [line["status"] for line in card.lines]
-    verdict = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
     return {
         "block": ref,
         "title": spec.title,
         "source": spec.source,
-        "verdict": verdict,
+        "verdict": card.verdict,
         "lines": card.lines,
         "skipped": [c for c in CHECKS if c in skip],
         "arch": asdict(cfg),
-        "settings": {
-            "batch": len(text.rows),
-            "steps": steps,
-            "speed_steps": speed_steps,
-            "precision": precision_name(dtype),
-            "seed": seed,
-            "data": smoke.data.describe(),
-        },
+        "settings": {"batch": len(text.rows), "steps": steps, "speed_steps": speed_steps}
+        | {"precision": precision_name(dtype), "seed": seed, "data": smoke.data.describe()},
         "limits": asdict(limits),
         **card.data,
         "seconds": round(time.perf_counter() - started, 1),
@@ -291,17 +290,13 @@ def trainability(card: Card, build, smoke, ref: str, text: Text, steps: int, dev
         recipe = block_recipe(block)
         model = build(block)
         optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay, tuple(t.betas), t.eps, device, t.decay_rule)
+        train_step = TrainStep(model, optimizer, device, dtype, t.grad_clip)  # the trainer's step
         losses, clock = [], []
         start = time.perf_counter()
         for i, batch in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(i / steps, recipe.lr)  # the budget triangle, over steps instead of time
-            with autocast(device, dtype):
-                loss = model(**{k: v.to(device) for k, v in batch.items()})
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, _ = train_step.step({k: v.to(device) for k, v in batch.items()})
             losses.append(loss.item())
             clock.append(time.perf_counter() - start)
         curves[block] = {"loss": losses, "seconds": clock, "lr": recipe.lr, "weight_decay": recipe.weight_decay}
@@ -330,10 +325,10 @@ def tail_before(curve: dict, end: float, tail: int) -> list[float]:
     return curve["loss"][max(0, n - tail) : n]
 
 
-def speed(card: Card, cfg, ref: str, batch: int, steps: int, device, precision, compile, seed, limits) -> None:
-    from ..bench import step_bench  # the bench machinery itself: same step, same interleaving
+def speed(card: Card, cfg, ref: str, batch: int, steps: int, device, precision, compile_model, seed, limits) -> None:
+    from ..bench import Rounds, step_bench  # the bench machinery itself: same step, same interleaving
 
-    result = step_bench(cfg, [ref], batch, steps, 2, device, precision, compile, None, seed)
+    result = step_bench(cfg, [ref], batch, Rounds(warmup=2, steps=steps), device, precision, compile_model, None, seed)
     base, mine = result["rows"][0], result["rows"][-1]
     card.data["speed"] = {k: result[k] for k in ("rows", "settings", "device")}
     ratio = mine["ratio_vs_preln"]
@@ -345,7 +340,7 @@ def speed(card: Card, cfg, ref: str, batch: int, steps: int, device, precision, 
         "warn" if slower and not noisy else "pass",
         f"{ratio:.2f}x Pre-LN's tokens/s (spread {mine['step_s_iqr_pct']:.0f}% / {base['step_s_iqr_pct']:.0f}%)",
         f"{mine['steps_per_s']:.3g} steps/s, batch {batch}, {steps} interleaved steps, "
-        f"{'compiled' if compile else 'eager'}"
+        f"{'compiled' if compile_model else 'eager'}"
         + ("; below the limit but within the spread: time more steps (--speed-steps)" if noisy else ""),
     )
 

@@ -50,34 +50,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def arch_of(preset: str, overrides: list[str]):
+    """The arch to check: the preset with the arch.* overrides (data.* and train.* go to the smoke budget)."""
     from omegaconf import OmegaConf
 
-    from ..check import CHECKS, check_block, render
-    from ..check.card import load_text
-    from ..data import check_tokenizer, load_tokenizer, prepare
-    from ..model import arch_config, load_block
-    from ..reference import BASELINE
-    from ..report.plots import block_signal_plot
-    from ..runtime import compile_default, pick_device, write_json
-    from ..train.config import PretrainConfig
+    from ..model import arch_config
 
-    skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
-    unknown = sorted(set(skip) - set(CHECKS))
-    if unknown:
-        raise ConfigError(f"--skip: unknown check(s) {unknown}; valid: {', '.join(CHECKS)}")
-    if args.batch < 2 or args.steps < 1 or args.speed_steps < 1:
-        raise ConfigError("--batch must be at least 2 (padding check), --steps and --speed-steps at least 1")
-    arch_overrides = {}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        if key.startswith("arch."):
-            arch_overrides[key.removeprefix("arch.")] = value
-        elif not key.startswith(("data.", "train.")):
-            raise ConfigError(f"override {item}: check-block takes arch.*, data.* and train.* keys")
-    typed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in arch_overrides.items()]))
-    cfg = arch_config(args.arch, **typed)
-    spec = load_block(args.block, cfg)  # a broken block stops here, in seconds, before any data
+    arch = [o for o in overrides if o.startswith("arch.")]
+    other = [o for o in overrides if not o.startswith(("arch.", "data.", "train."))]
+    if other:
+        raise ConfigError(f"override {other[0]}: check-block takes arch.*, data.* and train.* keys")
+    typed = OmegaConf.to_container(OmegaConf.from_dotlist(arch)).get("arch", {})
+    return arch_config(preset, **typed)
+
+
+def smoke_data(args: argparse.Namespace, cfg):
+    """The smoke budget (its data.* and train.* overrides) and its prepared text, which must fit the arch."""
+    from ..data import check_tokenizer, load_tokenizer, prepare
+    from ..reference import BASELINE
+    from ..train.config import PretrainConfig
 
     smoke = PretrainConfig.from_budget("smoke", BASELINE, [o for o in args.overrides if not o.startswith("arch.")])
     prepared = prepare(smoke.data, smoke.arch.vocab_size, smoke.arch.seq_len)
@@ -88,8 +79,27 @@ def run(args: argparse.Namespace) -> int:
             f"the smoke text ({len(tokenizer)} token ids, {smoke.arch.seq_len} per row) does not fit arch "
             f"{args.arch} (vocab {cfg.vocab_size}, seq_len {cfg.seq_len})"
         )
+    return smoke, prepared
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..check import CHECKS, check_block, render
+    from ..check.card import load_text
+    from ..model import load_block
+    from ..report.plots import block_signal_plot
+    from ..runtime import compile_default, pick_device, write_json
+
+    skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
+    unknown = sorted(set(skip) - set(CHECKS))
+    if unknown:
+        raise ConfigError(f"--skip: unknown check(s) {unknown}; valid: {', '.join(CHECKS)}")
+    if args.batch < 2 or args.steps < 1 or args.speed_steps < 1:
+        raise ConfigError("--batch must be at least 2 (padding check), --steps and --speed-steps at least 1")
+    cfg = arch_of(args.arch, args.overrides)
+    spec = load_block(args.block, cfg)  # a broken block stops here, in seconds, before any data
+    smoke, prepared = smoke_data(args, cfg)
     device = pick_device(args.device)
-    compile = compile_default(device) if args.compile is None else args.compile
+    compile_model = compile_default(device) if args.compile is None else args.compile
     text = load_text(smoke, prepared.path, args.batch, args.seed)
     result = check_block(
         spec.ref,
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         args.speed_steps,
         skip,
         args.seed,
-        compile_speed=compile,
+        compile_speed=compile_model,
     )
     out = Path(args.out or f"reports/check/{spec.name}")
     out.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,8 @@ def resolve(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.loop import EXIT_CODES, pretrain
+    from ..errors import EXIT_FAILED, STOP_EXIT_CODES
+    from ..train.loop import pretrain
 
     if not args.block and not args.resume:
         raise ConfigError(f"--block is required: one of {', '.join(BLOCKS)}")
@@ -90,4 +91,4 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve(args)
     logging.getLogger(__name__).debug("resolved config:\n%s", to_yaml(cfg).rstrip())
     summary = pretrain(cfg, args.runs_dir, resume=args.resume, restart=args.restart)
-    return EXIT_CODES.get(summary.get("stop_reason") or "budget", 1)
+    return STOP_EXIT_CODES.get(summary.get("stop_reason") or "budget", EXIT_FAILED)

@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"replicates of Table 3's paired bootstrap (seeded; default: {REPLICATES})",
     )
+    parser.add_argument(
+        "--bench",
+        type=Path,
+        metavar="BENCH_JSON",
+        help="a bench.json (`make bench`: reports/bench/bench.json): Table 1's speed footnote cites its side-by-side "
+        "ratios to Pre-LN with their 95 %% intervals",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no runs under {args.runs_dir}/ (run `make pretrain` first, or name run folders)")
     if args.bootstrap < 100:
         raise ConfigError(f"--bootstrap needs at least 100 replicates for a 95 % interval, got {args.bootstrap}")
-    report = write_report(run_dirs, args.out, args.reference, args.bootstrap, args.latex, args.latex_resize)
+    if args.bench is not None and not args.bench.is_file():
+        raise ConfigError(f"--bench {args.bench}: no such file (make bench writes reports/bench/bench.json)")
+    report = write_report(
+        run_dirs, args.out, args.reference, args.bootstrap, args.latex, args.latex_resize, bench=args.bench
+    )
     for w in report.warnings:
         log.warning(w)
     out = args.out

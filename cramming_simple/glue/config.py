@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..config import config_hash, load_yaml, merge_typed, require
 from ..presets import find_preset
-from ..profiles import switches
+from ..profiles import ADDED_LATER as PROFILE_ADDED_LATER
 from ..runtime import PRECISIONS
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # transformers.get_scheduler names
@@ -100,7 +100,7 @@ def load_protocol(name: str, overrides: list[str] = ()) -> tuple[str, Protocol]:
 # Keys added after results were first stored (the profile switches), at the clean value that reproduces what
 # ran before them, stay out of the protocol's values: the hash of an unchanged protocol (which decides whether a
 # stored result is reused) stays what it was.
-ADDED_LATER = {s.key: s.clean for s in switches("glue")} | {"train_order": "shuffle"}
+ADDED_LATER = PROFILE_ADDED_LATER["glue"]
 
 
 def protocol_values(protocol: Protocol) -> dict:

@@ -13,6 +13,7 @@ from ..data.tokenizer import load_tokenizer
 from ..model import load_model, save_model
 from ..optim import make_optimizer
 from ..runtime import Progress, autocast, autocast_dtype, seed_everything, timed
+from ..train.step import TrainStep
 from .config import Protocol
 from .data import Encoded, TaskData
 from .metrics import compute, predictions
@@ -117,83 +118,106 @@ def finetune(
     ).to(device)
     total, warmup = schedule_steps(len(data.train), protocol, first_task_examples)
     optimizer, scheduler = optimizer_and_schedule(model, protocol, total, warmup, device)
-    per_epoch = total // protocol.epochs
-    dtype, order_rng = autocast_dtype(device, protocol.precision), np.random.default_rng(seed)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    progress = Progress(total, f"{task} seed {seed}", unit="step")
-
-    epochs: list[dict] = []
-    per_example: dict[str, dict[str, np.ndarray]] = {}
-    status, reason, step, train_time, eval_time = "ok", None, 0, 0.0, 0.0
-    first_bad = torch.full((), -1, device=device)  # index of the first step with a non-finite loss
+    dtype = autocast_dtype(device, protocol.precision)
+    # the trainer's step (train.step): autocast, GradScaler under fp16, no clipping (the protocol has none)
+    step = TrainStep(model, optimizer, device, dtype, loss_fn=lambda m, batch: m(*batch)[1])
+    run = Epochs(model, step, scheduler, protocol, total // protocol.epochs, device, log_every)
+    run.progress = Progress(total, f"{task} seed {seed}", unit="step")
+    order_rng = np.random.default_rng(seed)
     for epoch in range(1, protocol.epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        with timed() as train_t:
-            for ids, mask, labels in data.train.batches(
-                epoch_order(protocol, len(data.train), order_rng), protocol.batch_size
-            ):
-                with autocast(device, dtype):
-                    _, loss = model(ids, mask, labels)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss.detach()
-                loss_sum += loss
-                first_bad = torch.where((first_bad < 0) & ~loss.isfinite(), step, first_bad)
-                step += 1
-                if step % log_every == 0:  # the only syncs inside an epoch: progress and the non-finite check
-                    bad, mean = torch.stack([first_bad.float(), loss_sum]).tolist()
-                    progress.update(step, loss=mean / (step - (epoch - 1) * per_epoch), lr=scheduler.get_last_lr()[0])
-                    if bad >= 0:
-                        break
-            bad = int(first_bad)
-        train_time += train_t["s"]
-        if bad >= 0:
-            status, reason = (
-                "failed",
-                f"non-finite training loss at epoch {epoch}, step {bad - (epoch - 1) * per_epoch + 1} of {per_epoch}",
-            )
+        if not run.train(epoch, data, epoch_order(protocol, len(data.train), order_rng)):
             break
-        with timed() as eval_t:
-            evaluated = {
-                split: evaluate(model, spec, encoded, protocol, device) for split, encoded in data.evals.items()
-            }
-            scores = {split: metrics for split, (metrics, _) in evaluated.items()}
-            per_example = {split: examples for split, (_, examples) in evaluated.items()}
-        eval_time += eval_t["s"]
-        epochs.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(loss_sum) / per_epoch,
-                "lr": scheduler.get_last_lr()[0],
-                "metrics": scores,
-                "train_time_s": train_t["s"],
-                "eval_time_s": eval_t["s"],
-            }
-        )
-        progress.update(step, epoch=epoch, loss=epochs[-1]["train_loss"])
-
-    metrics = epochs[-1]["metrics"] if status == "ok" else {}
-    undefined = [f"{split} {name}" for split, values in metrics.items() for name, v in values.items() if v is None]
-    if undefined:
-        status, reason = (
-            "failed",
-            f"undefined metric after the last epoch: {', '.join(undefined)} (constant predictions?)",
-        )
-    progress.close(status=status)
+        run.score(epoch, spec, data)
+    status, reason, metrics = run.outcome()
+    run.progress.close(status=status)
     if save_to is not None and status == "ok":
         save_model(model, save_to, load_tokenizer(model_dir), classifier_config(task, spec))
     return {
         "status": status,
         "reason": reason,
         "metrics": metrics if status == "ok" else {},
-        "epochs": epochs,
-        "train_time_s": train_time,
-        "eval_time_s": eval_time,
+        "epochs": run.epochs,
+        "train_time_s": run.train_time,
+        "eval_time_s": run.eval_time,
         "steps": total,
         "warmup_steps": warmup,
-        "predictions": per_example if status == "ok" else {},  # the last epoch's; written beside the result
+        "predictions": run.per_example if status == "ok" else {},  # the last epoch's; written beside the result
     }
+
+
+class Epochs:
+    """The epochs of one fine-tuning run: training (no host sync per step) and scoring after each epoch."""
+
+    def __init__(self, model, step: TrainStep, scheduler, protocol: Protocol, per_epoch: int, device, log_every: int):
+        self.model, self.train_step, self.scheduler, self.protocol = model, step, scheduler, protocol
+        self.per_epoch, self.device, self.log_every = per_epoch, device, log_every
+        self.step, self.train_time, self.eval_time = 0, 0.0, 0.0
+        self.first_bad = torch.full((), -1, device=device)  # index of the first step with a non-finite loss
+        self.status, self.reason = "ok", None
+        self.epochs: list[dict] = []
+        self.per_example: dict[str, dict[str, np.ndarray]] = {}
+        self.progress: Progress | None = None
+        self.loss_sum = torch.zeros((), device=device)
+
+    def train(self, epoch: int, data: TaskData, order: np.ndarray) -> bool:
+        """One epoch of optimiser steps; False (and status 'failed') when a loss was not finite."""
+        self.model.train()
+        self.loss_sum = torch.zeros((), device=self.device)
+        with timed() as train_t:
+            for batch in data.train.batches(order, self.protocol.batch_size):
+                loss, _ = self.train_step.step(batch)
+                self.scheduler.step()
+                loss = loss.detach()
+                self.loss_sum += loss
+                self.first_bad = torch.where((self.first_bad < 0) & ~loss.isfinite(), self.step, self.first_bad)
+                self.step += 1
+                if self.step % self.log_every == 0 and self.log_point(epoch) >= 0:
+                    break
+            bad = int(self.first_bad)
+        self.train_time += train_t["s"]
+        self.epoch_train_s = train_t["s"]
+        if bad >= 0:
+            where = f"epoch {epoch}, step {bad - (epoch - 1) * self.per_epoch + 1} of {self.per_epoch}"
+            self.status, self.reason = "failed", f"non-finite training loss at {where}"
+        return bad < 0
+
+    def outcome(self) -> tuple[str, str | None, dict]:
+        """(status, reason, the last epoch's metrics): failed as well when a metric came out undefined."""
+        if self.status != "ok":
+            return self.status, self.reason, {}
+        metrics = self.epochs[-1]["metrics"]
+        undefined = [f"{split} {name}" for split, values in metrics.items() for name, v in values.items() if v is None]
+        if undefined:
+            return (
+                "failed",
+                f"undefined metric after the last epoch: {', '.join(undefined)} (constant predictions?)",
+                metrics,
+            )
+        return "ok", None, metrics
+
+    def log_point(self, epoch: int) -> float:
+        """The only sync inside an epoch: progress, and the first bad step (-1: none)."""
+        bad, total = torch.stack([self.first_bad.float(), self.loss_sum]).tolist()
+        mean = total / (self.step - (epoch - 1) * self.per_epoch)
+        self.progress.update(self.step, loss=mean, lr=self.scheduler.get_last_lr()[0])
+        return bad
+
+    def score(self, epoch: int, spec: TaskSpec, data: TaskData) -> None:
+        with timed() as eval_t:
+            evaluated = {
+                split: evaluate(self.model, spec, encoded, self.protocol, self.device)
+                for split, encoded in data.evals.items()
+            }
+        self.per_example = {split: examples for split, (_, examples) in evaluated.items()}
+        self.eval_time += eval_t["s"]
+        self.epochs.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(self.loss_sum) / self.per_epoch,
+                "lr": self.scheduler.get_last_lr()[0],
+                "metrics": {split: metrics for split, (metrics, _) in evaluated.items()},
+                "train_time_s": self.epoch_train_s,
+                "eval_time_s": eval_t["s"],
+            }
+        )
+        self.progress.update(self.step, epoch=epoch, loss=self.epochs[-1]["train_loss"])

@@ -29,7 +29,7 @@ import torch
 from ..config import require
 from ..data.tokenizer import load_tokenizer
 from ..errors import CorruptFileError, LockedError, UserError
-from ..runs import GLUE, MODEL
+from ..runs import GLUE, MODEL, glue_lock, glue_model, glue_predictions, glue_result
 from ..runtime import (
     FileLock,
     Progress,
@@ -79,11 +79,11 @@ class Job:
         return self.run_dir / self.glue_name
 
     def result_path(self, task: str, seed: int) -> Path:
-        return self.glue_dir / task / f"seed{seed}.json"
+        return glue_result(self.glue_dir, task, seed)
 
     def saved_model(self, task: str, seed: int) -> Path:
         """glue/<task>/seed<k>.model/: the fine-tuned model of a pair, when kept (a Hugging Face folder)."""
-        return self.glue_dir / task / f"seed{seed}.model"
+        return glue_model(self.glue_dir, task, seed)
 
     def invocation(self) -> dict:
         """What the glue command line said: the protocol, the data folder and the overrides."""
@@ -98,7 +98,7 @@ class Job:
     def lock(self, task: str, seed: int) -> FileLock:
         """Held while a process fine-tunes this task/seed: two processes never train the same pair."""
         return FileLock(
-            self.glue_dir / ".locks" / f"{task}-seed{seed}.lock",
+            glue_lock(self.glue_dir, task, seed),
             f"GLUE {task} seed {seed} of {self.run_dir}",
             purpose="cramming-simple glue",
             advice="wait for it to finish, or leave that task/seed out (--tasks, --seeds)",
@@ -229,8 +229,8 @@ def run_pair(job: Job, task: str, seed: int, data: TaskData, device: torch.devic
 
 
 def predictions_path(result: Path) -> Path:
-    """glue/<task>/seed<k>.json -> glue/<task>/seed<k>.predictions.npz"""
-    return result.with_name(f"{result.stem}.predictions.npz")
+    """glue/<task>/seed<k>.json -> glue/<task>/seed<k>.predictions.npz (runs.glue_predictions)"""
+    return glue_predictions(result)
 
 
 def read_predictions(result: Path) -> dict[str, dict[str, np.ndarray]] | None:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import CorruptFileError
 from ..profiles import profile_of
-from ..runs import GLUE
+from ..runs import GLUE, RESULTS
 from ..runtime import read_json
 from .tasks import COLUMNS, TASKS
 
@@ -57,7 +57,7 @@ def load_results(run_dir: str | Path, unreadable: list[CorruptFileError] | None 
     A damaged file is left out: appended to `unreadable` when given, else reported as a warning on stderr.
     """
     results = []
-    for f in sorted(Path(run_dir, glue).glob("*/seed*.json")):
+    for f in sorted(Path(run_dir, glue).glob(RESULTS)):
         try:
             result = read_json(f)
             if not isinstance(result, dict) or not {"task", "seed"} <= set(result):

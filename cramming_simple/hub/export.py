@@ -16,14 +16,13 @@ from pathlib import Path
 from .. import __version__
 from ..config import ConfigError, require, to_dict
 from ..errors import CorruptFileError
-from ..glue.runner import GLUE
 from ..glue.score import column_scores, format_mean_std, load_results, run_summary
 from ..glue.tasks import COLUMNS, TASK_LABELS, TASKS, load_tasks
 from ..markdown import table
 from ..model import load_model, save_model, unwrap
 from ..model.io import CONFIG as MODEL_CONFIG
 from ..model.remote import modeling_source
-from ..runs import MODEL, SUMMARY
+from ..runs import GLUE, MODEL, SUMMARY, glue_model, kept_models
 from ..runtime import FILE_MODE, read_json
 
 CARD = "README.md"
@@ -51,7 +50,7 @@ def fine_tuned(run_dir: Path, task: str, seed: int | None) -> tuple[Path, int, l
     """(folder, seed, the task's ok results) of a kept fine-tuned model: the given seed, else the seed with the
     best score in the task's first GLUE column (the card says which, beside every seed's score)."""
     glue_dir = run_dir / GLUE / task
-    kept = sorted(int(p.name.removesuffix(".model").removeprefix("seed")) for p in glue_dir.glob("seed*.model"))
+    kept = kept_models(glue_dir)
     if not kept:
         raise ConfigError(
             f"{run_dir} has no fine-tuned {task} model: run `cramming-simple glue {run_dir} --tasks {task} "
@@ -63,7 +62,7 @@ def fine_tuned(run_dir: Path, task: str, seed: int | None) -> tuple[Path, int, l
         scored = {r["seed"]: column_scores(r).get(column, float("-inf")) for r in results if r["seed"] in kept}
         seed = max(scored, key=scored.get) if scored else kept[0]
     require(seed in kept, f"no fine-tuned {task} model of seed {seed} in {glue_dir} (kept: {kept})")
-    return glue_dir / f"seed{seed}.model", seed, results
+    return glue_model(run_dir / GLUE, task, seed), seed, results
 
 
 def export(
@@ -139,33 +138,8 @@ def model_card(
     config = read_json(out / MODEL_CONFIG)
     arch, title, block = config["arch"], config.get("block_title") or config["block"], config["block"]
     pipeline = "text-classification" if task else "fill-mask"
-    hours = s.get("budget_hours")
     glue = run_summary(run_dir, unreadable=[])
-    facts = [
-        ("Block", f"{title} (`{block}`)"),
-        ("Parameters", _params(s)),
-        (
-            "Architecture",
-            f"{arch['depth']} layers, width {arch['width']}, {arch['heads']} heads, GLU width "
-            f"{arch['glu_width']}, vocabulary {arch['vocab_size']}, {arch['seq_len']} positions",
-        ),
-        ("Budget", f"{s.get('budget', '?')}: {hours} h of wall-clock pretraining" if hours else "?"),
-        (
-            "Hardware",
-            f"{s.get('device', '?')} x{s.get('world_size', 1)}, {s.get('precision', '?')}, "
-            f"{'compiled' if s.get('compiled') else 'eager'}, torch {s.get('torch', '?')}",
-        ),
-        ("Microbatch steps", _steps(s)),
-        ("Final MLM loss (training)", _num(s.get("final_loss"))),
-        (
-            "Held-out MLM loss",
-            f"{_num(s.get('eval_loss'))} on {s.get('eval_sequences', '?')} sequences"
-            if s.get("eval_loss") is not None
-            else "-",
-        ),
-        ("Pretraining data", _data(s)),
-        ("Stopped by", f"{s.get('stop_reason', '?')}{'' if s.get('completed', True) else ' (not completed)'}"),
-    ]
+    facts = card_facts(s, arch, title, block)
     lines = [
         f"# {run_dir.name}: crammed BERT with the {title} block"
         + (f", fine-tuned on GLUE {TASK_LABELS.get(task, task)}" if task else ""),
@@ -198,6 +172,36 @@ def model_card(
         eval_results=eval_results(glue) or None,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def card_facts(s: dict, arch: dict, title: str, block: str) -> list[tuple[str, str]]:
+    """The facts table of a model card, from the run's summary.json and the model's config."""
+    hours = s.get("budget_hours")
+    return [
+        ("Block", f"{title} (`{block}`)"),
+        ("Parameters", _params(s)),
+        (
+            "Architecture",
+            f"{arch['depth']} layers, width {arch['width']}, {arch['heads']} heads, GLU width "
+            f"{arch['glu_width']}, vocabulary {arch['vocab_size']}, {arch['seq_len']} positions",
+        ),
+        ("Budget", f"{s.get('budget', '?')}: {hours} h of wall-clock pretraining" if hours else "?"),
+        (
+            "Hardware",
+            f"{s.get('device', '?')} x{s.get('world_size', 1)}, {s.get('precision', '?')}, "
+            f"{'compiled' if s.get('compiled') else 'eager'}, torch {s.get('torch', '?')}",
+        ),
+        ("Microbatch steps", _steps(s)),
+        ("Final MLM loss (training)", _num(s.get("final_loss"))),
+        (
+            "Held-out MLM loss",
+            f"{_num(s.get('eval_loss'))} on {s.get('eval_sequences', '?')} sequences"
+            if s.get("eval_loss") is not None
+            else "-",
+        ),
+        ("Pretraining data", _data(s)),
+        ("Stopped by", f"{s.get('stop_reason', '?')}{'' if s.get('completed', True) else ' (not completed)'}"),
+    ]
 
 
 def eval_results(glue: dict) -> list:

@@ -2,7 +2,7 @@
 (model.registry, docs/your-block.md)."""
 
 from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, count_params
-from .blocks import BLOCKS, BlockSpec
+from .blocks import BLOCKS, BlockRecipe, BlockSpec
 from .config import PRESETS, ArchConfig, arch_config
 from .io import check_model, clean_state_dict, load_model, read_model_config, save_model, unwrap
 from .layers import KeyMask, set_fused
@@ -19,6 +19,7 @@ from .registry import (
 __all__ = [
     "ArchConfig",
     "BLOCKS",
+    "BlockRecipe",
     "BlockSpec",
     "ENTRY_POINT_GROUP",
     "KeyMask",

@@ -141,8 +141,8 @@ class SASP(nn.Module):
 class BlockSpec:
     """A registry entry: how to build the block, its name in tables, and where it came from.
 
-    Built-in blocks take their training recipe from train.config; a user's block (model.registry) may carry
-    `lr` / `weight_decay` as class attributes (None: Pre-LN's).
+    `lr` / `weight_decay`: the block's training recipe (docs/recipe.md), the one home of it. Built-in blocks set
+    both here; a user's block (model.registry) may carry them as class attributes (None: Pre-LN's).
     """
 
     build: Callable[[ArchConfig, int], nn.Module]
@@ -158,17 +158,40 @@ class BlockSpec:
     def builtin(self) -> bool:
         return self.source.get("kind", "builtin") == "builtin"
 
+    @property
+    def recipe(self) -> BlockRecipe:
+        """The peak learning rate and weight decay a budget uses unless it (or an override) sets its own."""
+        base = BLOCKS["preln"]
+        return BlockRecipe(
+            base.lr if self.lr is None else self.lr,
+            base.weight_decay if self.weight_decay is None else self.weight_decay,
+        )
 
-def _builtin(name: str, build: Callable[[ArchConfig, int], nn.Module], title: str) -> BlockSpec:
-    return BlockSpec(build, title, ref=name, name=name, source={"kind": "builtin", "name": name, "title": title})
+
+@dataclass(frozen=True)
+class BlockRecipe:
+    """A block's peak learning rate of the budget triangle and its weight decay (docs/recipe.md)."""
+
+    lr: float
+    weight_decay: float
+
+
+def _builtin(
+    name: str, build: Callable[[ArchConfig, int], nn.Module], title: str, lr: float, weight_decay: float
+) -> BlockSpec:
+    source = {"kind": "builtin", "name": name, "title": title}
+    return BlockSpec(build, title, ref=name, name=name, lr=lr, weight_decay=weight_decay, source=source)
 
 
 BLOCKS: dict[str, BlockSpec] = {
-    "preln": _builtin("preln", PreLN, "Pre-LN"),
-    "postln": _builtin("postln", PostLN, "Post-LN"),
-    "parallel": _builtin("parallel", Parallel, "Parallel"),
-    "sas": _builtin("sas", SAS, "SAS"),
-    "sasp": _builtin("sasp", SASP, "SAS-P"),
-    "sasp-nonorm": _builtin("sasp-nonorm", lambda cfg, layer: SASP(cfg, layer, with_norm=False), "SAS-P, no norm"),
-    "vskipinit": _builtin("vskipinit", lambda cfg, layer: SAS(cfg, layer, values="full"), "V-SkipInit"),
+    # name: how to build it, its title in tables, its peak LR and weight decay (docs/recipe.md)
+    "preln": _builtin("preln", PreLN, "Pre-LN", 1e-3, 0.01),
+    "postln": _builtin("postln", PostLN, "Post-LN", 1e-3, 0.01),
+    "parallel": _builtin("parallel", Parallel, "Parallel", 1e-3, 0.01),
+    "sas": _builtin("sas", SAS, "SAS", 3e-3, 0.1),
+    "sasp": _builtin("sasp", SASP, "SAS-P", 3e-3, 0.1),
+    "sasp-nonorm": _builtin(
+        "sasp-nonorm", lambda cfg, layer: SASP(cfg, layer, with_norm=False), "SAS-P, no norm", 2e-3, 0.1
+    ),
+    "vskipinit": _builtin("vskipinit", lambda cfg, layer: SAS(cfg, layer, values="full"), "V-SkipInit", 1e-3, 0.01),
 }

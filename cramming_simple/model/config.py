@@ -56,11 +56,10 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ArchConfig:
-        """An arch as a model folder's config.json saved it: known keys only, validated."""
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in values.items() if k in known})
-        cfg.validate()
-        return cfg
+        """An arch as a config.json or summary.json saved it: its preset with the saved values (`arch_config`, the
+        one constructor), validated; an unknown key fails, naming the valid ones."""
+        values = dict(values)
+        return arch_config(values.pop("preset", "crammed-bert"), **values)
 
 
 PRESETS: dict[str, ArchConfig] = {

@@ -82,21 +82,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
     shutil.rmtree(tmp, ignore_errors=True)
     state = {k: v.detach().contiguous().cpu() for k, v in clean_state_dict(plain.state_dict()).items()}
     spec = encoder.spec
-    config = {
-        "format": FORMAT,
-        "block": encoder.block,
-        "block_title": spec.title,
-        "block_source": spec.source,
-        "arch": asdict(encoder.cfg),
-        "model_type": MODEL_TYPE,
-        "architectures": [ARCHITECTURES["classifier" if isinstance(plain, SequenceClassifier) else "mlm"]],
-    }
-    if isinstance(plain, SequenceClassifier):
-        config |= {"num_labels": plain.num_labels, "head_width": plain.dense.out_features}
-        config |= {"problem_type": "regression"} if plain.num_labels == 1 else {}
-    # the special tokens' ids (transformers reads pad_token_id); without a tokenizer, the padding index alone
-    config |= special_ids(tokenizer) if tokenizer is not None else {"pad_token_id": encoder.cfg.pad_token_id}
-    config |= extra or {}
+    config = model_config(plain, tokenizer, extra)
     try:
         tmp.mkdir(parents=True)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -126,6 +112,26 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
     with contextlib.suppress(OSError):
         shutil.rmtree(old)
     return path
+
+
+def model_config(plain: nn.Module, tokenizer: Any, extra: dict | None) -> dict:
+    """config.json of a saved model: format, block and its source, arch, the Hugging Face keys, special ids."""
+    encoder = plain.encoder
+    config = {
+        "format": FORMAT,
+        "block": encoder.block,
+        "block_title": encoder.spec.title,
+        "block_source": encoder.spec.source,
+        "arch": asdict(encoder.cfg),
+        "model_type": MODEL_TYPE,
+        "architectures": [ARCHITECTURES["classifier" if isinstance(plain, SequenceClassifier) else "mlm"]],
+    }
+    if isinstance(plain, SequenceClassifier):
+        config |= {"num_labels": plain.num_labels, "head_width": plain.dense.out_features}
+        config |= {"problem_type": "regression"} if plain.num_labels == 1 else {}
+    # the special tokens' ids (transformers reads pad_token_id); without a tokenizer, the padding index alone
+    config |= special_ids(tokenizer) if tokenizer is not None else {"pad_token_id": encoder.cfg.pad_token_id}
+    return config | (extra or {})
 
 
 def portable_tokenizer_config(path: Path) -> None:

@@ -16,7 +16,8 @@ from ..model import BLOCKS, ArchConfig, arch_config, recorded_block
 from ..model.diagnostics import at_init
 from ..model.registry import EMBEDDED_SOURCE, BlockSourceChanged
 from ..reference import PAPER, load_reference, published_rows
-from . import paired, plots, tables
+from ..runtime import read_json
+from . import paired, plots, render, tables
 from .load import Runs, load_runs, replicates
 
 # Run facts that make comparisons unfair when they differ: (column(s), what it is, what it breaks).
@@ -161,19 +162,24 @@ def write_report(
     bootstrap: int = paired.REPLICATES,
     latex: str = "full",
     resize: bool = False,
+    bench: Path | None = None,
 ) -> Report:
     """Load the runs, write the tables, the figures and index.md into `out`. latex: the style of the .tex tables
-    (full | compact); resize: each tabular in a \\resizebox to the line width."""
+    (full | compact); resize: each tabular in a \\resizebox to the line width; bench: a bench.json whose paired
+    speed ratios (with their intervals) Table 1's speed footnote cites."""
     loaded = load_runs(run_dirs)
     groups, pooled = replicates(loaded.runs, loaded.glue, loaded.warnings)
     t1_ref, t2_ref = load_reference(reference) if reference != "none" else (None, None)
     out.mkdir(parents=True, exist_ok=True)
+    table1 = tables.table1(groups, loaded.problems, t1_ref)
+    if bench is not None:
+        table1.notes.mark(bench_note(bench), [])
     report = Report(
         loaded,
         loaded.warnings + comparison_warnings(loaded.runs),
         {
-            "table1": tables.write(tables.table1(groups, loaded.problems, t1_ref), out, "table1", latex, resize),
-            "table2": tables.write(
+            "table1": render.write(table1, out, "table1", latex, resize),
+            "table2": render.write(
                 tables.table2(groups, pooled, loaded.problems, t2_ref), out, "table2", latex, resize
             ),
         },
@@ -181,38 +187,64 @@ def write_report(
     run_dirs_by_name = {name: Path(r.dir) for name, r in loaded.runs.iterrows()}
     table3 = paired.paired_table(groups, run_dirs_by_name, replicates=bootstrap)
     if not table3.shown.empty:
-        report.tables["table3"] = tables.write(table3, out, "table3", latex, resize)
+        report.tables["table3"] = render.write(table3, out, "table3", latex, resize)
+    report.figures |= write_figures(loaded, out, t2_ref, report.warnings)
+    report.index = out / "index.md"
+    report.index.write_text(index(loaded, report.warnings, report.tables, report.figures, reference, bootstrap))
+    return report
+
+
+def bench_note(path: Path) -> str:
+    """Table 1's footnote on speed: the side-by-side bench's paired ratios to Pre-LN with their 95 % intervals."""
+    try:
+        result = read_json(path)
+        rows, s = result["rows"], result["settings"]
+    except (OSError, KeyError, TypeError) as err:
+        raise ConfigError(f"--bench {path}: not a bench.json written by `cramming-simple bench` ({err})") from None
+    cells = []
+    for r in rows[1:]:
+        if r.get("paired_ratio") is None:  # an older bench.json: the ratio of median tokens/s, no interval
+            cells.append(f"{r['title']} {r['ratio_vs_preln']:.2f}")
+        else:
+            cells.append(f"{r['title']} {r['paired_ratio']:.2f} [{r['paired_low']:.2f}, {r['paired_high']:.2f}]")
+    return (
+        f"measured side by side in one process ({path}, {result['date']}, {result['device']}, arch {s['arch']}, "
+        f"batch {s['batch']}, {s['precision']}, {s['steps']} rounds): speed vs {rows[0]['title']} (95 % interval, "
+        f"paired bootstrap over rounds): {'; '.join(cells)}"
+    )
+
+
+def write_figures(loaded: Runs, out: Path, t2_ref, warnings: list[str]) -> dict[str, str]:
+    """Every figure of the report; returns {file stem: caption}."""
+    figures = {}
     if "loss" in loaded.metrics:
         plots.loss_plot(loaded.runs, loaded.metrics, out, "hours")
         plots.loss_plot(loaded.runs, loaded.metrics, out, "steps")
         plots.schedule_plot(loaded.runs, loaded.metrics, out)
-        report.figures |= {
+        figures |= {
             "loss_vs_hours": "MLM loss against wall-clock time (paper Fig. 7)",
             "loss_vs_steps": "MLM loss against microbatch steps (paper Fig. 24)",
             "schedule": "Learning rate and batch size against time",
         }
     if loaded.glue["n"].sum() > 0:
         plots.glue_plot(loaded.runs, loaded.glue, out, published_rows(t2_ref))
-        report.figures["glue_tasks"] = "GLUE per task (mean and std over seeds)"
+        figures["glue_tasks"] = "GLUE per task (mean and std over seeds)"
     if not loaded.budget_glue.empty:
         plots.budget_glue_plot(loaded.runs, loaded.budget_glue, out)
-        report.figures["glue_vs_budget"] = "GLUE average against the fraction of the budget (snapshots, glue --at)"
+        figures["glue_vs_budget"] = "GLUE average against the fraction of the budget (snapshots, glue --at)"
     for name, rows in loaded.diagnostics.items():
         if rows:
             label = loaded.runs.loc[name, "label"]
-            report.figures[plots.diagnostics_plot(name, label, rows, out)] = f"{label}: inside the blocks over training"
+            figures[plots.diagnostics_plot(name, label, rows, out)] = f"{label}: inside the blocks over training"
             stem = plots.scalars_plot(name, label, rows, out)
             if stem:
-                report.figures[stem] = f"{label}: learned scalars per layer"
+                figures[stem] = f"{label}: learned scalars per layer"
     arch = next((a for a in loaded.runs.arch if isinstance(a, dict)), None)
     cfg = ArchConfig.from_dict(arch) if arch else arch_config("tiny")
-    titles = {name: spec.title for name, spec in BLOCKS.items()} | run_blocks(loaded.runs, report.warnings)
+    titles = {name: spec.title for name, spec in BLOCKS.items()} | run_blocks(loaded.runs, warnings)
     plots.signal_plot({titles[b]: m for b, m in at_init(cfg, list(titles)).items()}, cfg.seq_len, out)
-    report.figures["signal_at_init"] = (
+    figures["signal_at_init"] = (
         f"Every block (and the runs' own blocks) at init ({'the runs' if arch else 'tiny'} arch, random tokens): "
-        "token cosine similarity "
-        "through depth, attention entropy relative to uniform"
+        "token cosine similarity through depth, attention entropy relative to uniform"
     )
-    report.index = out / "index.md"
-    report.index.write_text(index(loaded, report.warnings, report.tables, report.figures, reference, bootstrap))
-    return report
+    return figures

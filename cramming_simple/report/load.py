@@ -24,7 +24,8 @@ from ..errors import CorruptFileError
 from ..glue.score import load_results, mean_std, run_summary
 from ..glue.tasks import COLUMNS, TASK_LABELS, TASKS
 from ..model import BLOCKS
-from ..profiles import profile_of, switches
+from ..profiles import ADDED_LATER as PROFILE_ADDED_LATER
+from ..profiles import profile_of
 from ..runtime import read_json
 from .stats import throughput
 
@@ -38,12 +39,7 @@ NOT_AN_EXPERIMENT = {
 
 # Config keys added by later versions, with the value that reproduces what ran before them: a run that records
 # one at that value is the same experiment as an older run that does not record it.
-ADDED_LATER = {s.key: s.clean for s in switches("pretrain")} | {
-    "arch.attention_dropout": 0.0,
-    "arch.pad_token_id": 0,
-    "block_source": None,
-    "amendments": [],
-}
+ADDED_LATER = PROFILE_ADDED_LATER["pretrain"]
 
 
 @dataclass
@@ -72,7 +68,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         unreadable: list[CorruptFileError] = []
         results = load_results(run_dir, unreadable)
         glue_summary = run_summary(run_dir, tasks=TASKS, results=results)  # every task expected: one not run shows
-        damaged = {_task_seed(err.path): err for err in unreadable}
+        damaged = {contract.task_seed(err.path): err for err in unreadable}
         for err in unreadable:
             warnings.append(f"{err}: left out of run {row['name']}'s GLUE scores")
         glue_summary["missing"] = [m for m in glue_summary["missing"] if (m["task"], m["seed"]) not in damaged]
@@ -86,31 +82,8 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         rows.append(row)
         diagnostics[row["name"]] = [r for r in read_jsonl(run_dir / contract.DIAGNOSTICS) if "layers" in r]
         budget_glue += snapshot_glue(run_dir, row["name"], glue_summary)
-        for c in COLUMNS:
-            stats = glue_summary["columns"][c.label]
-            glue.append(
-                {
-                    "run": row["name"],
-                    "column": c.label,
-                    "task": c.task,
-                    "mean": stats["mean"],
-                    "std": stats["std"],
-                    "n": stats["n"],
-                    "values": stats["values"],
-                }
-            )
-        problems += [{"run": row["name"], **f, "status": "failed"} for f in glue_summary["failed"]]
-        problems += [{"run": row["name"], **x, "status": "not run", "reason": None} for x in glue_summary["missing"]]
-        problems += [
-            {
-                "run": row["name"],
-                "task": t,
-                "seed": s,
-                "status": "unreadable",
-                "reason": f"{err.path.name}: {err.reason}",
-            }
-            for (t, s), err in damaged.items()
-        ]
+        glue += glue_columns(row["name"], glue_summary)
+        problems += glue_problems(row["name"], glue_summary, damaged)
 
     check_same_data(rows)
     runs = pd.DataFrame(rows).set_index("name", drop=False)
@@ -128,6 +101,29 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         diagnostics=diagnostics,
         budget_glue=pd.DataFrame(budget_glue, columns=["run", "fraction", "mean", "std", "n"]),
     )
+
+
+def glue_columns(name: str, glue_summary: dict) -> list[dict]:
+    """One row per GLUE column of a run: its mean, std, count and values over seeds."""
+    rows = []
+    for c in COLUMNS:
+        stats = glue_summary["columns"][c.label]
+        rows.append({"run": name, "column": c.label, "task": c.task, **{k: stats[k] for k in GLUE_STATS}})
+    return rows
+
+
+GLUE_STATS = ("mean", "std", "n", "values")
+
+
+def glue_problems(name: str, glue_summary: dict, damaged: dict) -> list[dict]:
+    """What is missing from a run's GLUE scores, and why: failed, not run, or an unreadable seed file."""
+    problems = [{"run": name, **f, "status": "failed"} for f in glue_summary["failed"]]
+    problems += [{"run": name, **x, "status": "not run", "reason": None} for x in glue_summary["missing"]]
+    problems += [
+        {"run": name, "task": t, "seed": s, "status": "unreadable", "reason": f"{err.path.name}: {err.reason}"}
+        for (t, s), err in damaged.items()
+    ]
+    return problems
 
 
 def snapshot_glue(run_dir: Path, name: str, final: dict) -> list[dict]:
@@ -174,12 +170,6 @@ def experiment_key(cfg: dict, summary: dict) -> str:
         kept[section] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
     facts = {k: summary.get(k) for k in ("block", "device", "world_size", "precision")}
     return config_hash({"config": kept, **facts})
-
-
-def _task_seed(path: Path) -> tuple[str, int | None]:
-    """glue/<task>/seed<k>.json -> (task, k)"""
-    seed = path.stem.removeprefix("seed")
-    return path.parent.name, int(seed) if seed.isdigit() else None
 
 
 def check_same_data(rows: list[dict]) -> None:
@@ -321,24 +311,7 @@ def replicates(
             "glue_values": [v for vs in members.glue_values for v in vs],
         }
         if len(members) > 1:
-            missing = members[members.glue_mean.isna()]
-            values = row["glue_values"]
-            row |= {
-                "label": f"{first.title} ({len(members)} pretraining seeds)",
-                "completed": bool(members.completed.all()),
-                "summary_problem": next((p for p in members.summary_problem if p), ""),
-                "stop_reason": next((r for r in members.stop_reason if r not in (None, *contract.COMPLETE)), None),
-                "microbatch_steps": members.microbatch_steps.mean(),
-                "final_loss": members.final_loss.mean(),
-                "eval_loss": pd.to_numeric(members.eval_loss).mean(),
-                "rate_median": pd.to_numeric(members.rate_median).mean(),
-                "rate_cv": pd.to_numeric(members.rate_cv).max(),
-                "glue_mean": None if not missing.empty else float(np.mean(values)),
-                "glue_std": None if not missing.empty or len(values) < 2 else float(np.std(values, ddof=1)),
-                "glue_n": 0 if not missing.empty else len(values),
-                "glue_missing": None if missing.empty else f"{missing.iloc[0]['name']}: {missing.iloc[0].glue_missing}",
-                "glue_seeds": ",".join(members.glue_seeds) if missing.empty else "",
-            }
+            row |= folded(members, row["glue_values"])
         groups.append(row)
         for c in COLUMNS:
             cells = glue[(glue.run.isin(names)) & (glue.column == c.label)]
@@ -354,6 +327,27 @@ def replicates(
             )
     frame = pd.DataFrame(groups).set_index("name", drop=False)
     return frame, pd.DataFrame(pooled)
+
+
+def folded(members: pd.DataFrame, values: list[float]) -> dict:
+    """A group's numbers over its runs: means of steps, losses and rates, GLUE over every seed of every run."""
+    first, missing = members.iloc[0], members[members.glue_mean.isna()]
+    return {
+        "label": f"{first.title} ({len(members)} pretraining seeds)",
+        "completed": bool(members.completed.all()),
+        "summary_problem": next((p for p in members.summary_problem if p), ""),
+        "stop_reason": next((r for r in members.stop_reason if r not in (None, *contract.COMPLETE)), None),
+        "microbatch_steps": members.microbatch_steps.mean(),
+        "final_loss": members.final_loss.mean(),
+        "eval_loss": pd.to_numeric(members.eval_loss).mean(),
+        "rate_median": pd.to_numeric(members.rate_median).mean(),
+        "rate_cv": pd.to_numeric(members.rate_cv).max(),
+        "glue_mean": None if not missing.empty else float(np.mean(values)),
+        "glue_std": None if not missing.empty or len(values) < 2 else float(np.std(values, ddof=1)),
+        "glue_n": 0 if not missing.empty else len(values),
+        "glue_missing": None if missing.empty else f"{missing.iloc[0]['name']}: {missing.iloc[0].glue_missing}",
+        "glue_seeds": ",".join(members.glue_seeds) if missing.empty else "",
+    }
 
 
 def distinct_seeds(members: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:

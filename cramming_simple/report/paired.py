@@ -18,7 +18,7 @@ from ..errors import CorruptFileError
 from ..glue.runner import read_predictions
 from ..glue.score import load_results
 from ..glue.tasks import COLUMNS
-from ..runs import GLUE
+from ..runs import GLUE, glue_result
 from . import stats
 from .tables import Notes, Table, fmt, glue_baseline, members_of
 
@@ -35,7 +35,7 @@ def prediction_sets(results: dict[Path, list[dict]], task: str, split: str, prot
             if r["task"] != task or r.get("status") != "ok" or r.get("protocol_hash") != protocol_hash:
                 continue
             try:
-                arrays = (read_predictions(Path(run_dir, GLUE, task, f"seed{r['seed']}.json")) or {}).get(split)
+                arrays = (read_predictions(glue_result(Path(run_dir, GLUE), task, r["seed"])) or {}).get(split)
             except CorruptFileError:
                 continue  # damaged predictions: that seed is left out of the bootstrap
             if arrays is not None:

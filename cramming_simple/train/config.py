@@ -16,7 +16,7 @@ from ..config import ConfigError, load_yaml, merge_typed, require, to_dict
 from ..data.loader import MASKINGS
 from ..data.packing import cache_root
 from ..data.sources import DataConfig
-from ..model import ArchConfig, arch_config, block_spec, check_protocol, recorded_block
+from ..model import BLOCKS, ArchConfig, BlockRecipe, arch_config, block_spec, check_protocol, recorded_block
 from ..optim import DECAY_RULES
 from ..presets import find_preset
 from ..runs import CONFIG
@@ -25,35 +25,14 @@ from ..tracking import check_trackers
 from .schedules import RAMPS
 
 
-@dataclass(frozen=True)
-class BlockRecipe:
-    """A block's peak learning rate of the budget triangle and its weight decay (docs/recipe.md)."""
-
-    lr: float
-    weight_decay: float
-
-
-# What a budget uses when neither it nor an override sets train.lr / train.weight_decay.
-BLOCK_RECIPES = {
-    "preln": BlockRecipe(1e-3, 0.01),
-    "postln": BlockRecipe(1e-3, 0.01),
-    "parallel": BlockRecipe(1e-3, 0.01),
-    "sas": BlockRecipe(3e-3, 0.1),
-    "sasp": BlockRecipe(3e-3, 0.1),
-    "sasp-nonorm": BlockRecipe(2e-3, 0.1),
-    "vskipinit": BlockRecipe(1e-3, 0.01),
-}
-
-
 def block_recipe(block: str) -> BlockRecipe:
-    """A built-in block's recipe; a user's block: its class attributes `lr` / `weight_decay`, else Pre-LN's."""
-    spec = block_spec(block)  # an unknown name fails here, listing the valid ones
-    if spec.builtin:
-        return BLOCK_RECIPES[spec.ref]
-    base = BLOCK_RECIPES["preln"]
-    return BlockRecipe(
-        base.lr if spec.lr is None else spec.lr, base.weight_decay if spec.weight_decay is None else spec.weight_decay
-    )
+    """A block's recipe, read from its spec (model.blocks): built-ins set it there, a user's block may carry
+    `lr` / `weight_decay` as class attributes (else Pre-LN's). An unknown name fails here, listing the valid ones."""
+    return block_spec(block).recipe
+
+
+# What a budget uses when neither it nor an override sets train.lr / train.weight_decay (read from the specs).
+BLOCK_RECIPES = {name: spec.recipe for name, spec in BLOCKS.items()}
 
 
 @dataclass

@@ -3,10 +3,14 @@
 The held-out slice (`data.Split`) is never trained on and is the same for every run on one preparation; its
 masks come from the same masking function with a fixed eval seed, so two runs' eval losses score the same
 tokens. The loss is the mean cross-entropy over every masked token of the slice (batches weighted by their
-masked-token counts), summed over ranks: each rank scores every world-th batch.
+masked-token counts), summed over ranks: each rank scores every world-th batch. `Evaluator` is the trainer's
+component that takes both at every eval point.
 """
 
 from __future__ import annotations
+
+import math
+import time
 
 import torch
 from torch import nn
@@ -57,3 +61,35 @@ class HeldOut:
         """model.diagnostics.measure on the first held-out batch (the same batch at every eval point)."""
         with autocast(self.device, self.dtype):
             return measure(model, self.batches[0]["input_ids"].to(self.device))
+
+
+class Evaluator:
+    """An eval point of the trainer: the held-out loss (every rank scores its share) and, on rank 0, the
+    diagnostics, written as an `eval` row of metrics.jsonl and a row of diagnostics.jsonl. The budget clock is
+    paused; the time is counted in `state.eval_s`. Without a held-out slice it does nothing."""
+
+    def __init__(self, heldout: HeldOut | None, metrics, dist: Dist):
+        self.heldout, self.metrics, self.dist = heldout, metrics, dist
+
+    def __call__(self, model: nn.Module, state, clock) -> None:
+        if self.heldout is None:
+            return
+        with clock.paused():
+            started = time.perf_counter()
+            loss = self.heldout.loss(model)
+            state.eval_loss, state.eval_step = (loss if math.isfinite(loss) else None), state.optimizer_steps
+            at = {
+                "microbatch_steps": state.microbatch_steps,
+                "optimizer_steps": state.optimizer_steps,
+                "tokens": state.tokens,
+                "elapsed_s": round(clock.elapsed(), 3),
+                "p": round(clock.fraction(clock.elapsed()), 6),
+            }
+            if self.dist.main:
+                diagnostics = self.heldout.diagnostics(model)
+                seconds = time.perf_counter() - started
+                row = {"kind": "eval", **at, "eval_loss": state.eval_loss, "eval_s": round(seconds, 3)}
+                tracked = {"eval_loss": state.eval_loss, "eval_s": seconds}
+                self.metrics.write(row, tracked, kind="eval", diagnostics={**at, **diagnostics})
+            state.eval_s += time.perf_counter() - started
+        clock.evaluated()

@@ -1,0 +1,109 @@
+"""The budget clock: training time spent, p = elapsed / budget, and the points on it where the trainer logs,
+evaluates, keeps a snapshot or writes a checkpoint.
+
+It carries over a resume (`spent`), starts at the first training step (compile time included) and pauses only
+while something that is not training runs (`paused()`: checkpoints, evaluation, snapshots). Under DDP every
+rank's own clock is read once per microbatch and the ranks agree on the slowest (`agree`); every decision is
+taken on that agreed time, so all ranks log, evaluate and stop at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+
+class BudgetClock:
+    def __init__(
+        self,
+        budget_s: float,
+        spent: float,
+        log_s: float,
+        checkpoint_s: float,
+        eval_every_s: float | None,
+        keep_at: list[float],
+    ):
+        self.budget_s, self.spent, self.since = budget_s, spent, None
+        self.log_s, self.checkpoint_s, self.eval_every_s = log_s, checkpoint_s, eval_every_s
+        self.agreed = spent  # the elapsed time every rank agreed on (from the checkpoint, then by each vote)
+        self.next_log = spent + log_s
+        self.next_checkpoint = spent + checkpoint_s
+        self.next_eval = self.eval_point_after(spent)
+        self.keep = [f for f in keep_at if f * budget_s > spent]  # snapshot fractions still ahead
+        self.last_tick: float | None = None
+
+    # ------------------------------------------------------------------------------------------ the clock
+
+    def start(self) -> None:
+        self.since = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """This rank's training seconds, all sessions."""
+        return self.spent + (time.perf_counter() - self.since if self.since is not None else 0.0)
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.spent, self.since = self.elapsed(), None
+        try:
+            yield
+        finally:
+            self.start()
+
+    def tick(self, step_time_s: float) -> float:
+        """Called once per microbatch: the EMA of seconds per microbatch, updated with the time since the last
+        tick (0.0: none yet). A resumed run carries it over, so that it never starts a step it cannot finish."""
+        now = self.elapsed()
+        if self.last_tick is not None:
+            step_time_s = (
+                now - self.last_tick if step_time_s == 0.0 else 0.9 * step_time_s + 0.1 * (now - self.last_tick)
+            )
+        self.last_tick = now
+        return step_time_s
+
+    def agree(self, elapsed: float) -> None:
+        """The time all ranks agreed on (the slowest rank's): every decision below reads it."""
+        self.agreed = elapsed
+
+    @property
+    def p(self) -> float:
+        """The budget fraction spent: learning rate and batch size are functions of it."""
+        return self.agreed / self.budget_s
+
+    def fraction(self, elapsed: float) -> float:
+        return elapsed / self.budget_s
+
+    def spent_with(self, step_s: float) -> bool:
+        """Whether one more step of `step_s` seconds would not fit in the budget."""
+        return self.agreed + step_s >= self.budget_s
+
+    # ------------------------------------------------------------------------------------------ the points
+
+    def log_due(self) -> bool:
+        return self.agreed >= self.next_log
+
+    def logged(self) -> None:
+        self.next_log = self.agreed + self.log_s
+
+    def eval_due(self) -> bool:
+        return self.agreed >= self.next_eval
+
+    def evaluated(self) -> None:
+        self.next_eval = self.eval_point_after(self.agreed)  # the agreed time: every rank keeps the same point
+
+    def eval_point_after(self, elapsed: float) -> float:
+        """The next point of the fixed eval grid (every impl.eval_minutes of budget) after `elapsed`."""
+        every = self.eval_every_s
+        return (math.floor(elapsed / every) + 1) * every if every else math.inf
+
+    def snapshot_due(self) -> float | None:
+        """The budget fraction of a snapshot that is due now (taken off the list), or None."""
+        if self.keep and self.agreed >= self.keep[0] * self.budget_s:
+            return self.keep.pop(0)
+        return None
+
+    def checkpoint_due(self) -> bool:
+        return self.agreed >= self.next_checkpoint
+
+    def checkpointed(self) -> None:
+        self.next_checkpoint = self.agreed + self.checkpoint_s

@@ -1,0 +1,50 @@
+"""What a pretraining run carries from step to step: its counters (checkpointed with it) and the stop requests
+that signals make."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainState:
+    microbatch_steps: int = 0  # per rank; also the data position
+    optimizer_steps: int = 0
+    tokens: int = 0  # all ranks
+    elapsed_s: float = 0.0  # training time spent, all sessions
+    step_time_s: float = 0.0  # recent seconds per microbatch: a resumed run must not start a step it cannot finish
+    last_loss: float | None = None  # mean loss of the last log window, and over how many microbatches
+    last_loss_steps: int = 0
+    eval_loss: float | None = None  # held-out MLM loss at the last eval point, and after which optimiser step
+    eval_step: int = -1
+    eval_s: float = 0.0  # time spent evaluating (budget clock paused), all sessions
+    snapshots: dict = field(default_factory=dict)  # "0.50" -> {dir, microbatch_steps, elapsed_s}
+
+
+class StopSignals:
+    """SIGTERM (preemption) and a first Ctrl-C ask for a checkpoint and a clean exit; a second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            f"\nreceived {signal.Signals(signum).name}: finishing this step, writing a checkpoint, then exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

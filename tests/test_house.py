@@ -1,0 +1,156 @@
+"""The house kept in shape: rooms of a readable size, one training step everywhere, components that own their
+timing, and facts with one home."""
+
+from __future__ import annotations
+
+import ast
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import cramming_simple
+from cramming_simple.train.clock import BudgetClock
+
+PACKAGE = Path(cramming_simple.__file__).parent
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 450
+
+
+def package_files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_no_function_over_60_lines_and_no_module_over_450():
+    long_functions, large_modules = [], []
+    for path in package_files():
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            large_modules.append(f"{path.relative_to(PACKAGE)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{path.relative_to(PACKAGE)}:{node.name} {lines} lines")
+    assert not long_functions and not large_modules, long_functions + large_modules
+
+
+def test_no_parameter_shadows_a_builtin():
+    import builtins
+
+    shadowing = []
+    for path in package_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                args = node.args
+                for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
+                    if a.arg in ("compile", "input", "type", "id", "sum", "max", "min", "len", "list", "dict"):
+                        shadowing.append(f"{path.relative_to(PACKAGE)}:{getattr(node, 'name', 'lambda')}({a.arg})")
+    assert hasattr(builtins, "compile") and not shadowing, shadowing
+
+
+# ----------------------------------------------------------------------------------------------- one step
+
+
+def test_every_trainer_uses_the_one_train_step():
+    """The trainer, the bench, check-block and GLUE fine-tuning all build train.step.TrainStep; nobody else calls
+    backward or an optimiser step."""
+    users = {
+        p.relative_to(PACKAGE).as_posix()
+        for p in package_files()
+        if "TrainStep(" in p.read_text() and p.relative_to(PACKAGE).as_posix() != "train/step.py"
+    }
+    assert {"train/loop.py", "bench/step.py", "check/card.py", "glue/finetune.py"} <= users
+    own_steps = []
+    for path in package_files():
+        if path.relative_to(PACKAGE).as_posix() == "train/step.py":
+            continue
+        text = path.read_text()
+        for needle in (".backward()", "scaler.step(", "clip_grad_norm_("):
+            if needle in text:
+                own_steps.append(f"{path.relative_to(PACKAGE)}: {needle}")
+    allowed = {"check/card.py: .backward()"}  # the gradient checks (one backward, no update) are not training
+    assert set(own_steps) <= allowed, own_steps
+
+
+def test_the_bench_times_the_trainers_step_with_clipping(monkeypatch):
+    from cramming_simple.bench import Contender, block_contender, make_batch
+    from cramming_simple.model import arch_config
+    from cramming_simple.train.config import TrainConfig
+
+    cfg = arch_config("tiny", vocab_size=512)
+    data = make_batch(cfg, 2, torch.device("cpu"), seed=0)
+    c: Contender = block_contender("sas", cfg, data, torch.device("cpu"))
+    c.prepare(None, torch.device("cpu"), False)
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, m: clipped.append(m) or real(p, m))
+    before = [p.detach().clone() for p in c.eager.parameters()]
+    c.step()
+    assert clipped == [TrainConfig().grad_clip]  # the recipe's clipping, as pretraining does it
+    assert any(not torch.equal(a, b) for a, b in zip(before, c.eager.parameters()))  # and the update ran
+    assert all(p.grad is None for p in c.eager.parameters())  # zero_grad(set_to_none) as the trainer
+
+
+def test_train_step_accumulates_like_one_big_batch():
+    from cramming_simple.train.step import TrainStep
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+
+    def run(chunks: int) -> torch.Tensor:
+        torch.manual_seed(1)
+        model = torch.nn.Linear(4, 1)
+        step = TrainStep(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            torch.device("cpu"),
+            None,
+            grad_clip=1e9,
+            loss_fn=lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]),
+        )
+        for xb, yb in zip(x.chunk(chunks), y.chunk(chunks)):
+            step.backward((xb, yb), 1.0 / chunks)
+        norm = step.update()
+        assert norm is not None and math.isfinite(float(norm))
+        return model.weight.detach()
+
+    assert torch.allclose(run(1), run(4), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- the budget clock
+
+
+def test_the_budget_clock_owns_its_points_and_pauses():
+    clock = BudgetClock(
+        budget_s=100.0, spent=10.0, log_s=5.0, checkpoint_s=30.0, eval_every_s=25.0, keep_at=[0.05, 0.5]
+    )
+    assert clock.keep == [0.5]  # 5 % of the budget was behind a resumed run already
+    assert clock.next_log == 15.0 and clock.next_checkpoint == 40.0 and clock.next_eval == 25.0
+    clock.agree(26.0)
+    assert clock.p == 0.26 and clock.log_due() and clock.eval_due() and not clock.checkpoint_due()
+    clock.logged()
+    clock.evaluated()
+    assert clock.next_log == 31.0 and clock.next_eval == 50.0  # the fixed eval grid, not 26 + 25
+    assert clock.snapshot_due() is None
+    clock.agree(50.0)
+    assert clock.snapshot_due() == 0.5 and clock.snapshot_due() is None and clock.keep == []
+    assert clock.spent_with(50.0) and not clock.spent_with(49.0)
+    clock.start()
+    with clock.paused():
+        time.sleep(0.05)
+        inside = clock.elapsed()
+    time.sleep(0.02)
+    assert inside - 10.0 < 0.04 and clock.elapsed() - 10.0 >= 0.02  # paused time is not budget time
+    assert BudgetClock(100.0, 0.0, 5.0, 30.0, None, []).next_eval == math.inf  # eval only at start and end
+
+
+def test_the_step_time_is_an_ema_of_the_ticks():
+    clock = BudgetClock(100.0, 0.0, 5.0, 30.0, None, [])
+    clock.start()
+    assert clock.tick(0.0) == 0.0  # the first tick has nothing to measure
+    time.sleep(0.02)
+    first = clock.tick(0.0)
+    assert first >= 0.02
+    time.sleep(0.02)
+    assert 0.9 + 0.1 * 0.02 <= clock.tick(1.0) < 0.95  # 0.9 x the old estimate + 0.1 x the new interval
