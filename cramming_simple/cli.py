@@ -13,7 +13,7 @@ import traceback
 
 from . import __version__, autoregister
 from .commands import COMMANDS
-from .console import setup_logging
+from .console import route_warnings, setup_logging
 from .errors import (
     EXIT_CODES_HELP,
     EXIT_DISK_FULL,
@@ -101,6 +101,7 @@ def check_overrides(overrides: list[str]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """The one path every user-facing error takes: one line on stderr and its exit code (traceback with --debug)."""
     setup_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+    route_warnings()  # Python warnings print as the library's own: one `warning:` line on stderr
     debug = args.debug or debug_enabled()
     try:
         check_overrides(getattr(args, "overrides", []))

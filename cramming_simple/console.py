@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 LOG = logging.getLogger("cramming_simple")  # the library's logger: every module logs under it
 
@@ -36,6 +37,17 @@ def setup_logging(verbosity: int = 0) -> None:
     LOG.propagate = False
     if verbosity < 0 or not sys.stderr.isatty():
         quiet_library_progress()
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (the compile fallback's, torch's, transformers') as one `warning:` line on stderr, through
+    the same handler as the library's own warnings: the command line's one output path."""
+    LOG.getChild("warnings").warning(f"{message} ({category.__name__}, {os.path.basename(filename)}:{lineno})")
+
+
+def route_warnings() -> None:
+    """The command line's Python warnings take `show_warning` (a library user keeps Python's own display)."""
+    warnings.showwarning = show_warning
 
 
 def quiet_library_progress() -> None:

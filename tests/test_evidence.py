@@ -19,9 +19,10 @@ from test_report import OFFSET, make_run, md_rows, report, tex_rows
 from cramming_simple.cli import main
 from cramming_simple.data import MLMCollator, PackedData, Split, load_tokenizer, prepared_path
 from cramming_simple.data.sources import DataConfig
+from cramming_simple.folders import load_model
 from cramming_simple.glue.metrics import compute
 from cramming_simple.glue.tasks import COLUMNS
-from cramming_simple.model import BLOCKS, MaskedLM, arch_config, load_model
+from cramming_simple.model import BLOCKS, MaskedLM, arch_config
 from cramming_simple.model.diagnostics import measure
 from cramming_simple.model.layers import Attention
 from cramming_simple.report import stats

@@ -20,11 +20,12 @@ from conftest import alive, children, hold_lock
 from cramming_simple.cli import main
 from cramming_simple.config import ConfigError, merge_typed
 from cramming_simple.data.tokenizer import load_tokenizer
+from cramming_simple.folders import save_model
 from cramming_simple.glue import data, finetune
 from cramming_simple.glue.config import Protocol, load_protocol
 from cramming_simple.glue.metrics import compute
 from cramming_simple.glue.tasks import TASKS, TaskTable, load_tasks
-from cramming_simple.model import MaskedLM, arch_config, save_model
+from cramming_simple.model import MaskedLM, arch_config
 from cramming_simple.presets import shipped
 
 # ----------------------------------------------------------------------------------------------- fixture data

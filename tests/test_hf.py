@@ -26,8 +26,9 @@ from test_glue import make_glue, sentiment_words, write_parquet
 from test_your_block import cli
 
 from cramming_simple.data.tokenizer import load_tokenizer
-from cramming_simple.model import BLOCKS, MaskedLM, SequenceClassifier, arch_config, load_model, save_model
-from cramming_simple.model.remote import MODELING_FILE, RemoteCodeUnavailable, modeling_source
+from cramming_simple.folders import load_model, save_model
+from cramming_simple.folders.remote import MODELING_FILE, RemoteCodeUnavailable, modeling_source
+from cramming_simple.model import BLOCKS, MaskedLM, SequenceClassifier, arch_config
 from cramming_simple.runs import MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -491,7 +492,7 @@ def test_a_classifier_saved_by_the_harness_round_trips():
 
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, Path(tmp) / "m", extra={"task": "mnli"})
-        from cramming_simple.model import check_model
+        from cramming_simple.folders import check_model
 
         check_model(Path(tmp) / "m")
         loaded = load_model(Path(tmp) / "m").eval()

@@ -8,9 +8,11 @@ import math
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import cramming_simple
+from cramming_simple.config import ConfigError
 from cramming_simple.train.clock import BudgetClock
 
 PACKAGE = Path(cramming_simple.__file__).parent
@@ -154,3 +156,29 @@ def test_the_step_time_is_an_ema_of_the_ticks():
     assert first >= 0.02
     time.sleep(0.02)
     assert 0.9 + 0.1 * 0.02 <= clock.tick(1.0) < 0.95  # 0.9 x the old estimate + 0.1 x the new interval
+
+
+# ----------------------------------------------------------------------------------------------- model / folders
+
+
+def test_the_model_package_holds_the_model_and_the_folder_machinery_lives_beside_it():
+    from test_layers import imports
+
+    model_files = sorted((PACKAGE / "model").glob("*.py"))
+    assert {p.name for p in model_files} >= {"config.py", "layers.py", "blocks.py", "bert.py"}
+    assert not {p.name for p in model_files} & {"io.py", "remote.py"}
+    for path in model_files:  # the model never reaches up into how it travels
+        assert not {n for n in imports(path) if n.startswith("cramming_simple.folders")}, path.name
+
+
+def test_what_the_generated_modeling_file_needs_is_declared_and_defined(monkeypatch):
+    from cramming_simple.folders import remote
+    from cramming_simple.model import block_spec
+
+    assert remote.outside_imports() == remote.NEEDS  # the interface, read off the sources
+    assert set().union(*remote.NEEDS.values()) <= remote._defined(remote._glue_code())  # and the file defines it
+    monkeypatch.setattr(
+        remote, "outside_imports", lambda: {**remote.NEEDS, "cramming_simple.runtime": {"autocast"}}
+    )  # a model source that started to import from the runtime: refused at save time
+    with pytest.raises(ConfigError, match="cramming_simple.runtime"):
+        remote.modeling_source(block_spec("sas"), "test")

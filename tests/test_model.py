@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cramming_simple.config import ConfigError
+from cramming_simple.folders import load_model, save_model
 from cramming_simple.model import (
     BLOCKS,
     IGNORE,
@@ -17,8 +18,6 @@ from cramming_simple.model import (
     SequenceClassifier,
     arch_config,
     count_params,
-    load_model,
-    save_model,
     set_fused,
 )
 from cramming_simple.model.blocks import SAS, SASP
@@ -471,7 +470,7 @@ def test_compiled_state_dict_with_orig_mod_prefix_loads(tmp_path):
     perturb(model)
     state = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
     fresh = MaskedLM(TINY, "sas").eval()
-    from cramming_simple.model.io import load_encoder_state
+    from cramming_simple.folders.io import load_encoder_state
 
     load_encoder_state(fresh, state)
     ids, _ = batch(pad_from=(16, 16, 16))

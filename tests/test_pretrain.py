@@ -16,7 +16,8 @@ from conftest import pretrain_args, smoke_config
 
 from cramming_simple.cli import main
 from cramming_simple.config import ConfigError
-from cramming_simple.model import BLOCKS, MaskedLM, load_model
+from cramming_simple.folders import load_model
+from cramming_simple.model import BLOCKS, MaskedLM
 from cramming_simple.presets import list_presets
 from cramming_simple.train.checkpoint import load_checkpoint
 from cramming_simple.train.config import BLOCK_RECIPES, PretrainConfig

@@ -21,9 +21,10 @@ from cramming_simple.cli import main
 from cramming_simple.data import MicrobatchStream, MLMCollator, PackedData, Split, load_tokenizer, prepare
 from cramming_simple.data.sources import DataConfig
 from cramming_simple.data.tokenizer import train_wordpiece
+from cramming_simple.folders import load_model, save_model
 from cramming_simple.glue import finetune
 from cramming_simple.glue.config import load_protocol, protocol_hash, protocol_values
-from cramming_simple.model import BLOCKS, MaskedLM, arch_config, load_model, save_model
+from cramming_simple.model import BLOCKS, MaskedLM, arch_config
 from cramming_simple.model.layers import Attention, KeyMask, ShapedAttention
 from cramming_simple.optim import decays, make_optimizer
 from cramming_simple.presets import CHECKOUT

@@ -21,9 +21,10 @@ from test_glue import make_glue, sentiment_words, write_parquet
 
 from cramming_simple.cli import main
 from cramming_simple.data import load_tokenizer
+from cramming_simple.folders import load_model
 from cramming_simple.glue.config import load_protocol
 from cramming_simple.glue.data import Encoded, Examples, tokenize
-from cramming_simple.model import ArchConfig, MaskedLM, load_model
+from cramming_simple.model import ArchConfig, MaskedLM
 from cramming_simple.train.config import PretrainConfig
 
 # cramming's special tokens (tokenizer_preparation._get_sane_token_args), in one order `list(set(...))` can give
@@ -155,7 +156,8 @@ def test_glue_inputs_start_with_cls_whatever_the_tokenizers_template(upload, tmp
 
 def upload_model(upload: Path, tmp_path: Path) -> Path:
     """A run folder whose model/ is a small model saved with the upload's tokenizer (no pretraining needed)."""
-    from cramming_simple.model import MaskedLM, arch_config, save_model
+    from cramming_simple.folders import save_model
+    from cramming_simple.model import MaskedLM, arch_config
 
     run = tmp_path / "upload-run"
     if not run.exists():
@@ -238,7 +240,7 @@ def test_the_published_pretraining_stops_at_its_microbatch_cap(smoke_cache, tmp_
 
 def test_check_model_refuses_a_config_whose_pad_is_not_the_embeddings(upload, tmp_path):
     from cramming_simple.errors import CorruptFileError
-    from cramming_simple.model import check_model
+    from cramming_simple.folders import check_model
 
     model = upload_model(upload, tmp_path) / "model"
     assert check_model(model)[0].pad_token_id == load_tokenizer(upload / "tokenizer").pad_token_id

@@ -20,7 +20,8 @@ from test_glue import make_glue, sentiment_words, write_parquet
 
 from cramming_simple.cli import main
 from cramming_simple.data.tokenizer import load_tokenizer
-from cramming_simple.model import ENTRY_POINT_GROUP, MaskedLM, arch_config, block_spec, load_model
+from cramming_simple.folders import load_model
+from cramming_simple.model import ENTRY_POINT_GROUP, MaskedLM, arch_config, block_spec
 from cramming_simple.train.config import BLOCK_RECIPES, PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -111,7 +111,7 @@ def time_train_step(
     contender.prepare(dtype, device, compile_model)
     train_times = []
     for r in range(warmup + steps):
-        seconds, _ = timed_step(contender, dtype, device)
+        seconds, _ = timed_step(contender, device)
         if r >= warmup:
             train_times.append(seconds)
     return statistics.median(train_times), contender

@@ -222,7 +222,7 @@ def saved_activation_bytes(c: Contender, dtype: torch.dtype | None, device: torc
 # ----------------------------------------------------------------------------------------------- timing
 
 
-def timed_step(c: Contender, dtype: torch.dtype | None, device: torch.device) -> tuple[float, int]:
+def timed_step(c: Contender, device: torch.device) -> tuple[float, int]:
     """Seconds of one step and, on CUDA, its peak memory: the step's own growth on top of its weights and
     optimiser state (the other models' memory excluded)."""
     cuda = device.type == "cuda"
@@ -252,7 +252,6 @@ class Rounds:
 def time_rounds(
     contenders: list[Contender],
     rounds: Rounds,
-    dtype: torch.dtype | None,
     device: torch.device,
     ceiling: Ceiling | None = None,
     seed: int = 0,
@@ -267,7 +266,7 @@ def time_rounds(
     while True:
         if r == rounds.warmup:
             started = time.perf_counter()
-        time_round(entries, r, r >= rounds.warmup, dtype, device)
+        time_round(entries, r, r >= rounds.warmup, device)
         r += 1
         progress.update(r, phase="warm-up" if r <= rounds.warmup else "timed")
         stop = stop_reason(contenders, rounds, r - rounds.warmup, started, seed)
@@ -276,13 +275,13 @@ def time_rounds(
             return stop
 
 
-def time_round(entries: list, r: int, keep: bool, dtype: torch.dtype | None, device: torch.device) -> None:
+def time_round(entries: list, r: int, keep: bool, device: torch.device) -> None:
     k = r % len(entries)
     for c in entries[k:] + entries[:k]:
         if isinstance(c, Ceiling):
             c.time_round(device, keep=keep)
             continue
-        seconds, peak_bytes = timed_step(c, dtype, device)
+        seconds, peak_bytes = timed_step(c, device)
         if keep:
             c.times.append(seconds)
             c.peak_bytes = max(c.peak_bytes, peak_bytes)
@@ -329,7 +328,7 @@ def step_bench(
         c.prepare(dtype, device, compile_model)
     ceiling = Ceiling(contenders, dtype, device, seed)
     with kernel_names() if profile else contextlib.nullcontext():
-        stopped = time_rounds(contenders, rounds, dtype, device, ceiling, seed)
+        stopped = time_rounds(contenders, rounds, device, ceiling, seed)
         profiles = {c.name: profile_step(c.step, profile, device) for c in contenders} if profile else {}
     if device.type == "cpu":  # the estimate's held bytes (count_cpu_memory) plus weights and AdamW state
         for c in contenders:

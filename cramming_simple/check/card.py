@@ -123,10 +123,10 @@ def check_block(
 
     ids = text.rows.to(device)
     padded_ids, attention_mask = pad_half(ids, text.pad_id)
-    shapes(card, build, padded_ids, attention_mask, device, dtype)
+    shapes(card, build, padded_ids, attention_mask, device)
     padding(card, build, padded_ids, attention_mask, limits)
     batch = {k: v.to(device) for k, v in text.stream(0).items()}
-    finite(card, build, batch, device, dtype)
+    finite(card, build, batch, device)
     gradients(card, build, batch, ref, device)
     parameters(card, cfg, ref)
     if "signal" not in skip:
@@ -174,7 +174,7 @@ def per_layer_outputs(model: MaskedLM, run: Callable[[], object]) -> list[Tensor
     return outs
 
 
-def shapes(card: Card, build, ids: Tensor, attention_mask: Tensor, device: torch.device, dtype) -> None:
+def shapes(card: Card, build, ids: Tensor, attention_mask: Tensor, device: torch.device) -> None:
     model = build(train=False)
     want = (*ids.shape, model.encoder.cfg.width)
     for label, run_dtype in (("fp32", None), ("bf16", torch.bfloat16)):
@@ -207,7 +207,7 @@ def padding(card: Card, build, ids: Tensor, attention_mask: Tensor, limits: Limi
     )
 
 
-def finite(card: Card, build, batch: dict, device: torch.device, dtype) -> None:
+def finite(card: Card, build, batch: dict, device: torch.device) -> None:
     for label, run_dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         model = build()
         with autocast(device, run_dtype):

@@ -10,7 +10,7 @@ import torch
 from transformers import get_scheduler
 
 from ..data.tokenizer import load_tokenizer
-from ..model import load_model, save_model
+from ..folders import load_model, save_model
 from ..optim import make_optimizer
 from ..runtime import Progress, autocast, autocast_dtype, seed_everything, timed
 from ..train.step import TrainStep

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, require
 from ..data.tokenizer import check_tokenizer, load_tokenizer, tokenizer_sha256
-from ..model import check_model
+from ..folders import check_model
 from ..profiles import profile_of
 from ..runs import GLUE, MODEL, SUMMARY, glue_name, read_summary, snapshot_name
 from ..runtime import file_sha256, remove_stale_temporaries

@@ -16,12 +16,13 @@ from pathlib import Path
 from .. import __version__
 from ..config import ConfigError, require, to_dict
 from ..errors import CorruptFileError
+from ..folders import load_model, save_model
+from ..folders.io import CONFIG as MODEL_CONFIG
+from ..folders.remote import modeling_source
 from ..glue.score import column_scores, format_mean_std, load_results, run_summary
 from ..glue.tasks import COLUMNS, TASK_LABELS, TASKS, load_tasks
 from ..markdown import table
-from ..model import load_model, save_model, unwrap
-from ..model.io import CONFIG as MODEL_CONFIG
-from ..model.remote import modeling_source
+from ..model import unwrap
 from ..runs import GLUE, MODEL, SUMMARY, glue_model, kept_models
 from ..runtime import FILE_MODE, read_json
 
@@ -154,7 +155,7 @@ def model_card(
     if task:
         lines += _fine_tuned_section(task, seed, results, config)
     lines += _glue_section(glue)
-    lines += _use_section(pipeline, block)
+    lines += _use_section(pipeline)
     lines += ["## How it was made", "", "```bash", _command_or_note(run_dir), *glue_commands(run_dir)]
     glue_flags = f" --glue {task} --seed {seed}" if task else ""
     lines += [
@@ -335,7 +336,7 @@ def _glue_section(summary: dict) -> list[str]:
     ]
 
 
-def _use_section(pipeline: str, block: str) -> list[str]:
+def _use_section(pipeline: str) -> list[str]:
     auto = "AutoModelForSequenceClassification" if pipeline == "text-classification" else "AutoModelForMaskedLM"
     example = "'The capital of France is [MASK].'" if pipeline == "fill-mask" else "'A fine movie.'"
     return [

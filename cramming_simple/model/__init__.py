@@ -1,10 +1,9 @@
 """The model zoo: the crammed-BERT encoder with seven interchangeable blocks (docs/blocks.md), and a user's own
 (model.registry, docs/your-block.md)."""
 
-from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, count_params
+from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, clean_state_dict, count_params, unwrap
 from .blocks import BLOCKS, BlockRecipe, BlockSpec
 from .config import PRESETS, ArchConfig, arch_config
-from .io import check_model, clean_state_dict, load_model, read_model_config, save_model, unwrap
 from .layers import KeyMask, set_fused
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -30,7 +29,6 @@ __all__ = [
     "SequenceClassifier",
     "arch_config",
     "block_spec",
-    "check_model",
     "check_protocol",
     "entry_point_blocks",
     "load_block",
@@ -38,9 +36,6 @@ __all__ = [
     "recorded_block",
     "clean_state_dict",
     "count_params",
-    "load_model",
-    "read_model_config",
-    "save_model",
     "set_fused",
     "unwrap",
 ]

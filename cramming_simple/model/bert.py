@@ -111,3 +111,28 @@ def count_params(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     embedding = sum(p.numel() for p in encoder.embedding.parameters())
     return {"params": total, "non_embedding": total - embedding}
+
+
+# ----------------------------------------------------------------------------------------------- wrappers
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the prefixes that compiled and DDP-wrapped models add, wherever they appear in a key."""
+    return {unwrapped_key(k): v for k, v in state.items()}
+
+
+def unwrapped_key(key: str) -> str:
+    for prefix in WRAPPER_PREFIXES:
+        key = key.replace(prefix, "")
+    return key
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DDP wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            return model
+        model = inner

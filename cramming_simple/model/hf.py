@@ -95,7 +95,7 @@ class CrammingSimplePreTrainedModel(PreTrainedModel):
         itself) also the self-contained modeling file that the folder's auto_map names (model.remote)."""
         own = type(self).__module__.startswith("cramming_simple.")
         if own:
-            remote = importlib.import_module("cramming_simple.model.remote")  # not in the generated file
+            remote = importlib.import_module("cramming_simple.folders.remote")  # not in the generated file
             self.config.auto_map = remote.auto_map()
         super().save_pretrained(save_directory, *args, **kwargs)
         if own and not remote.write_modeling_file(self.encoder.spec, save_directory):

@@ -195,9 +195,7 @@ def published_note(runs: pd.DataFrame) -> str:
     )
 
 
-def table1(
-    runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame | None, glue: pd.DataFrame | None = None
-) -> Table:
+def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame | None) -> Table:
     """Block, GLUE average (mean ± std over seeds), its difference to Pre-LN with a 95 % Welch interval,
     parameters, microbatch steps, speed vs Pre-LN (steps and median tokens/s), held-out MLM loss.
 

@@ -42,7 +42,8 @@ from ..data import (
     Prefetcher,
 )
 from ..errors import EXIT_DISK_FULL, DiskFullError
-from ..model import MaskedLM, count_params, save_model, unwrap
+from ..folders import save_model
+from ..model import MaskedLM, count_params, unwrap
 from ..optim import make_optimizer
 from ..profiles import profile_of
 from ..runs import CHECKPOINT, COMPLETE, CONFIG, MODEL, SUMMARY, read_summary, snapshot_name

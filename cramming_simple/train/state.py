@@ -39,6 +39,7 @@ class StopSignals:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        # print, not the logger: a signal handler may interrupt a logging call that holds the handler's lock
         print(
             f"\nreceived {signal.Signals(signum).name}: finishing this step, writing a checkpoint, then exiting",
             file=sys.stderr,

@@ -1,6 +1,7 @@
-"""The `model/` folder: `model.safetensors` (weights: `encoder.*`, and a fine-tuned classifier's head), `config.json`
-(arch + block, where a user's block came from, and the keys Hugging Face reads), `modeling_cramming_simple.py`
-(model.remote), `block.py` (a user's block: its source as pretrained), tokenizer files.
+"""A model folder (a run's `model/`): `model.safetensors` (weights: `encoder.*`, and a fine-tuned classifier's
+head), `config.json` (arch + block, where a user's block came from, and the keys Hugging Face reads),
+`modeling_cramming_simple.py` (folders.remote), `block.py` (a user's block: its source as pretrained), tokenizer
+files.
 
 The folder is published whole: written beside its final name and renamed into place, so a reader never sees
 half a model. `check_model` finds a damaged one before any fine-tuning starts.
@@ -24,10 +25,10 @@ from torch import nn
 
 from ..config import ConfigError
 from ..errors import CorruptFileError, DiskFullError, is_disk_full
+from ..model.bert import MaskedLM, SequenceClassifier, clean_state_dict, unwrap, unwrapped_key
+from ..model.config import MODEL_TYPE, ArchConfig, special_ids
+from ..model.registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
 from ..runtime import FILE_MODE, fsync_folder, read_json
-from .bert import MaskedLM, SequenceClassifier
-from .config import MODEL_TYPE, ArchConfig, special_ids
-from .registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
 from .remote import ARCHITECTURES, auto_map, write_modeling_file
 
 log = logging.getLogger(__name__)
@@ -35,32 +36,11 @@ log = logging.getLogger(__name__)
 WEIGHTS, CONFIG, TOKENIZER_CONFIG = "model.safetensors", "config.json", "tokenizer_config.json"
 
 FORMAT = 1
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel
-
-
-def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip the prefixes that compiled and DDP-wrapped models add, wherever they appear in a key."""
-    return {_unwrapped_key(k): v for k, v in state.items()}
-
-
-def _unwrapped_key(key: str) -> str:
-    for prefix in WRAPPER_PREFIXES:
-        key = key.replace(prefix, "")
-    return key
 
 
 def _encoder_key(key: str) -> str:
     """A weight name as the encoder's own state dict has it: no wrapper prefixes, no 'encoder.' prefix."""
-    return _unwrapped_key(key).removeprefix("encoder.")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile and DDP wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if inner is None:
-            return model
-        model = inner
+    return unwrapped_key(key).removeprefix("encoder.")
 
 
 def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra: dict | None = None) -> Path:

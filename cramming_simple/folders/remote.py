@@ -17,9 +17,10 @@ import logging
 from pathlib import Path
 
 from ..config import ConfigError, require
-from .blocks import BlockSpec
+from ..model.blocks import BlockSpec
 
 MODELING_FILE = "modeling_cramming_simple.py"
+MODEL_PACKAGE = Path(__file__).parent.parent / "model"  # the sources the file is made of live there
 SOURCES = ("config.py", "layers.py", "blocks.py", "bert.py", "hf.py")  # model/, in dependency order
 ARCHITECTURES = {
     "model": "CrammingSimpleModel",
@@ -31,6 +32,13 @@ AUTO_MAP = {
     "AutoModel": ARCHITECTURES["model"],
     "AutoModelForMaskedLM": ARCHITECTURES["mlm"],
     "AutoModelForSequenceClassification": ARCHITECTURES["classifier"],
+}
+# The interface between the model package and the file: what the sources import from outside themselves, and
+# so what the file must define on its own (`_glue_code`). `outside_imports` reads it off the sources at save time:
+# a new dependency of the model code fails there (and in the tests), never in a user's trust_remote_code load.
+NEEDS = {
+    "cramming_simple.config": {"ConfigError", "require"},
+    "cramming_simple.model.registry": {"block_spec"},
 }
 # Modules of the package whose names the file defines: a user's block may import from these.
 SHIPPED_MODULES = {"cramming_simple.model", *(f"cramming_simple.model.{s.removesuffix('.py')}" for s in SOURCES)}
@@ -92,8 +100,24 @@ def _defined(source: str, imports: bool = True) -> set[str]:
     return names
 
 
+def outside_imports() -> dict[str, set[str]]:
+    """{module: names} that the file's sources import from modules that are not among them."""
+    inside = {f"cramming_simple.model.{name.removesuffix('.py')}" for name in SOURCES}
+    found: dict[str, set[str]] = {}
+    for name in SOURCES:
+        module = f"cramming_simple.model.{name.removesuffix('.py')}"
+        for node in ast.walk(ast.parse((MODEL_PACKAGE / name).read_text(), name)):
+            if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+                continue
+            base = module.split(".")[: -node.level] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            if target.startswith("cramming_simple") and target not in inside:
+                found.setdefault(target, set()).update(alias.name for alias in node.names)
+    return found
+
+
 def _package_code() -> str:
-    here = Path(__file__).parent
+    here = MODEL_PACKAGE
     parts = []
     for name in SOURCES:
         code, _ = _without_imports((here / name).read_text(), name)
@@ -158,6 +182,8 @@ def modeling_source(spec: BlockSpec, version: str) -> str:
     text = header + package
     if not spec.builtin:
         text += "\n\n" + _user_block(spec, package)
+    unmet = {m: names - NEEDS.get(m, set()) for m, names in outside_imports().items() if names - NEEDS.get(m, set())}
+    require(not unmet, f"the model sources import {unmet}, which {MODELING_FILE} does not define (remote.NEEDS)")
     compile(text, MODELING_FILE, "exec")  # a generator bug fails here, at save time, not at a user's load
     require("CrammingSimpleForMaskedLM" in defined, "model.hf lost its classes")
     return text
