@@ -144,6 +144,7 @@ class Trainer:
         self.step = TrainStep(
             self.model, self.optimizer, device, self.dtype, t.grad_clip, cfg.impl.compile, ddp=ddp, scaler=scaler
         )
+        self.clock: BudgetClock | None = None  # from begin(): a full disk before it keeps the checkpoint's time
 
     # ------------------------------------------------------------------------------------------ state
 
