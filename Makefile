@@ -34,6 +34,12 @@ PYTEST_ARGS ?=
 # make all PRETRAIN_SEEDS="0 1 2": replicate pretraining runs per block (runs/<block>-<budget>-s<seed>), which the
 # report folds into one row (GLUE over pretraining x fine-tuning seeds, speed and loss mean ± std)
 PRETRAIN_SEEDS ?=
+# make all LAUNCHER=slurm SLURM="partition=gpu gpus_per_node=1 constraint=a100 time=1500": the same comparison as
+# Slurm jobs (cramming-simple sweep; README "On a cluster")
+LAUNCHER ?= local
+SLURM ?=
+comma := ,
+space := $(empty) $(empty)
 
 ifeq ($(GPUS),1)
 LAUNCH := $(CS)
@@ -131,6 +137,12 @@ check-block: setup
 # Pretrain every block, fine-tune every block, report. A block that fails (e.g. a non-finite loss) does not
 # stop the others; the report shows what is missing and why. Rerunning resumes and skips what is done.
 all: setup
+ifeq ($(LAUNCHER),slurm)
+	$(CS) sweep --launcher slurm --blocks $(subst $(space),$(comma),$(strip $(BLOCKS))) \
+	  --seeds $(subst $(space),$(comma),$(strip $(if $(PRETRAIN_SEEDS),$(PRETRAIN_SEEDS),0))) --budget $(BUDGET) \
+	  --protocol $(PROTOCOL) --tasks $(TASKS) --runs-dir $(RUNS) --out $(OUT) $(if $(GLUE_DIR),--data-dir $(GLUE_DIR)) \
+	  $(foreach o,$(SLURM),--slurm $(o)) $(ARGS)
+else
 	@failed=""; runs=""; for b in $(BLOCKS); do \
 	  for s in $(if $(PRETRAIN_SEEDS),$(PRETRAIN_SEEDS),-); do \
 	    case $$b in *:*) short=$$(echo "$${b##*:}" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g');; *) short=$$b;; esac; \
@@ -145,6 +157,7 @@ all: setup
 	done; \
 	$(MAKE) --no-print-directory report RUNS=$(RUNS) OUT=$(OUT) || failed="$$failed report"; \
 	if [ -n "$$failed" ]; then echo "make all: these steps did not finish:$$failed (rerun to resume)"; exit 1; fi
+endif
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,7 +8,8 @@ runs/<name>/
                    (model.diagnostics)
   summary.json     name, block, block_title, block_source, arch, budget_hours, params, microbatch_steps, tokens,
                    elapsed_s, final_loss, device, torch, world_size, data (source, name, hash, fingerprint,
-                   tokenizer_sha256, cache), amendments, completed, stop_reason, ...; written with every
+                   tokenizer_sha256, cache), amendments, slurm (job id, partition, node, requeues; null outside
+                   Slurm), completed, stop_reason, ...; written with every
                    checkpoint (which carries it too)
   checkpoint.pt    full training state for --resume
   checkpoint.prev.pt  the checkpoint before it: --resume falls back to it when checkpoint.pt is damaged
@@ -23,7 +24,10 @@ runs/<name>/
   glue/.locks/<task>-seed<k>.lock   held while a process fine-tunes that task/seed
   tb/              TensorBoard event files (impl.tracker=tensorboard): pretraining's train/ and eval/ rows, glue/...
   trackers.json    the W&B / MLflow run ids of this run (impl.tracker=wandb / mlflow), so a resume continues them
+  logs/<job id>/   a sweep's Slurm jobs for this run (pretraining, its GLUE tasks): submitit's stdout and stderr
 runs/.restarted/<name>-<time>/   folders `pretrain --restart` moved aside (never deleted; no report reads them)
+runs/.sweep/<time>.json          what each `sweep --launcher slurm` submitted (jobs, Slurm ids, log folders)
+runs/report/                     a sweep's report (sweep --out)
 
 The folder is the run: its name is the run's name, whatever the files in it say (a copy is adopted).
 """

@@ -12,7 +12,7 @@ from cramming_simple.presets import find_preset, list_presets, shipped
 from cramming_simple.train.config import PretrainConfig
 
 PACKAGE = Path(cramming_simple.__file__).parent
-DOMAIN = ("model", "folders", "data", "train", "glue", "report", "bench", "check", "hub")
+DOMAIN = ("model", "folders", "data", "train", "glue", "report", "bench", "check", "hub", "sweep")
 BOTTOM = ("config", "console", "errors", "runtime", "presets", "runs", "reference", "markdown", "optim", "tracking")
 
 

@@ -14,4 +14,5 @@ COMMANDS = {
     "bench": "time training steps of every block side by side",
     "export": "a run's model as a Hugging Face folder with a model card (and push it to the hub)",
     "check-block": "a block's report card before any GPU time (shapes, gradients, signal, trainability, speed)",
+    "sweep": "pretrain (block x seed), GLUE and the report: here, or as Slurm jobs (submitit)",
 }

@@ -25,6 +25,7 @@ from .device import (
     rng_state,
     seed_everything,
     set_rng_state,
+    slurm_job,
 )
 from .files import (
     FILE_MODE,
@@ -75,6 +76,7 @@ __all__ = [
     "rng_state",
     "seed_everything",
     "set_rng_state",
+    "slurm_job",
     "timed",
     "write_json",
     "write_temporary",

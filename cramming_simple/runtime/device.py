@@ -189,6 +189,20 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def slurm_job() -> dict | None:
+    """The Slurm job a process runs in (None outside Slurm): its id, partition, node, and how often Slurm requeued
+    it (SLURM_RESTART_COUNT: preemptions and time limits). Recorded in every run's summary."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    env = os.environ
+    return {
+        "job_id": env["SLURM_JOB_ID"],
+        "partition": env.get("SLURM_JOB_PARTITION"),
+        "node": env.get("SLURMD_NODENAME") or platform.node(),
+        "restarts": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+    }
+
+
 def environment(device: torch.device) -> dict:
     """What a result was measured on: recorded in every summary, shown in every report."""
     return {

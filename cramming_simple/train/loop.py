@@ -56,6 +56,7 @@ from ..runtime import (
     pick_device,
     precision_name,
     seed_everything,
+    slurm_job,
 )
 from .checkpoint import Checkpointer
 from .clock import BudgetClock
@@ -425,6 +426,7 @@ class Trainer:
             "snapshots": st.snapshots,
             **environment(self.device),
             "world_size": self.dist.world,
+            "slurm": slurm_job(),  # the Slurm job (id, partition, node, requeues), None outside Slurm
             "precision": precision_name(self.dtype),
             "compiled": self.step.compiled,
             "data": {**cfg.data.describe(), **self.data_identity, "sequences": len(self.data.stream.data)},

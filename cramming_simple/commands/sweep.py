@@ -1,0 +1,80 @@
+"""Pretrain every (block, seed) of a budget, fine-tune each run on GLUE, and report: here (`--launcher local`,
+one job at a time) or as Slurm jobs through submitit (`--launcher slurm`), each GLUE job waiting for its run.
+Resubmitting a sweep redoes only what is missing; `--status` shows where every job stands.
+
+  cramming-simple sweep --blocks preln,sas,sasp --seeds 0,1,2 --budget 24h --launcher slurm \\
+      --slurm partition=gpu --slurm gpus_per_node=1 --slurm constraint=a100 --slurm time=1500
+  cramming-simple sweep --blocks preln,sas --seeds 0 --budget smoke --protocol smoke --tasks rte
+  cramming-simple sweep --status --blocks preln,sas --seeds 0 --budget smoke --protocol smoke --tasks rte
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blocks", required=True, help="comma list of blocks (names, file.py:Class, module:Class)")
+    parser.add_argument("--seeds", default="0", help="comma list of pretraining seeds (train.seed), default 0")
+    parser.add_argument("--budget", default="24h", help="the budget every run pretrains for (default 24h)")
+    parser.add_argument("--protocol", default="paper", help="GLUE protocol (default paper)")
+    parser.add_argument("--tasks", default="all", help="GLUE tasks: 'all' or a comma list")
+    parser.add_argument("--data-dir", help="local GLUE data (parquet or TSV layout); default: the hub")
+    parser.add_argument("--runs-dir", default="runs", type=Path, help="where the runs go (default runs)")
+    parser.add_argument("--out", type=Path, help="the report's folder (default RUNS_DIR/report)")
+    parser.add_argument("--launcher", default="local", choices=["local", "slurm"])
+    parser.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Slurm option through submitit, e.g. partition=gpu, gpus_per_node=1, constraint=a100, time=1500 "
+        "(minutes), account=..., qos=...; repeat for several",
+    )
+    parser.add_argument("--glue", action="append", default=[], metavar="KEY=VALUE", help="a GLUE protocol override")
+    parser.add_argument("--wait", action="store_true", help="with slurm: block until every job ended; 1 if any failed")
+    parser.add_argument("--status", action="store_true", help="show where every job of this sweep stands, and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining overrides, e.g. hours=0.5")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..markdown import table
+    from ..sweep import SweepConfig, launch, plan, status
+
+    slurm = dict(option.split("=", 1) for option in args.slurm if "=" in option)
+    if len(slurm) != len(args.slurm):
+        raise ConfigError(f"--slurm takes KEY=VALUE, got {' '.join(o for o in args.slurm if '=' not in o)}")
+    cfg = SweepConfig(
+        blocks=[b.strip() for b in args.blocks.split(",") if b.strip()],
+        seeds=[int(s) for s in args.seeds.split(",") if s.strip()],
+        budget=args.budget,
+        runs_dir=args.runs_dir,
+        protocol=args.protocol,
+        tasks=args.tasks,
+        data_dir=args.data_dir,
+        overrides=list(args.overrides),
+        glue_args=list(args.glue),
+        out=args.out,
+    )
+    if args.status:
+        rows = status(cfg)
+        columns = ["job", "kind", "state", "detail", "logs"]
+        print(table(columns, [[r["name"], r["kind"], r["state"], r["detail"], r["logs"]] for r in rows], left=columns))
+        return 0
+    prepare_data(cfg)
+    return launch(cfg, plan(cfg), args.launcher, slurm, args.wait)
+
+
+def prepare_data(cfg) -> None:
+    """The budget's data, prepared once before any job starts (every run reads the same preparation)."""
+    from ..data import prepare
+    from ..train.config import PretrainConfig
+
+    budget = PretrainConfig.from_budget(cfg.budget, cfg.blocks[0], cfg.overrides)
+    prepare(budget.data, budget.arch.vocab_size, budget.arch.seq_len)

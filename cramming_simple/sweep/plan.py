@@ -1,0 +1,170 @@
+"""A sweep: the (block x seed) pretraining runs of one budget, each run's GLUE tasks, and the report, as a plan
+of jobs that a launcher runs here or submits to Slurm (sweep.launch).
+
+Every job is a command line of this program (`python -m cramming_simple ...`), run in its own process: the
+same code path, exit codes and logs as by hand, and a SIGTERM from the scheduler reaches the pretraining
+process itself, which checkpoints and exits (code 4) so that a requeued job resumes it. Jobs are idempotent:
+pretraining always passes `--resume`, GLUE skips the pairs it has, and the planner leaves out what is done
+(a completed run, a task whose every seed has an ok result of this protocol), so resubmitting a sweep redoes
+only what is missing.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import require
+from ..glue.config import load_protocol, protocol_hash
+from ..glue.tasks import load_tasks
+from ..model import block_spec
+from ..runs import GLUE, SUMMARY, glue_result, read_summary
+from ..runtime import read_json
+
+REPORT = "report"  # RUNS_DIR/report/: the sweep's report, unless --out says otherwise
+
+
+@dataclass
+class SweepConfig:
+    """What a `sweep` command line says: blocks x seeds of one budget, GLUE, the report, and where."""
+
+    blocks: list[str]
+    seeds: list[int]
+    budget: str
+    runs_dir: Path
+    protocol: str = "paper"
+    tasks: str = "all"
+    data_dir: str | None = None
+    overrides: list[str] = field(default_factory=list)  # the pretraining's key=value overrides
+    glue_args: list[str] = field(default_factory=list)  # extra glue arguments (protocol overrides)
+    out: Path | None = None
+
+    def validate(self) -> None:
+        require(self.blocks, "--blocks needs at least one block")
+        require(self.seeds, "--seeds needs at least one seed")
+        for block in self.blocks:
+            block_spec(block)  # an unknown block fails here, listing the valid ones
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out or self.runs_dir / REPORT
+
+
+@dataclass
+class Job:
+    """One job of the plan: a command line of this program, where its logs go, and what it waits for."""
+
+    kind: str  # pretrain | glue | report
+    name: str  # the run (pretrain, glue: `<run>/<task>`) or "report"
+    argv: list[str]
+    logs: Path  # a folder in the run's folder (the report's: in its output folder)
+    after: list[str] = field(default_factory=list)  # names of the jobs it depends on
+
+    def __call__(self) -> int:
+        """Run the command in a child process; its exit code. Non-zero raises, so that the scheduler sees a
+        failed job."""
+        child = subprocess.Popen([sys.executable, "-m", "cramming_simple", *self.argv])
+        self.child = child
+        code = child.wait()
+        if code != 0:
+            raise RuntimeError(f"{self.name}: `cramming-simple {' '.join(self.argv)}` exited with {code}")
+        return code
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's hook before a time limit or a preemption: the pretraining process checkpoints (SIGTERM) and
+        the same job is requeued; it resumes from the checkpoint, with the budget's clock."""
+        import submitit
+
+        child = getattr(self, "child", None)
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            child.wait()
+        return submitit.helpers.DelayedSubmission(Job(self.kind, self.name, self.argv, self.logs, self.after))
+
+
+def run_name(block: str, budget: str, seed: int) -> str:
+    """`<block>-<budget>-s<seed>`, as `make all PRETRAIN_SEEDS=...` names them."""
+    return f"{block_spec(block).name}-{budget}-s{seed}"
+
+
+def plan(cfg: SweepConfig) -> list[Job]:
+    """The jobs still to do, in dependency order: pretraining, GLUE per task, the report (last: whenever anything
+    else is to do, or it is missing)."""
+    cfg.validate()
+    protocol_name, protocol = load_protocol(cfg.protocol, [a for a in cfg.glue_args if "=" in a])
+    wanted = protocol_hash(protocol)
+    tasks = load_tasks().select(cfg.tasks)
+    jobs: list[Job] = []
+    runs = []
+    for block in cfg.blocks:
+        for seed in cfg.seeds:
+            name = run_name(block, cfg.budget, seed)
+            run_dir = cfg.runs_dir / name
+            runs.append(run_dir)
+            pretrain = None
+            if not completed(run_dir):
+                pretrain = Job("pretrain", name, pretrain_argv(cfg, block, seed, name), run_dir / "logs")
+                jobs.append(pretrain)
+            for task in tasks:
+                if all(glue_ok(run_dir, task, s, wanted) for s in protocol.seeds):
+                    continue
+                after = [pretrain.name] if pretrain else []
+                jobs.append(Job("glue", f"{name}/{task}", glue_argv(cfg, run_dir, task), run_dir / "logs", after))
+    if jobs or not (cfg.report_dir / "index.md").exists():  # a finished sweep plans nothing, not even the report
+        report = ["report", *map(str, runs), "--out", str(cfg.report_dir)]
+        jobs.append(Job("report", REPORT, report, cfg.report_dir / "logs", [j.name for j in jobs]))
+    return jobs
+
+
+def pretrain_argv(cfg: SweepConfig, block: str, seed: int, name: str) -> list[str]:
+    return [
+        "pretrain",
+        "--block",
+        block,
+        "--budget",
+        cfg.budget,
+        "--runs-dir",
+        str(cfg.runs_dir),
+        "--name",
+        name,
+        "--resume",
+        f"train.seed={seed}",
+        *cfg.overrides,
+    ]
+
+
+def glue_argv(cfg: SweepConfig, run_dir: Path, task: str) -> list[str]:
+    data = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
+    return ["glue", str(run_dir), "--protocol", cfg.protocol, "--tasks", task, *data, *cfg.glue_args]
+
+
+def completed(run_dir: Path) -> bool:
+    return (run_dir / SUMMARY).exists() and bool((read_summary(run_dir) or {}).get("completed"))
+
+
+def glue_ok(run_dir: Path, task: str, seed: int, protocol: str) -> bool:
+    """Whether a task/seed of a run has an ok result of this protocol (the glue command's own rule, on disk)."""
+    path = glue_result(run_dir / GLUE, task, seed)
+    if not path.exists():
+        return False
+    try:
+        record = read_json(path)
+    except Exception:  # noqa: BLE001 - damaged: the glue job runs it again
+        return False
+    return record.get("status") == "ok" and record.get("protocol_hash") == protocol
+
+
+def plan_rows(cfg: SweepConfig) -> list[tuple[str, str, Path, str | None, str, list[int]]]:
+    """Every job of the whole sweep, done or not: (name, kind, run folder, task, protocol hash, GLUE seeds)."""
+    _, protocol = load_protocol(cfg.protocol, [a for a in cfg.glue_args if "=" in a])
+    wanted, rows = protocol_hash(protocol), []
+    for block in cfg.blocks:
+        for seed in cfg.seeds:
+            name = run_name(block, cfg.budget, seed)
+            rows.append((name, "pretrain", cfg.runs_dir / name, None, wanted, protocol.seeds))
+            for task in load_tasks().select(cfg.tasks):
+                rows.append((f"{name}/{task}", "glue", cfg.runs_dir / name, task, wanted, protocol.seeds))
+    return rows
