@@ -26,11 +26,12 @@ def glue_tsv(pretrained_run, tmp_path_factory):
     return write_tsv(make_glue({"default": 24}, n_eval=16, words=words), tmp_path_factory.mktemp("sweep-glue"))
 
 
-def sweep_args(runs: Path, cache: Path, glue: Path, *extra: str) -> list[str]:
+def sweep_args(runs: Path, cache: Path, glue: Path, *extra: str, blocks="preln,sasp", later=()) -> list[str]:
+    """A smoke sweep on generated GLUE data; `later`: overrides after the short budget's (they win)."""
     return [
         "sweep",
         "--blocks",
-        "preln,sasp",
+        blocks,
         "--seeds",
         "0",
         "--budget",
@@ -47,6 +48,7 @@ def sweep_args(runs: Path, cache: Path, glue: Path, *extra: str) -> list[str]:
         str(runs),
         *extra,
         *SHORT,
+        *later,
         f"data.cache_dir={cache}",
     ]
 
@@ -120,19 +122,28 @@ def test_a_sweep_plans_its_runs_under_the_names_make_all_gives_them(tmp_path):
         plan(SweepConfig(["prelm"], [0], "smoke", tmp_path))
 
 
-def slurm_up() -> str | None:
-    """Why the local Slurm cannot be used here, or None when it runs (started by .ci/local-slurm)."""
-    if shutil.which("sbatch") is None:
-        return "no Slurm here (bash .ci/local-slurm starts a one-node cluster as root)"
+def slurm_missing() -> str | None:
+    """Why no Slurm can take jobs here, or None when one answers (started by `bash .ci/local-slurm`, as CI does;
+    the tests never install or start it themselves)."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "no Slurm here: `bash .ci/local-slurm` (as root) starts a one-node cluster"
     try:
         import submitit  # noqa: F401
     except ImportError:
-        return "submitit is not installed"
-    started = subprocess.run(["bash", str(ROOT / ".ci" / "local-slurm")], capture_output=True, text=True)
-    return None if started.returncode == 0 else f"the local Slurm did not start: {started.stderr.strip()[-300:]}"
+        return "submitit is not installed (pip install cramming-simple[slurm])"
+    try:
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer: is slurmctld running? (bash .ci/local-slurm)"
+    if not any(state.strip().rstrip("*") in ("idle", "mix", "alloc") for state in nodes.splitlines()):
+        return f"no Slurm node takes jobs (sinfo: {nodes.strip() or 'nothing'}); bash .ci/local-slurm starts one"
+    return None
 
 
-@pytest.mark.skipif(slurm_up() is not None, reason=str(slurm_up()))
+NO_SLURM = slurm_missing()
+
+
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
 def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_path, capsys):
     runs = tmp_path / "runs"
     args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", "--slurm", "cpus_per_task=1")
@@ -170,33 +181,12 @@ def slurm_job_state(job_id: str) -> str:
 
 
 @pytest.mark.slow  # 1-2 min: a pretraining job of 20 s of budget, requeued by Slurm in the middle
-@pytest.mark.skipif(slurm_up() is not None, reason=str(slurm_up()))
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
 def test_a_requeued_job_resumes_from_its_checkpoint_with_the_budgets_clock(smoke_cache, glue_tsv, tmp_path, capsys):
     runs = tmp_path / "runs"
     hours = 20 / 3600
-    args = [
-        "sweep",
-        "--blocks",
-        "preln",
-        "--budget",
-        "smoke",
-        "--protocol",
-        "smoke",
-        "--tasks",
-        "rte",
-        "--glue",
-        "epochs=1",
-        "--data-dir",
-        str(glue_tsv),
-        "--runs-dir",
-        str(runs),
-        "--launcher",
-        "slurm",
-        *SHORT,
-        f"hours={hours}",
-        "impl.checkpoint_minutes=0.05",
-        f"data.cache_dir={smoke_cache}",
-    ]
+    later = (f"hours={hours}", "impl.checkpoint_minutes=0.05")
+    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", blocks="preln", later=later)
     assert main(args) == 0  # submitted, not waited for
     record = json.loads(next((runs / ".sweep").glob("*.json")).read_text())
     pretrain_id = next(j["slurm_id"] for j in record["jobs"] if j["kind"] == "pretrain")
