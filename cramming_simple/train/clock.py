@@ -50,10 +50,11 @@ class BudgetClock:
         finally:
             self.start()
 
-    def tick(self, step_time_s: float) -> float:
-        """Called once per microbatch: the EMA of seconds per microbatch, updated with the time since the last
-        tick (0.0: none yet). A resumed run carries it over, so that it never starts a step it cannot finish."""
-        now = self.elapsed()
+    def tick(self, step_time_s: float, now: float | None = None) -> float:
+        """Called once per microbatch (`now`: this rank's elapsed time, read once by the caller): the EMA of seconds
+        per microbatch, updated with the time since the last tick (0.0: none yet). A resumed run carries it over,
+        so that it never starts a step it cannot finish."""
+        now = self.elapsed() if now is None else now
         if self.last_tick is not None:
             step_time_s = (
                 now - self.last_tick if step_time_s == 0.0 else 0.9 * step_time_s + 0.1 * (now - self.last_tick)

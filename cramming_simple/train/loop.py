@@ -246,13 +246,13 @@ class Trainer:
     def decide_stop(self) -> str | None:
         """One vote per microbatch: every rank sees the same elapsed time (the slowest rank's) and the same stop
         decision. The budget stops a run before a step it could not finish (step time: an EMA)."""
-        st = self.state
-        st.step_time_s = self.clock.tick(st.step_time_s)
+        st, now = self.state, self.clock.elapsed()
+        st.step_time_s = self.clock.tick(st.step_time_s, now)
         at_boundary = self.accumulated == 0
         # Each rank's step-time EMA is its own clock's: the stop rule uses the largest, so that no rank stops a
         # step before the others (it would wait in the final eval's all-reduce while they train on).
         elapsed, step_s, (preempt, bad, no_space) = self.dist.vote(
-            self.clock.elapsed(),
+            now,
             st.step_time_s,
             self.signals.requested and at_boundary,
             self.nonfinite,
