@@ -24,9 +24,12 @@ runs/<name>/
   glue/.locks/<task>-seed<k>.lock   held while a process fine-tunes that task/seed
   tb/              TensorBoard event files (impl.tracker=tensorboard): pretraining's train/ and eval/ rows, glue/...
   trackers.json    the W&B / MLflow run ids of this run (impl.tracker=wandb / mlflow), so a resume continues them
-  logs/<job id>/   a sweep's Slurm jobs for this run (pretraining, its GLUE tasks): submitit's stdout and stderr
+  logs/<job id>/   a sweep's Slurm jobs for this run (pretraining, its GLUE array's tasks `<id>_<k>`): submitit's
+                   stdout and stderr (<job id>_<task>_log.out / .err; a requeued job appends to the same files)
+  logs/<time>-<job>.log   a local sweep's job (`sweep --launcher local`): its command line and its output
 runs/.restarted/<name>-<time>/   folders `pretrain --restart` moved aside (never deleted; no report reads them)
-runs/.sweep/<time>.json          what each `sweep --launcher slurm` submitted (jobs, Slurm ids, log folders)
+runs/.sweep/<time>-<pid>.json    each launch of `sweep`: its arguments, jobs, Slurm ids, log files, and (locally)
+                                 how each job ended; `sweep --status RUNS_DIR` reads them
 runs/report/                     a sweep's report (sweep --out)
 
 The folder is the run: its name is the run's name, whatever the files in it say (a copy is adopted).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,18 @@ def test_python_warnings_print_as_the_librarys_own(capsys):
 def test_a_result_file_is_named_in_one_place(tmp_path):
     assert glue_result(Path("r/glue"), "rte", 2) == Path("r/glue/rte/seed2.json")
     assert glue_predictions(Path("r/glue/rte/seed2.json")) == Path("r/glue/rte/seed2.predictions.npz")
+
+
+def test_a_run_records_a_hardware_segment_whenever_a_session_starts_elsewhere():
+    from cramming_simple.train.state import TrainState
+
+    state = TrainState()
+    state.trains_on("NVIDIA A100-SXM4-80GB", "gpu07")
+    state.microbatch_steps = 500
+    state.trains_on("NVIDIA A100-SXM4-80GB", "gpu07")  # a resume on the same node: nothing new
+    state.trains_on("NVIDIA A100-SXM4-80GB", "gpu09")
+    state.microbatch_steps = 900
+    state.trains_on("NVIDIA H100 80GB HBM3", "gpu12")
+    assert [(h["node"], h["from_step"]) for h in state.hardware] == [("gpu07", 0), ("gpu09", 500), ("gpu12", 900)]
+    older = {k: v for k, v in asdict(state).items() if k != "hardware"}  # a checkpoint from before the field
+    assert TrainState(**older).hardware == []

@@ -219,13 +219,15 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_ca
     assert evals[-1]["optimizer_steps"] == summary["optimizer_steps"] and evals[-1]["eval_loss"] == summary["eval_loss"]
 
 
-def test_sigterm_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
+def test_sigusr2_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
+    """SIGUSR2, Slurm's warning before a time limit, which it sends to every process of a job (unhandled, it
+    would kill the run without a checkpoint); SIGTERM takes the same path (test_faults, test_run_identity)."""
     args = pretrain_args(smoke_cache, tmp_path, "hours=1", "impl.log_seconds=0.3")
     run = tmp_path / "preln-smoke"
     proc = run_cli(args)
     wait_for(run / "metrics.jsonl", proc)
     assert not (run / "checkpoint.pt").exists()  # the interval checkpoint (every 30 s) has not come yet
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 4, out
     summary = json.loads((run / "summary.json").read_text())

@@ -285,6 +285,13 @@ def test_mixed_runs_warn_and_reference_none(tmp_path):
     make_run(root, "preln-cpu", "preln", device="cpu (x86_64, 2 threads)", budget="1h", hours=1.0)
     make_run(root, "sas-24h", "sas", protocol_hash="p2", data_hash="def")
     make_run(root, "sasp-24h", "sasp", completed=False, glue=False)
+    moved = json.loads((root / "sas-24h" / "summary.json").read_text())  # requeued onto another GPU model
+    moved["slurm"] = {"job_id": "4242", "partition": "gpu", "node": "gpu12", "restarts": 1}
+    moved["hardware"] = [
+        {"device": "NVIDIA A100-SXM4-80GB", "node": "gpu07", "from_step": 0},
+        {"device": "NVIDIA H100 80GB HBM3", "node": "gpu12", "from_step": 5000},
+    ]
+    (root / "sas-24h" / "summary.json").write_text(json.dumps(moved))
     stale = root / "sas-24h" / "glue" / "rte" / "seed1.json"  # left over from an earlier model of the same run
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "model_hash": "m-old"}))
     out = tmp_path / "report"
@@ -300,8 +307,10 @@ def test_mixed_runs_warn_and_reference_none(tmp_path):
         "differ in pretraining data",
         "sasp-24h has not completed",
         "sas-24h has GLUE results of different models",
+        "sas-24h changed hardware mid-budget (NVIDIA A100-SXM4-80GB from step 0, NVIDIA H100 80GB HBM3 from step",
     ):
         assert needle in stderr and needle in index, needle
+    assert "world size 1 on node gpu12 (Slurm job 4242)" in index
     table1 = pd.read_csv(out / "table1.csv")
     assert table1.run.tolist() == ["preln-cpu", "sas-24h", "sasp-24h"]  # BLOCKS order, whatever the order given
     assert (

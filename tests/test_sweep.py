@@ -83,7 +83,7 @@ def test_the_local_launcher_runs_jobs_in_order_and_skips_what_depends_on_a_failu
     ran = []
 
     class Fake(Job):
-        def __call__(self):
+        def __call__(self, log=None):
             ran.append(self.name)
             if self.name == "b-smoke-s0":
                 raise RuntimeError("b-smoke-s0: `cramming-simple pretrain ...` exited with 3")
@@ -122,6 +122,104 @@ def test_a_sweep_plans_its_runs_under_the_names_make_all_gives_them(tmp_path):
         plan(SweepConfig(["prelm"], [0], "smoke", tmp_path))
 
 
+def test_sweep_status_shows_every_state_with_its_reason_and_log(tmp_path, capsys):
+    """Done (and preempted twice), failed with the log's one-line error, skipped behind a failure, running,
+    pending, missing: from the run folders and the records that `run_local` writes, with RUNS_DIR alone."""
+    import fcntl
+    import os
+    import platform
+
+    from cramming_simple.glue.config import load_protocol, protocol_hash
+    from cramming_simple.runs import LOCK
+    from cramming_simple.sweep import SweepConfig, plan
+    from cramming_simple.sweep.launch import launch
+
+    runs = tmp_path / "runs"
+    cfg = SweepConfig(["preln", "sasp", "postln"], [0], "smoke", runs, "smoke", "rte", glue_args=["epochs=1"])
+    _, protocol = load_protocol("smoke", ["epochs=1"])
+    done = runs / "preln-smoke-s0"
+    (done / GLUE / "rte").mkdir(parents=True)
+    summary = {"completed": True, "microbatch_steps": 120, "slurm": {"job_id": "7", "restarts": 2}}
+    (done / "summary.json").write_text(json.dumps(summary))
+    for seed in protocol.seeds:
+        ok = {"status": "ok", "protocol_hash": protocol_hash(protocol)}
+        glue_result(done / GLUE, "rte", seed).write_text(json.dumps(ok))
+
+    class Failing(type(plan(cfg)[0])):  # a pretraining that stops on a non-finite loss, as the CLI says it
+        def __call__(self, log=None):
+            log.parent.mkdir(parents=True)
+            log.write_text("cramming-simple pretrain: error: the loss is not finite at step 12 (exit 3)\n")
+            raise RuntimeError(f"{self.name}: `cramming-simple pretrain ...` exited with 3")
+
+    jobs = [j for j in plan(cfg) if j.name.startswith("sasp")]
+    jobs = [Failing(j.kind, j.name, j.argv, j.logs, j.after) for j in jobs]
+    assert launch(cfg, jobs, "local", {}, wait=True) == 1
+    busy = runs / "postln-smoke-s0"
+    busy.mkdir()
+    live = {"launcher": "local", "pid": os.getpid(), "host": platform.node(), "sweep": cfg.describe()}
+    live["jobs"] = [
+        {"name": "postln-smoke-s0", "kind": "pretrain", "outcome": "running", "log": str(busy / "logs" / "x.log")},
+        {"name": "postln-smoke-s0/rte", "kind": "glue", "outcome": "pending", "log": None},
+    ]
+    (runs / ".sweep" / "99999999-999999-1.json").write_text(json.dumps(live))  # the newest record: a live sweep
+    with open(busy / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a pretraining process holds the run
+        capsys.readouterr()
+        assert main(["sweep", "--status", str(runs)]) == 0
+    out = capsys.readouterr().out
+    shown = {line.split("|")[1].strip(): line for line in out.splitlines()[2:] if line.startswith("|")}
+    assert "| done | 120 microbatch steps, preempted 2 time(s) |" in shown["preln-smoke-s0"]
+    assert "| done | " in shown["preln-smoke-s0/rte"]
+    failed = shown["sasp-smoke-s0"]
+    assert "| failed | the loss is not finite at step 12 (exit 3) |" in failed and "sasp-smoke-s0/logs/" in failed
+    assert shown["sasp-smoke-s0/rte"].endswith("| failed | depends on sasp-smoke-s0 |  |")
+    assert "| running |" in shown["postln-smoke-s0"] and "| pending |" in shown["postln-smoke-s0/rte"]
+    assert "| missing | not launched |" in shown["report"]
+    assert main(["sweep", "--status", str(tmp_path / "elsewhere")]) == 2
+    assert "no sweep was launched into" in capsys.readouterr().err
+
+
+def test_slurm_options_go_to_their_kind_of_job_and_a_run_on_several_nodes_is_torchrun_per_task(tmp_path):
+    import sys
+
+    from cramming_simple.config import ConfigError
+    from cramming_simple.sweep.job import Job
+    from cramming_simple.sweep.launch import check_slurm_options, slurm_parameters
+
+    options = {"time": "1560", "gpus_per_node": "1", "partition": "gpu", "glue.time": "240", "array_parallelism": "4"}
+    glue = slurm_parameters(options, "glue")
+    assert glue == {"timeout_min": 240, "gpus_per_node": 1, "slurm_partition": "gpu", "slurm_array_parallelism": 4}
+    assert slurm_parameters(options, "pretrain")["timeout_min"] == 1560
+    assert "gpus_per_node" not in slurm_parameters(options, "report")  # the report needs no GPU
+    for bad, why in (({"gpu.time": "5"}, "a prefix names a kind of job"), ({"tasks_per_node": "8", **options}, "1")):
+        with pytest.raises(ConfigError, match=why):
+            check_slurm_options(bad)
+
+    pretrain = Job("pretrain", "sas-24h-s0", ["pretrain", "--block", "sas"], tmp_path)
+    assert pretrain.command({}) == [sys.executable, "-m", "cramming_simple", "pretrain", "--block", "sas"]
+    one_node = pretrain.command({"SLURM_NTASKS": "1", "SLURM_GPUS_ON_NODE": "8"})
+    assert one_node[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--standalone"]
+    nodes = {
+        "SLURM_NTASKS": "2",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_JOB_ID": "12345",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }
+    two = pretrain.command(nodes)
+    assert (
+        two[3:8]
+        == [
+            "--nproc-per-node=8",
+            "--nnodes=2",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=gpu07:22345",  # the first node; a port of this job's own
+            "--rdzv-id=12345",
+        ]
+        and two[-4:] == ["cramming_simple", "pretrain", "--block", "sas"]
+    )
+    assert Job("glue", "sas-24h-s0/rte", ["glue"], tmp_path).command(nodes)[1:3] == ["-m", "cramming_simple"]
+
+
 def slurm_missing() -> str | None:
     """Why no Slurm can take jobs here, or None when one answers (started by `bash .ci/local-slurm`, as CI does;
     the tests never install or start it themselves)."""
@@ -146,7 +244,8 @@ NO_SLURM = slurm_missing()
 @pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
 def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_path, capsys):
     runs = tmp_path / "runs"
-    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", "--slurm", "cpus_per_task=1")
+    options = ("--slurm", "cpus_per_task=1", "--slurm", "time=10", "--slurm", "glue.time=5")
+    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", *options)
     started = time.time()
     assert main(args) == 0
     record = json.loads(next((runs / ".sweep").glob("*.json")).read_text())
@@ -155,8 +254,14 @@ def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_
     states = {i: slurm_job_state(i) for i in ids}
     assert set(states.values()) == {"COMPLETED"}, states  # read from Slurm itself
     assert "sasp-smoke-s0" in (runs / "report" / "table1.md").read_text()
-    assert all(Path(j["logs"]).is_dir() for j in record["jobs"])  # logs per job, in the run folder
+    summary = json.loads((runs / "sasp-smoke-s0" / "summary.json").read_text())
+    node = summary["slurm"]["node"]
+    assert summary["hardware"] == [{"device": summary["device"], "node": node, "from_step": 0}]
+    assert f"on node {node} (Slurm job {summary['slurm']['job_id']})" in (runs / "report" / "index.md").read_text()
+    assert all(Path(j["log"]).is_file() for j in record["jobs"])  # a log per job, in its run folder
     capsys.readouterr()
+    assert main(["sweep", "--status", str(runs)]) == 0  # the sweep's record says what to show
+    assert capsys.readouterr().out.count("| done |") == 5
     time.sleep(1)  # the next record's name (a time to the second) differs
     assert main(args) == 0  # resubmitting a finished sweep submits nothing
     assert json.loads(sorted((runs / ".sweep").glob("*.json"))[-1].read_text())["jobs"] == []
@@ -174,9 +279,12 @@ def slurm_job_state(job_id: str) -> str:
     for field in out.split():
         if field.startswith("JobState="):
             return field.split("=", 1)[1]
+    base, _, element = job_id.partition("_")  # an array's element: ArrayJobId=<base> ArrayTaskId=<element>
     for line in Path("/var/lib/cramming-simple-slurm/jobcomp.txt").read_text().splitlines():
-        if line.startswith(f"JobId={job_id} "):
-            return next(f.split("=", 1)[1] for f in line.split() if f.startswith("JobState="))
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        ours = fields.get("ArrayJobId") == base and fields.get("ArrayTaskId") == element
+        if ours if element else fields.get("JobId") == job_id:
+            return fields["JobState"]
     return "UNKNOWN"
 
 
@@ -198,7 +306,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_budgets_clock(smoke
     time.sleep(2)
     subprocess.run(["scontrol", "requeue", pretrain_id], check=True)  # what a preemption does to the job
     deadline = time.time() + 300
-    from cramming_simple.sweep.launch import queued
+    from cramming_simple.sweep.status import queued
 
     while queued([j["slurm_id"] for j in record["jobs"]]):
         assert time.time() < deadline, "the sweep did not finish within 5 minutes"
@@ -211,3 +319,48 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_budgets_clock(smoke
     assert main([*args, "--status"]) == 0
     shown = capsys.readouterr().out
     assert f"preempted {summary['slurm']['restarts']} time(s)" in shown and "| done |" in shown
+
+
+@pytest.mark.slow  # 1 min: one run as two torchrun "nodes" (two Slurm tasks on one machine), its GLUE as an array
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
+def test_a_run_on_two_nodes_is_one_torchrun_per_slurm_task_and_its_glue_one_array(smoke_cache, glue_tsv, tmp_path):
+    runs = tmp_path / "runs"
+    options = ("--slurm", "cpus_per_task=1", "--slurm", "pretrain.tasks_per_node=2", "--slurm", "array_parallelism=1")
+    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", *options, blocks="sasp")
+    args[args.index("rte")] = "rte,mrpc"
+    assert main(args) == 0
+    summary = json.loads((runs / "sasp-smoke-s0" / "summary.json").read_text())
+    assert summary["completed"] and summary["world_size"] == 2  # one process per "node", two nodes
+    record = json.loads(next((runs / ".sweep").glob("*.json")).read_text())
+    pretrain = next(j for j in record["jobs"] if j["kind"] == "pretrain")
+    assert slurm_job_state(pretrain["slurm_id"]) == "COMPLETED"
+    logs = Path(pretrain["log"]).parent
+    agents = [p.read_text() for p in sorted(logs.glob("*_log.err"))]
+    assert len(agents) == 2  # submitit's two tasks, each a torchrun agent
+    assert all("--nnodes=2" in a and "--rdzv-backend=c10d" in a for a in agents), agents
+    glue = [j["slurm_id"] for j in record["jobs"] if j["kind"] == "glue"]
+    assert len({i.split("_")[0] for i in glue}) == 1 and sorted(i.split("_")[1] for i in glue) == ["0", "1"]
+    assert {slurm_job_state(i) for i in glue} == {"COMPLETED"}  # the run's GLUE tasks: one array of two
+
+
+@pytest.mark.slow  # 4-8 min: a pretraining job longer than its Slurm time limit, requeued at each limit
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
+def test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes_the_budget(smoke_cache, glue_tsv, tmp_path):
+    runs = tmp_path / "runs"
+    # 40 s of training; the job may run 1 min and hears SIGUSR2 30 s before (Slurm checks its limits once a
+    # minute, and a requeued job starts again after about 2.5 minutes here)
+    later = (f"hours={40 / 3600}",)
+    limits = ("--slurm", "pretrain.time=1", "--slurm", "pretrain.signal_delay_s=30", "--slurm", "cpus_per_task=1")
+    args = sweep_args(
+        runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", *limits, blocks="preln", later=later
+    )
+    assert main(args) == 0
+    summary = json.loads((runs / "preln-smoke-s0" / "summary.json").read_text())
+    assert summary["completed"] and summary["slurm"]["restarts"] >= 1
+    assert abs(summary["elapsed_s"] - 40) < 2  # the budget's clock went on across the requeues
+    assert len(summary["hardware"]) == 1  # requeued onto the same node: one segment
+    record = json.loads(next((runs / ".sweep").glob("*.json")).read_text())
+    pretrain = next(j for j in record["jobs"] if j["kind"] == "pretrain")
+    assert slurm_job_state(pretrain["slurm_id"]) == "COMPLETED"
+    log = Path(pretrain["log"]).read_text()
+    assert "Caught signal SIGUSR2" in log and "timed-out" in log  # submitit's time-limit path, not a preemption

@@ -5,7 +5,7 @@ Resubmitting a sweep redoes only what is missing; `--status` shows where every j
   cramming-simple sweep --blocks preln,sas,sasp --seeds 0,1,2 --budget 24h --launcher slurm \\
       --slurm partition=gpu --slurm gpus_per_node=1 --slurm constraint=a100 --slurm time=1500
   cramming-simple sweep --blocks preln,sas --seeds 0 --budget smoke --protocol smoke --tasks rte
-  cramming-simple sweep --status --blocks preln,sas --seeds 0 --budget smoke --protocol smoke --tasks rte
+  cramming-simple sweep --status runs          # the sweep last launched into runs/, job by job
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--blocks", required=True, help="comma list of blocks (names, file.py:Class, module:Class)")
+    parser.add_argument("--blocks", help="comma list of blocks (names, file.py:Class, module:Class)")
     parser.add_argument("--seeds", default="0", help="comma list of pretraining seeds (train.seed), default 0")
     parser.add_argument("--budget", default="24h", help="the budget every run pretrains for (default 24h)")
     parser.add_argument("--protocol", default="paper", help="GLUE protocol (default paper)")
@@ -35,26 +35,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a Slurm option through submitit, e.g. partition=gpu, gpus_per_node=1, constraint=a100, time=1500 "
-        "(minutes), account=..., qos=...; repeat for several",
+        "(minutes), account=..., qos=..., array_parallelism=4; for one kind of job only: pretrain.nodes=2, "
+        "glue.time=240, report.partition=cpu; repeat for several",
     )
     parser.add_argument("--glue", action="append", default=[], metavar="KEY=VALUE", help="a GLUE protocol override")
     parser.add_argument("--wait", action="store_true", help="with slurm: block until every job ended; 1 if any failed")
-    parser.add_argument("--status", action="store_true", help="show where every job of this sweep stands, and exit")
+    parser.add_argument(
+        "--status",
+        nargs="?",
+        const=True,
+        metavar="RUNS_DIR",
+        help="show where every job stands and exit: of the sweep last launched into RUNS_DIR, or of the one the "
+        "other arguments describe",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining overrides, e.g. hours=0.5")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..markdown import table
-    from ..sweep import SweepConfig, launch, plan, status
+    from ..sweep import SweepConfig, last_sweep, launch, plan
 
     slurm = dict(option.split("=", 1) for option in args.slurm if "=" in option)
     if len(slurm) != len(args.slurm):
         raise ConfigError(f"--slurm takes KEY=VALUE, got {' '.join(o for o in args.slurm if '=' not in o)}")
+    if args.status is not None and not args.blocks:
+        return show_status(last_sweep(Path(args.status) if args.status is not True else args.runs_dir))
+    if not args.blocks:
+        raise ConfigError("--blocks is required (or --status RUNS_DIR, for a sweep launched before)")
     cfg = SweepConfig(
         blocks=[b.strip() for b in args.blocks.split(",") if b.strip()],
         seeds=[int(s) for s in args.seeds.split(",") if s.strip()],
         budget=args.budget,
-        runs_dir=args.runs_dir,
+        runs_dir=Path(args.status) if isinstance(args.status, str) else args.runs_dir,
         protocol=args.protocol,
         tasks=args.tasks,
         data_dir=args.data_dir,
@@ -62,13 +73,22 @@ def run(args: argparse.Namespace) -> int:
         glue_args=list(args.glue),
         out=args.out,
     )
-    if args.status:
-        rows = status(cfg)
-        columns = ["job", "kind", "state", "detail", "logs"]
-        print(table(columns, [[r["name"], r["kind"], r["state"], r["detail"], r["logs"]] for r in rows], left=columns))
-        return 0
+    if args.status is not None:
+        return show_status(cfg)
+    if slurm and args.launcher != "slurm":
+        raise ConfigError("--slurm options are for --launcher slurm")
     prepare_data(cfg)
     return launch(cfg, plan(cfg), args.launcher, slurm, args.wait)
+
+
+def show_status(cfg) -> int:
+    from ..markdown import table
+    from ..sweep import status
+
+    rows = status(cfg)
+    columns = ["job", "kind", "state", "detail", "log"]
+    print(table(columns, [[r["name"], r["kind"], r["state"], r["detail"], r["logs"]] for r in rows], left=columns))
+    return 0
 
 
 def prepare_data(cfg) -> None:

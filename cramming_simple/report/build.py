@@ -78,6 +78,10 @@ def comparison_warnings(runs) -> list[str]:
             out.append(
                 f"run {name} has not completed (stop reason: {r.stop_reason}): its numbers are not the full budget's"
             )
+        moved = [h for h in r.hardware if isinstance(h, dict)]
+        if len({h.get("device") for h in moved}) > 1:
+            where = ", ".join(f"{h.get('device')} from step {h.get('from_step')}" for h in moved)
+            out.append(f"run {name} changed hardware mid-budget ({where}): its speed and budget mix devices")
         if " + " in str(r.glue_protocol_hash):
             out.append(f"run {name} mixes GLUE protocols ({r.glue_protocol}): its GLUE scores are not one protocol's")
         if " + " in r.glue_models:
@@ -99,9 +103,16 @@ def run_line(r) -> str:
     profile = "unknown" if tables.missing(r.profile) else r.profile  # no config.yaml to read it from
     return (
         f"- **{r.name}** ({r.title}): profile {profile}, device {r.device}, budget {r.budget} ({hours} h), "
-        f"data {r.data_source}/{r.data_name} (hash {r.data_hash}), world size {r.world_size}, precision {r.precision}, "
+        f"data {r.data_source}/{r.data_name} (hash {r.data_hash}), world size {r.world_size}{where(r)}, "
+        f"precision {r.precision}, "
         f"microbatch {r.microbatch}; GLUE protocol {glue}; {state}"
     )
+
+
+def where(r) -> str:
+    """` on node N (Slurm job J)`: where a run last trained, when its summary says."""
+    node = "" if tables.missing(r.get("node")) else f" on node {r.node}"
+    return node + ("" if tables.missing(r.get("slurm_job")) else f" (Slurm job {r.slurm_job})")
 
 
 def index(

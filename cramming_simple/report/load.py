@@ -232,6 +232,9 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> dict:
         "budget": s.get("budget") or cfg.get("budget"),
         "budget_hours": s.get("budget_hours") or cfg.get("hours"),
         "device": s.get("device"),
+        "node": ((s.get("slurm") or {}).get("node") or s.get("host")),  # where it last trained (older: unknown)
+        "slurm_job": (s.get("slurm") or {}).get("job_id"),
+        "hardware": s.get("hardware") or [],  # [{device, node, from_step}] (older summaries: none)
         "world_size": s.get("world_size", 1),
         "precision": s.get("precision"),
         "profile": profile_of("pretrain", cfg) if cfg else None,  # clean | published | mixed (...)

@@ -11,10 +11,7 @@ only what is missing.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config import require
@@ -23,6 +20,7 @@ from ..glue.tasks import load_tasks
 from ..model import block_spec
 from ..runs import GLUE, SUMMARY, glue_result, read_summary
 from ..runtime import read_json
+from .job import Job
 
 REPORT = "report"  # RUNS_DIR/report/: the sweep's report, unless --out says otherwise
 
@@ -52,37 +50,14 @@ class SweepConfig:
     def report_dir(self) -> Path:
         return self.out or self.runs_dir / REPORT
 
+    def describe(self) -> dict:
+        """What a sweep record keeps of it, so that `sweep --status RUNS_DIR` knows the plan without the command."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
-@dataclass
-class Job:
-    """One job of the plan: a command line of this program, where its logs go, and what it waits for."""
-
-    kind: str  # pretrain | glue | report
-    name: str  # the run (pretrain, glue: `<run>/<task>`) or "report"
-    argv: list[str]
-    logs: Path  # a folder in the run's folder (the report's: in its output folder)
-    after: list[str] = field(default_factory=list)  # names of the jobs it depends on
-
-    def __call__(self) -> int:
-        """Run the command in a child process; its exit code. Non-zero raises, so that the scheduler sees a
-        failed job."""
-        child = subprocess.Popen([sys.executable, "-m", "cramming_simple", *self.argv])
-        self.child = child
-        code = child.wait()
-        if code != 0:
-            raise RuntimeError(f"{self.name}: `cramming-simple {' '.join(self.argv)}` exited with {code}")
-        return code
-
-    def checkpoint(self, *args, **kwargs):
-        """submitit's hook before a time limit or a preemption: the pretraining process checkpoints (SIGTERM) and
-        the same job is requeued; it resumes from the checkpoint, with the budget's clock."""
-        import submitit
-
-        child = getattr(self, "child", None)
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            child.wait()
-        return submitit.helpers.DelayedSubmission(Job(self.kind, self.name, self.argv, self.logs, self.after))
+    @classmethod
+    def from_record(cls, record: dict, runs_dir: Path) -> SweepConfig:
+        fields = {**record, "runs_dir": runs_dir, "out": Path(record["out"]) if record.get("out") else None}
+        return cls(**fields)
 
 
 def run_name(block: str, budget: str, seed: int) -> str:

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import platform
 import signal
 import time
 from dataclasses import asdict
@@ -50,6 +51,7 @@ from ..runs import CHECKPOINT, COMPLETE, CONFIG, MODEL, SUMMARY, read_summary, s
 from ..runtime import (
     atomic_write_bytes,
     autocast_dtype,
+    device_name,
     die_with_parent,
     environment,
     now_iso,
@@ -138,6 +140,7 @@ class Trainer:
             warn=self.warn,
         )
         self.state = self.resume()
+        self.state.trains_on(device_name(device), (slurm_job() or {}).get("node") or platform.node())
         # Execution concerns on the built (and restored) model: DDP, then compile (eager if compiling fails).
         ddp = None
         if dist.world > 1:
@@ -427,6 +430,7 @@ class Trainer:
             **environment(self.device),
             "world_size": self.dist.world,
             "slurm": slurm_job(),  # the Slurm job (id, partition, node, requeues), None outside Slurm
+            "hardware": st.hardware,  # [{device, node, from_step}]: more than one when a resume moved it
             "precision": precision_name(self.dtype),
             "compiled": self.step.compiled,
             "data": {**cfg.data.describe(), **self.data_identity, "sequences": len(self.data.stream.data)},

@@ -21,17 +21,31 @@ class TrainState:
     eval_step: int = -1
     eval_s: float = 0.0  # time spent evaluating (budget clock paused), all sessions
     snapshots: dict = field(default_factory=dict)  # "0.50" -> {dir, microbatch_steps, elapsed_s}
+    # where it trained: a segment {device, node, from_step} whenever a session starts on other hardware (a
+    # requeued job can land on another node; the report warns when a run's device changed mid-budget)
+    hardware: list = field(default_factory=list)
+
+    def trains_on(self, device: str, node: str) -> None:
+        last = self.hardware[-1] if self.hardware else {}
+        if (last.get("device"), last.get("node")) != (device, node):
+            self.hardware.append({"device": device, "node": node, "from_step": self.microbatch_steps})
+
+
+# SIGTERM: a preemption, a requeue, `kill`. SIGUSR2: Slurm's warning before a time limit (`--signal=USR2@120`, as
+# submitit asks for), which Slurm sends to every process of the job: unhandled, it would kill the run outright.
+STOP = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
 
 
 class StopSignals:
-    """SIGTERM (preemption) and a first Ctrl-C ask for a checkpoint and a clean exit; a second Ctrl-C aborts."""
+    """SIGTERM (preemption), SIGUSR2 (a Slurm time limit near) and a first Ctrl-C ask for a checkpoint and a clean
+    exit; a second Ctrl-C aborts."""
 
     def __init__(self):
         self.requested = False
         self.previous: dict = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP:
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
