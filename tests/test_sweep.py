@@ -141,9 +141,14 @@ def test_sweep_status_shows_every_state_with_its_reason_and_log(tmp_path, capsys
     (done / GLUE / "rte").mkdir(parents=True)
     summary = {"completed": True, "microbatch_steps": 120, "slurm": {"job_id": "7", "restarts": 2}}
     (done / "summary.json").write_text(json.dumps(summary))
-    for seed in protocol.seeds:
-        ok = {"status": "ok", "protocol_hash": protocol_hash(protocol)}
-        glue_result(done / GLUE, "rte", seed).write_text(json.dumps(ok))
+    for seed in protocol.seeds:  # a seeded failure is a result: glue does not redo it, nor does the sweep
+        why = {
+            "status": "failed",
+            "reason": "non-finite training loss at epoch 1",
+            "protocol_hash": protocol_hash(protocol),
+        }
+        glue_result(done / GLUE, "rte", seed).write_text(json.dumps(why))
+    assert not [j for j in plan(cfg) if j.name.startswith("preln")]
 
     class Failing(type(plan(cfg)[0])):  # a pretraining that stops on a non-finite loss, as the CLI says it
         def __call__(self, log=None):
@@ -169,7 +174,7 @@ def test_sweep_status_shows_every_state_with_its_reason_and_log(tmp_path, capsys
     out = capsys.readouterr().out
     shown = {line.split("|")[1].strip(): line for line in out.splitlines()[2:] if line.startswith("|")}
     assert "| done | 120 microbatch steps, preempted 2 time(s) |" in shown["preln-smoke-s0"]
-    assert "| done | " in shown["preln-smoke-s0/rte"]
+    assert "| failed | seed 1: non-finite training loss at epoch 1 |" in shown["preln-smoke-s0/rte"]
     failed = shown["sasp-smoke-s0"]
     assert "| failed | the loss is not finite at step 12 (exit 3) |" in failed and "sasp-smoke-s0/logs/" in failed
     assert shown["sasp-smoke-s0/rte"].endswith("| failed | depends on sasp-smoke-s0 |  |")
@@ -265,11 +270,13 @@ def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_
     time.sleep(1)  # the next record's name (a time to the second) differs
     assert main(args) == 0  # resubmitting a finished sweep submits nothing
     assert json.loads(sorted((runs / ".sweep").glob("*.json"))[-1].read_text())["jobs"] == []
-    from cramming_simple.sweep import SweepConfig, plan
-
-    glue_result(runs / "sasp-smoke-s0" / GLUE, "rte", 1).unlink()  # one pair lost (failed, damaged, deleted)
-    cfg = SweepConfig(["preln", "sasp"], [0], "smoke", runs, "smoke", "rte", str(glue_tsv), glue_args=["epochs=1"])
-    assert [j.name for j in plan(cfg)] == ["sasp-smoke-s0/rte", "report"]  # a resubmission redoes that one job
+    lost = glue_result(runs / "sasp-smoke-s0" / GLUE, "rte", 1)
+    lost.unlink()  # one pair lost: its job killed before it wrote a result, or the file deleted
+    time.sleep(1)
+    assert main([a for a in args if a != "--wait"]) == 0  # resubmitted (not run here: the jobs above ran the same)
+    again = json.loads(sorted((runs / ".sweep").glob("*.json"))[-1].read_text())["jobs"]
+    subprocess.run(["scancel", *(j["slurm_id"] for j in again)], check=True)
+    assert [j["name"] for j in again] == ["sasp-smoke-s0/rte", "report"]  # that one job, and the report
     assert time.time() - started < 600
 
 

@@ -5,8 +5,8 @@ Every job is a command line of this program (`python -m cramming_simple ...`), r
 same code path, exit codes and logs as by hand, and a SIGTERM from the scheduler reaches the pretraining
 process itself, which checkpoints and exits (code 4) so that a requeued job resumes it. Jobs are idempotent:
 pretraining always passes `--resume`, GLUE skips the pairs it has, and the planner leaves out what is done
-(a completed run, a task whose every seed has an ok result of this protocol), so resubmitting a sweep redoes
-only what is missing.
+(a completed run, a task whose every seed has a result of this protocol: ok, or a seeded failure), so
+resubmitting a sweep redoes only what is missing.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                 pretrain = Job("pretrain", name, pretrain_argv(cfg, block, seed, name), run_dir / "logs")
                 jobs.append(pretrain)
             for task in tasks:
-                if all(glue_ok(run_dir, task, s, wanted) for s in protocol.seeds):
+                if all(glue_outcome(run_dir, task, s, wanted) for s in protocol.seeds):  # ok, or failed for good
                     continue
                 after = [pretrain.name] if pretrain else []
                 jobs.append(Job("glue", f"{name}/{task}", glue_argv(cfg, run_dir, task), run_dir / "logs", after))
@@ -120,16 +120,21 @@ def completed(run_dir: Path) -> bool:
     return (run_dir / SUMMARY).exists() and bool((read_summary(run_dir) or {}).get("completed"))
 
 
-def glue_ok(run_dir: Path, task: str, seed: int, protocol: str) -> bool:
-    """Whether a task/seed of a run has an ok result of this protocol (the glue command's own rule, on disk)."""
+def glue_outcome(run_dir: Path, task: str, seed: int, protocol: str) -> str | None:
+    """A task/seed's result of this protocol: "ok", "failed" (a non-finite loss: seeded, so a rerun fails the same
+    way, and the glue command does not redo it either), or None (none, damaged, another protocol's: to do)."""
     path = glue_result(run_dir / GLUE, task, seed)
     if not path.exists():
-        return False
+        return None
     try:
         record = read_json(path)
     except Exception:  # noqa: BLE001 - damaged: the glue job runs it again
-        return False
-    return record.get("status") == "ok" and record.get("protocol_hash") == protocol
+        return None
+    return record.get("status") if record.get("protocol_hash") == protocol else None
+
+
+def glue_ok(run_dir: Path, task: str, seed: int, protocol: str) -> bool:
+    return glue_outcome(run_dir, task, seed, protocol) == "ok"
 
 
 def plan_rows(cfg: SweepConfig) -> list[tuple[str, str, Path, str | None, str, list[int]]]:
