@@ -174,6 +174,12 @@ def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     )
 
 
+def rows(path: Path) -> list[dict]:
+    """The complete rows of a JSON-lines file being written (a last line cut short is left out)."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -226,6 +232,10 @@ def test_sigusr2_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
     run = tmp_path / "preln-smoke"
     proc = run_cli(args)
     wait_for(run / "metrics.jsonl", proc)
+    deadline = time.monotonic() + 120
+    while not any(r.get("microbatch_steps", 0) > 0 for r in rows(run / "metrics.jsonl")):  # a step taken
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
     assert not (run / "checkpoint.pt").exists()  # the interval checkpoint (every 30 s) has not come yet
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)

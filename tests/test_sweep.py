@@ -280,6 +280,21 @@ def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_
     assert time.time() - started < 600
 
 
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
+def test_a_submission_slurm_refuses_is_one_line_and_recorded_as_far_as_it_went(smoke_cache, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    refused = ("--launcher", "slurm", "--slurm", "glue.partition=nope", "--slurm", "cpus_per_task=1")
+    assert main(sweep_args(runs, smoke_cache, tmp_path, *refused, blocks="preln")) == 2
+    *sbatch, err = capsys.readouterr().err.strip().splitlines()  # sbatch's own lines, then ours: one line
+    assert all(line.startswith("sbatch: ") for line in sbatch)
+    assert "Slurm refused preln-smoke-s0/rte (" in err and "partition" in err and "1 job(s) before it were" in err
+    jobs = {j["name"]: j for j in json.loads(next((runs / ".sweep").glob("*.json")).read_text())["jobs"]}
+    subprocess.run(["scancel", jobs["preln-smoke-s0"]["slurm_id"]], check=True)  # the one Slurm took
+    assert jobs["preln-smoke-s0/rte"]["outcome"] == jobs["report"]["outcome"] == "not submitted"
+    assert main(["sweep", "--status", str(runs)]) == 0
+    assert "| preln-smoke-s0/rte | glue | missing | not submitted |" in capsys.readouterr().out
+
+
 def slurm_job_state(job_id: str) -> str:
     """A job's state from Slurm: `scontrol show job` while it remembers it, else the job-completion log."""
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
@@ -371,3 +386,21 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes_the_budget
     assert slurm_job_state(pretrain["slurm_id"]) == "COMPLETED"
     log = Path(pretrain["log"]).read_text()
     assert "Caught signal SIGUSR2" in log and "timed-out" in log  # submitit's time-limit path, not a preemption
+
+
+@pytest.mark.slow  # 1 min: a sweep whose GLUE job fails (no GLUE data where it was told to look)
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
+def test_wait_exits_1_with_one_line_per_failed_job_and_the_report_still_runs(smoke_cache, tmp_path, capsys, caplog):
+    runs, nowhere = tmp_path / "runs", tmp_path / "no-glue-here"
+    nowhere.mkdir()
+    extra = ("--launcher", "slurm", "--wait", "--slurm", "cpus_per_task=1")
+    assert main(sweep_args(runs, smoke_cache, nowhere, *extra, blocks="preln")) == 1
+    failures = [r.message for r in caplog.records if r.levelname == "ERROR"]
+    assert (
+        len(failures) == 1 and failures[0].startswith("preln-smoke-s0/rte: failed (") and "no-glue-here" in failures[0]
+    )
+    assert (runs / "report" / "index.md").exists()  # the report waits for every job, failed or not
+    capsys.readouterr()
+    assert main(["sweep", "--status", str(runs)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| preln-smoke-s0/rte |"))
+    assert "| failed |" in row and "no-glue-here" in row and row.rstrip(" |").endswith("_log.err")

@@ -15,6 +15,7 @@ from itertools import groupby
 from pathlib import Path
 
 from ..config import ConfigError
+from ..errors import UserError
 from ..runtime import now_iso, write_json
 from .job import Job
 from .plan import SweepConfig
@@ -42,8 +43,12 @@ def launch(cfg: SweepConfig, jobs: list[Job], launcher: str, slurm: dict, wait: 
     if launcher == "local":
         return run_local(jobs, path, record)
     check_slurm_options(slurm)
-    submitted = submit(jobs, slurm)
-    write_json(path, {**record, "jobs": [describe(j, *submitted.get(j.name, (None, None))) for j in jobs]})
+    submitted: dict[str, tuple[str, str]] = {}
+    try:
+        submit(jobs, slurm, submitted)
+    finally:  # a submission that fails half-way still records what it submitted
+        rows = [describe(j, *submitted.get(j.name, (None, None, "not submitted"))) for j in jobs]
+        write_json(path, {**record, "jobs": rows})
     pending = [j.name for j in jobs if j.kind != "report"]
     log.info(f"submitted {len(submitted)} job(s) ({', '.join(pending) or 'nothing to redo'}; the report last)")
     return wait_for(cfg, [i for i, _ in submitted.values()]) if wait else 0
@@ -53,7 +58,7 @@ def run_local(jobs: list[Job], path: Path | None = None, record: dict | None = N
     """One job after another, here, each logging to a file in its run folder as well; a job whose dependency
     failed is skipped (and counted as failed). The record says how each job ended, as it ends."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    rows = [describe(j, None, j.logs / f"{stamp}-{j.name.replace('/', '-')}.log") for j in jobs]
+    rows = [describe(j, None, j.logs / f"{stamp}-{j.name.replace('/', '-')}.log", "pending") for j in jobs]
     failed: list[str] = []
     for job, row in zip(jobs, rows, strict=True):
         blocked = sorted(set(job.after) & set(failed))
@@ -77,14 +82,13 @@ def run_local(jobs: list[Job], path: Path | None = None, record: dict | None = N
     return 1 if failed else 0
 
 
-def submit(jobs: list[Job], slurm: dict) -> dict[str, tuple[str, str]]:
+def submit(jobs: list[Job], slurm: dict, submitted: dict[str, tuple[str, str]]) -> None:
     """Submit through submitit: a pretraining job per run, a job array per run's GLUE tasks (array_parallelism
     at a time), each waiting for its run (afterok); the report waits for every job (afterany), so it shows what
     failed too. `kill-on-invalid-dep`: a job whose run failed is cancelled, not left pending forever.
-    Returns {job name: (Slurm id, its stderr file)}."""
+    Fills `submitted`: {job name: (Slurm id, its stderr file)}."""
     import submitit
 
-    submitted: dict[str, tuple[str, str]] = {}
     for _, group in groupby(jobs, key=lambda j: (j.kind, j.logs, tuple(j.after))):
         group = list(group)
         first = group[0]
@@ -101,14 +105,20 @@ def submit(jobs: list[Job], slurm: dict) -> dict[str, tuple[str, str]]:
             **{**SLURM_DEFAULTS, **slurm_parameters(slurm, first.kind)},
             slurm_additional_parameters=extra,
         )
-        if first.kind == "glue":  # one array: each task an element, as many at once as array_parallelism
-            with executor.batch():
+        try:
+            if first.kind == "glue":  # one array: each task an element, as many at once as array_parallelism
+                with executor.batch():
+                    handles = [executor.submit(job) for job in group]
+            else:
                 handles = [executor.submit(job) for job in group]
-        else:
-            handles = [executor.submit(job) for job in group]
+        except submitit.core.utils.FailedJobError as err:  # sbatch said no: its own last line says why
+            said = [line for line in str(err).splitlines() if line.strip()]
+            raise UserError(
+                f"Slurm refused {first.name} ({said[-1] if said else err}); {len(submitted)} job(s) before it were "
+                "submitted (sweep --status shows them; resubmitting the sweep submits the rest)"
+            ) from None
         for job, handle in zip(group, handles, strict=True):
             submitted[job.name] = (handle.job_id, str(handle.paths.stderr))
-    return submitted
 
 
 def check_slurm_options(options: dict) -> None:
@@ -144,9 +154,11 @@ def slurm_parameters(options: dict, kind: str) -> dict:
     return out
 
 
-def describe(job: Job, slurm_id: str | None, log_file: str | Path | None) -> dict:
+def describe(job: Job, slurm_id: str | None, log_file: str | Path | None, outcome: str | None = None) -> dict:
+    """A job as its launch record keeps it. `outcome`: a local job's state as it goes (pending, running, ok,
+    failed, skipped); "not submitted" for a Slurm job a failed submission never reached."""
     row = {"name": job.name, "kind": job.kind, "argv": job.argv, "logs": str(job.logs), "slurm_id": slurm_id}
-    return {**row, "log": str(log_file) if log_file else None, "outcome": "pending" if slurm_id is None else None}
+    return {**row, "log": str(log_file) if log_file else None, "outcome": outcome}
 
 
 def wait_for(cfg: SweepConfig, slurm_ids: list[str]) -> int:

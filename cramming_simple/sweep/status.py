@@ -120,8 +120,8 @@ def glue_state(run_dir: Path, task: str, seeds: list[int], wanted: str, job: dic
 def launched_state(job: dict, live: dict[str, str], reason: str | None = None) -> tuple[str, str]:
     """A launched job that is not done: pending or running (Slurm's queue, or a live local sweep), else failed
     with its reason (the job's, its log's last error line, or what its run folder says)."""
-    if not job:
-        return "missing", "not launched"
+    if not job or job.get("outcome") == "not submitted":
+        return "missing", "not submitted" if job else "not launched"
     slurm_id = job.get("slurm_id")
     if slurm_id and slurm_id in live:
         return live[slurm_id].lower(), f"Slurm job {slurm_id}"
@@ -136,12 +136,12 @@ def log_reason(path: str | None) -> str | None:
     if not path or not Path(path).exists():
         return None
     lines = Path(path).read_text(errors="replace").splitlines()
+    ours = [line for line in lines if line.startswith("cramming-simple ") and ": error: " in line]
+    if ours:  # the program's own one line, before Slurm's and submitit's words about the exit
+        return ours[-1].split(": error: ", 1)[1].strip()
     for line in reversed(lines):
-        if ": error: " in line:
-            return line.split(": error: ", 1)[1].strip()
-    for line in reversed(lines):
-        if "exited with" in line:
-            return "exited with " + line.rsplit("exited with", 1)[1].strip()
+        if ": error: " in line or "exited with" in line:  # srun's, or the job's exit code
+            return line.split(": error: ", 1)[-1].strip()
     return None
 
 
