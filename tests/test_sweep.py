@@ -325,8 +325,16 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_budgets_clock(smoke
     while not (run / "checkpoint.pt").exists():  # mid-pretraining: a first checkpoint is on disk
         assert time.time() < deadline, "no checkpoint within 2 minutes"
         time.sleep(0.5)
-    time.sleep(2)
+    capsys.readouterr()
+    assert main(["sweep", "--status", str(runs)]) == 0
+    shown = capsys.readouterr().out
+    assert "| preln-smoke-s0 | pretrain | running |" in shown and "| preln-smoke-s0/rte | glue | pending |" in shown
     subprocess.run(["scontrol", "requeue", pretrain_id], check=True)  # what a preemption does to the job
+    deadline = time.time() + 60
+    while "| preln-smoke-s0 | pretrain | preempted | requeued, pending" not in capsys.readouterr().out:
+        assert time.time() < deadline, "the requeued job was never shown as preempted and pending"
+        main(["sweep", "--status", str(runs)])  # checkpointed and requeued: Slurm starts it again in ~2 minutes
+        time.sleep(1)
     deadline = time.time() + 300
     from cramming_simple.sweep.status import queued
 
