@@ -10,6 +10,10 @@ TORCH ?=
 BLOCK ?= preln
 BLOCKS ?= preln sas sasp
 BUDGET ?= 24h
+# make all BUDGET=24h REFERENCE=rtx2080ti-he2023 ARGS=train.microbatch=64: the budget's hours are hours on that
+# reference device (reports/reference/hardware.yaml, your own from `cramming-simple calibrate --save`, or a YAML file);
+# each run calibrates here once per kind of device (RUNS/.calibration/) and trains the same amount of work
+REFERENCE ?=
 PROTOCOL ?= paper
 TASKS ?= all
 SEEDS ?=
@@ -41,13 +45,18 @@ SLURM ?=
 comma := ,
 space := $(empty) $(empty)
 
+# a reference budget's runs are named <block>-<budget>-<reference> and share one calibration per kind of device
+REF_TAG := $(if $(REFERENCE),-$(basename $(notdir $(REFERENCE))))
+REF_ARGS := $(if $(REFERENCE),--reference $(REFERENCE) --calibration-dir $(RUNS)/.calibration)
+
 ifeq ($(GPUS),1)
 LAUNCH := $(CS)
 else
 LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m cramming_simple
 endif
 
-.PHONY: help setup test test-all format demo data pretrain glue report bench check-block export all params clean-venv
+.PHONY: help setup test test-all format demo data pretrain glue report bench calibrate check-block export all params \
+	clean-venv
 
 help:
 	@echo "make demo | make test                 first two commands on a fresh machine"
@@ -60,6 +69,8 @@ help:
 	@echo "make check-block BLOCK=my.py:MyBlock  a block's report card before any GPU time (BLOCK: any block)"
 	@echo "make export RUN=runs/sas-24h          a run's model as a Hugging Face folder with a model card (exports/)"
 	@echo "make all BLOCKS=\"preln sas sasp\" BUDGET=24h PROTOCOL=paper [PRETRAIN_SEEDS=\"0 1 2\"]"
+	@echo "make all BUDGET=24h REFERENCE=rtx3090-notrainnogain   24 h of an RTX 3090, calibrated here (docs/recipe.md)"
+	@echo "make calibrate BUDGET=24h                       Pre-LN's rate here, and the hours each reference maps to"
 
 setup: $(VENV)/.installed
 
@@ -110,10 +121,10 @@ params: setup
 	$(CS) params
 
 data: setup
-	$(CS) data --budget $(BUDGET) $(ARGS)
+	$(CS) data --budget $(BUDGET) $(if $(REFERENCE),--reference $(REFERENCE)) $(ARGS)
 
 pretrain: setup
-	$(LAUNCH) pretrain --block $(BLOCK) --budget $(BUDGET) --runs-dir $(RUNS) --resume $(ARGS)
+	$(LAUNCH) pretrain --block $(BLOCK) --budget $(BUDGET) --runs-dir $(RUNS) --resume $(REF_ARGS) $(ARGS)
 
 glue: setup
 	$(CS) glue $(if $(RUN),$(RUN),--block $(BLOCK) --runs-dir $(RUNS)) --protocol $(PROTOCOL) --tasks $(TASKS) \
@@ -124,6 +135,11 @@ report: setup
 
 bench: setup
 	$(CS) bench --arch crammed-bert --peer hf --compile --out reports/bench $(ARGS)
+
+# Pre-LN's training rate here at a budget's settings, and the hours here of each known reference's budget
+# (ARGS="--save my-gpu" keeps it as your own reference; ARGS="--json" prints it as a hardware.yaml entry)
+calibrate: setup
+	$(CS) calibrate --budget $(BUDGET) $(if $(REFERENCE),--reference $(REFERENCE)) $(ARGS)
 
 # A run's model as a Hugging Face folder with a model card, e.g. make export RUN=runs/sas-24h, into exports/sas-24h
 # (EXPORT_OUT=...); ARGS="--glue mnli" for a fine-tuned model, ARGS="--push-to-hub me/crammed-sas" to upload it
@@ -141,14 +157,14 @@ ifeq ($(LAUNCHER),slurm)
 	$(CS) sweep --launcher slurm --blocks $(subst $(space),$(comma),$(strip $(BLOCKS))) \
 	  --seeds $(subst $(space),$(comma),$(strip $(if $(PRETRAIN_SEEDS),$(PRETRAIN_SEEDS),0))) --budget $(BUDGET) \
 	  --protocol $(PROTOCOL) --tasks $(TASKS) --runs-dir $(RUNS) --out $(OUT) $(if $(GLUE_DIR),--data-dir $(GLUE_DIR)) \
-	  $(foreach o,$(SLURM),--slurm $(o)) $(ARGS)
+	  $(if $(REFERENCE),--reference $(REFERENCE)) $(foreach o,$(SLURM),--slurm $(o)) $(ARGS)
 else
 	@failed=""; runs=""; for b in $(BLOCKS); do \
 	  for s in $(if $(PRETRAIN_SEEDS),$(PRETRAIN_SEEDS),-); do \
 	    case $$b in *:*) short=$$(echo "$${b##*:}" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g');; *) short=$$b;; esac; \
-	    if [ "$$s" = - ]; then name=$$short-$(BUDGET); extra=""; else name=$$short-$(BUDGET)-s$$s; extra="train.seed=$$s"; fi; \
+	    if [ "$$s" = - ]; then name=$$short-$(BUDGET)$(REF_TAG); extra=""; else name=$$short-$(BUDGET)$(REF_TAG)-s$$s; extra="train.seed=$$s"; fi; \
 	    runs="$$runs $$name"; \
-	    $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) ARGS="--name $$name $$extra $(ARGS)" || failed="$$failed pretrain:$$name"; \
+	    $(MAKE) --no-print-directory pretrain BLOCK=$$b BUDGET=$(BUDGET) RUNS=$(RUNS) GPUS=$(GPUS) REFERENCE=$(REFERENCE) ARGS="--name $$name $$extra $(ARGS)" || failed="$$failed pretrain:$$name"; \
 	  done; \
 	done; for name in $$runs; do \
 	  if [ -f $(RUNS)/$$name/model/config.json ]; then \

@@ -15,6 +15,8 @@ class ConsoleHandler(logging.Handler):
     """What the command line shows: info and debug on stdout, warnings and errors on stderr (with "warning: " in
     front). The streams are looked up for every record, so redirected ones (tests, notebooks) are honoured."""
 
+    info_to_stderr = False  # set by `stdout_for_results`: stdout carries a machine-readable result
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = self.format(record)
@@ -23,8 +25,9 @@ class ConsoleHandler(logging.Handler):
                 sys.stderr.write(prefix + text + "\n")
                 sys.stderr.flush()
             else:
-                sys.stdout.write(text + "\n")
-                sys.stdout.flush()
+                stream = sys.stderr if self.info_to_stderr else sys.stdout
+                stream.write(text + "\n")
+                stream.flush()
         except Exception:  # noqa: BLE001 - logging's own rule: a failing handler never raises
             self.handleError(record)
 
@@ -37,6 +40,13 @@ def setup_logging(verbosity: int = 0) -> None:
     LOG.propagate = False
     if verbosity < 0 or not sys.stderr.isatty():
         quiet_library_progress()
+
+
+def stdout_for_results() -> None:
+    """A command whose stdout is a result (`--json`): its info lines go to stderr, so that `> file.json` holds JSON."""
+    for handler in LOG.handlers:
+        if isinstance(handler, ConsoleHandler):
+            handler.info_to_stderr = True
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -32,6 +32,7 @@ SWITCHES = (
     Switch("pretrain", "train.ramp", "linear", "cramming"),
     Switch("pretrain", "train.decay_rule", "ndim", "names"),
     Switch("pretrain", "arch.first_layer_norm", False, True),
+    Switch("pretrain", "arch.embedding_padding", "pad", "row0"),
     Switch("pretrain", "impl.precision", "auto", "fp16"),
     Switch("pretrain", "train.max_microbatches", None, 900_000),
     Switch("glue", "precision", "auto", "fp16"),
@@ -56,6 +57,7 @@ ADDED_LATER = {
         "arch.pad_token_id": 0,
         "block_source": None,
         "amendments": [],
+        "reference": None,  # a budget of plain hours
     },
     "glue": {**{s.key: s.clean for s in SWITCHES if s.stage == "glue"}, "train_order": "shuffle"},
 }

@@ -11,6 +11,7 @@ from .presets import shipped
 PAPER = "he2023"  # He & Hofmann, "Simplifying Transformer Blocks": the rows Δ columns compare against
 BASELINE = "preln"  # speed = microbatch steps (or tokens/s) relative to this block
 PUBLISHED_HOURS = 24.0  # the budget of the published runs: only runs of that budget get a "Δ vs published"
+PUBLISHED_REFERENCE = "rtx2080ti-he2023"  # their device (hardware.yaml): a 24 h budget on it is their experiment
 
 
 def reference_names() -> list[str]:

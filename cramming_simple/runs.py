@@ -30,6 +30,8 @@ runs/<name>/
 runs/.restarted/<name>-<time>/   folders `pretrain --restart` moved aside (never deleted; no report reads them)
 runs/.sweep/<time>-<pid>.json    each launch of `sweep`: its arguments, jobs, Slurm ids, log files, and (locally)
                                  how each job ended; `sweep --status RUNS_DIR` reads them
+runs/.calibration/<device>-<hash>.json   a reference budget's calibration (`sweep --reference`, `make REFERENCE=`):
+                                 the Pre-LN rate of one kind of device at a budget's settings, shared by its runs
 runs/report/                     a sweep's report (sweep --out)
 
 The folder is the run: its name is the run's name, whatever the files in it say (a copy is adopted).
@@ -56,8 +58,10 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT, MODEL, GLUE = (
     "glue",
 )
 PREV_CHECKPOINT, LOCK, DIAGNOSTICS = "checkpoint.prev.pt", ".lock", "diagnostics.jsonl"
-COMPLETE = ("budget", "max_steps", "max_microbatches")  # summary.json stop reasons of a finished run
+CAPPED = ("max_steps", "max_microbatches")  # stop reasons of a run a train.* cap ended before its budget
+COMPLETE = ("budget", *CAPPED)  # summary.json stop reasons of a finished run
 RESTARTED = ".restarted"  # runs_dir/.restarted/<name>-<time>/: folders `pretrain --restart` moved aside
+CALIBRATION_DIR = ".calibration"  # runs_dir/.calibration/: shared calibrations, one per kind of device and settings
 
 
 def check_runs_dir(runs_dir: str | Path) -> Path:

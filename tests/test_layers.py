@@ -13,7 +13,19 @@ from cramming_simple.train.config import PretrainConfig
 
 PACKAGE = Path(cramming_simple.__file__).parent
 DOMAIN = ("model", "folders", "data", "train", "glue", "report", "bench", "check", "hub", "sweep")
-BOTTOM = ("config", "console", "errors", "runtime", "presets", "runs", "reference", "markdown", "optim", "tracking")
+BOTTOM = (
+    "config",
+    "console",
+    "errors",
+    "runtime",
+    "presets",
+    "runs",
+    "reference",
+    "hardware",
+    "markdown",
+    "optim",
+    "tracking",
+)
 
 
 def module_name(path: Path) -> str:

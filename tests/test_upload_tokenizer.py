@@ -41,10 +41,11 @@ def cramming_tokenizer(texts: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence(
+    tok.normalizer = normalizers.Sequence(  # _get_sane_normalizers(force_lowercase, strip_accents, english keyboard)
         [
             normalizers.Replace("``", '"'),
             normalizers.Replace("''", '"'),
+            normalizers.NFD(),  # strip_accents: NFD first, so that StripAccents finds the accents to strip
             normalizers.Lowercase(),
             normalizers.StripAccents(),
             normalizers.Replace(Regex(" {2,}"), " "),
@@ -55,8 +56,10 @@ def cramming_tokenizer(texts: list[str], vocab_size: int):
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
     cls, sep = tok.token_to_id("<cls>"), tok.token_to_id("<sep>")
-    tok.post_processor = processors.TemplateProcessing(  # include_sep_token_in_corpus, no cls: "$A <sep>"
-        single="$A <sep>", pair="<cls>:0 $A:0 <sep>:0 $B:1 <sep>:1", special_tokens=[("<cls>", cls), ("<sep>", sep)]
+    tok.post_processor = processors.TemplateProcessing(  # include_sep_token_in_corpus, no cls: "$A <sep>"; and
+        single="$A <sep>",  # use_type_ids: False (config/data/the-pile.yaml): type id 0 for both texts of a pair
+        pair="<cls>:0 $A:0 <sep>:0 $B:0 <sep>:0",
+        special_tokens=[("<cls>", cls), ("<sep>", sep)],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=128, **ROLES)
 
@@ -96,7 +99,17 @@ def upload_runs(upload, tmp_path_factory) -> dict[str, Path]:
     return {b: pretrain_upload(upload, root / "runs", b, root / "cache") for b in ("smoke", "smoke-published")}
 
 
+def test_the_fixture_tokenizer_normalises_and_types_pairs_as_crammings(upload):
+    """cramming's normaliser for the Pile (strip_accents: NFD, then StripAccents) keeps a word's letters where an
+    NFC text has composed accents, and its pair template gives both texts type id 0 (use_type_ids: False)."""
+    tokenizer = load_tokenizer(upload / "tokenizer")
+    assert tokenizer.backend_tokenizer.normalizer.normalize_str("Caf\u00e9 na\u00efve") == "cafe naive"
+    assert set(tokenizer.backend_tokenizer.encode("the film", "was good").type_ids) == {0}
+
+
 def test_a_tokenizer_whose_pad_is_not_0_pretrains_with_its_own_padding_index(upload, upload_runs):
+    """The clean profile's padding row is the tokenizer's pad; the published one's is row 0 whatever the pad id
+    (cramming's arch configs fix padding_idx 0), here the upload's <sep>: zero at init, no gradient from lookups."""
     tokenizer = load_tokenizer(upload / "tokenizer")
     pad = tokenizer.pad_token_id
     for budget, run in upload_runs.items():
@@ -109,14 +122,18 @@ def test_a_tokenizer_whose_pad_is_not_0_pretrains_with_its_own_padding_index(upl
             "sep_token_id": tokenizer.sep_token_id,
             "mask_token_id": tokenizer.mask_token_id,
         }
+        row = 0 if budget == "smoke-published" else pad  # the embedding's padding row under each profile
+        assert summary["arch"]["embedding_padding"] == ("row0" if budget == "smoke-published" else "pad")
         fresh = MaskedLM(ArchConfig.from_dict(summary["arch"]), "sas").encoder.embedding.tokens
-        assert fresh.padding_idx == pad and fresh.weight[pad].abs().max() == 0  # the padding row starts at zero
+        assert fresh.padding_idx == row and fresh.weight[row].abs().max() == 0  # the padding row starts at zero
+        assert fresh.weight[pad if row == 0 else 0].abs().max() > 0  # the other one is an ordinary row
         model = load_model(run / "model")
         embedding = model.encoder.embedding.tokens  # (the tied decoder trains that row: it is a logit too)
-        assert embedding.padding_idx == pad
-        ids = torch.tensor([[tokenizer.cls_token_id, 50, 51, pad, pad]])
+        assert embedding.padding_idx == row
+        ids = torch.tensor([[tokenizer.cls_token_id, 50, 51, 0, pad, pad]])
         model.encoder(ids, ids != pad).sum().backward()
-        assert embedding.weight.grad[pad].abs().max() == 0
+        assert embedding.weight.grad[row].abs().max() == 0
+        assert embedding.weight.grad[pad if row == 0 else 0].abs().max() > 0
     assert json.loads((upload_runs["smoke-published"] / "summary.json").read_text())["profile"] == "published"
 
 

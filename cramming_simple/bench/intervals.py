@@ -23,13 +23,19 @@ def paired_ratios(base_times: list[float], times: list[float]) -> np.ndarray:
     return np.asarray(base_times[:n], float) / np.asarray(times[:n], float)
 
 
+def median_interval(values: np.ndarray, seed: int = 0, replicates: int = REPLICATES) -> Interval:
+    """The median of per-round values (ratios, rates) with its percentile bootstrap interval over rounds."""
+    values = np.asarray(values, float)
+    point = float(np.median(values))
+    if values.size < 2:
+        return Interval(point, float("nan"), float("nan"))
+    index = bootstrap_index(values.size, replicates, np.random.default_rng(seed))
+    return percentile_interval(np.median(values[index], axis=1), point)
+
+
 def ratio_interval(ratios: np.ndarray, seed: int = 0, replicates: int = REPLICATES) -> Interval:
     """The median of the per-round ratios with its percentile bootstrap interval over rounds."""
-    point = float(np.median(ratios))
-    if ratios.size < 2:
-        return Interval(point, float("nan"), float("nan"))
-    index = bootstrap_index(ratios.size, replicates, np.random.default_rng(seed))
-    return percentile_interval(np.median(ratios[index], axis=1), point)
+    return median_interval(ratios, seed, replicates)
 
 
 def half_width(interval: Interval) -> float:

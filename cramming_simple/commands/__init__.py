@@ -15,4 +15,5 @@ COMMANDS = {
     "export": "a run's model as a Hugging Face folder with a model card (and push it to the hub)",
     "check-block": "a block's report card before any GPU time (shapes, gradients, signal, trainability, speed)",
     "sweep": "pretrain (block x seed), GLUE and the report: here, or as Slurm jobs (submitit)",
+    "calibrate": "time Pre-LN here: the rate that makes a reference budget's hours into hours here",
 }

@@ -3,6 +3,7 @@
 Preparation is not budget time, but doing it ahead keeps a GPU from idling while text is tokenised.
 Examples:
   cramming-simple data --budget 24h
+  cramming-simple data --budget 24h --reference rtx3090-notrainnogain   # sized to what that budget reads
   cramming-simple data --budget smoke data.source=text data.files='[corpus/*.txt]'
 """
 
@@ -18,15 +19,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--budget", default="24h", help=f"a budgets/ preset ({', '.join(list_presets('budgets'))}) or a YAML path"
     )
     p.add_argument(
+        "--reference",
+        metavar="NAME|PATH",
+        help="as pretrain's: a reference budget, whose data is sized to what it reads (unless data.max_sequences)",
+    )
+    p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.max_sequences=1000000"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from ..data import PackedData, prepare
+    from ..train.budget import sized_data_note
     from ..train.config import PretrainConfig
 
-    cfg = PretrainConfig.from_budget(args.budget, None, args.overrides)
+    cfg = PretrainConfig.from_budget(args.budget, None, args.overrides, reference=args.reference)
+    note = sized_data_note(cfg)
+    if note:
+        logging.getLogger(__name__).info(note)
     prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
     PackedData(prepared.path, verify=True)  # read back: checksums and shapes as a run will see them
     m = prepared.manifest

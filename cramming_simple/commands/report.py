@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..hardware import recorded_line
 from ..reference import PAPER, reference_names
 from ..report.build import write_report
 from ..report.paired import REPLICATES
@@ -57,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"replicates of Table 3's paired bootstrap (seeded; default: {REPLICATES})",
     )
     parser.add_argument(
+        "--mixed-budgets",
+        action="store_true",
+        help="allow runs of different budget references (--reference, or none) in one table, with a footnote",
+    )
+    parser.add_argument(
         "--bench",
         type=Path,
         metavar="BENCH_JSON",
@@ -74,10 +80,20 @@ def run(args: argparse.Namespace) -> int:
     if args.bench is not None and not args.bench.is_file():
         raise ConfigError(f"--bench {args.bench}: no such file (make bench writes reports/bench/bench.json)")
     report = write_report(
-        run_dirs, args.out, args.reference, args.bootstrap, args.latex, args.latex_resize, bench=args.bench
+        run_dirs,
+        args.out,
+        args.reference,
+        args.bootstrap,
+        args.latex,
+        args.latex_resize,
+        bench=args.bench,
+        mixed_budgets=args.mixed_budgets,
     )
     for w in report.warnings:
         log.warning(w)
+    for _, r in report.loaded.runs.iterrows():
+        if isinstance(r.reference, dict):
+            log.info(f"budget of {r['name']}: {recorded_line(r.reference, r.budget_hours)}")
     out = args.out
     log.info(f"report of {len(report.loaded.runs)} run(s) in {out}/")
     log.info("  tables: " + ", ".join(str(p) for paths in report.tables.values() for p in paths))

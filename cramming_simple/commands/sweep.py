@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocks", help="comma list of blocks (names, file.py:Class, module:Class)")
     parser.add_argument("--seeds", default="0", help="comma list of pretraining seeds (train.seed), default 0")
     parser.add_argument("--budget", default="24h", help="the budget every run pretrains for (default 24h)")
+    parser.add_argument(
+        "--reference",
+        metavar="NAME|PATH",
+        help="the budget's hours are hours on this reference device (pretrain --reference): calibrated once per kind "
+        "of device in RUNS_DIR/.calibration/, so that every run gets the same hours",
+    )
     parser.add_argument("--protocol", default="paper", help="GLUE protocol (default paper)")
     parser.add_argument("--tasks", default="all", help="GLUE tasks: 'all' or a comma list")
     parser.add_argument("--data-dir", help="local GLUE data (parquet or TSV layout); default: the hub")
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=list(args.overrides),
         glue_args=list(args.glue),
         out=args.out,
+        reference=args.reference,
     )
     if args.status is not None:
         return show_status(cfg)
@@ -94,7 +101,11 @@ def show_status(cfg) -> int:
 def prepare_data(cfg) -> None:
     """The budget's data, prepared once before any job starts (every run reads the same preparation)."""
     from ..data import prepare
+    from ..train.budget import sized_data_note
     from ..train.config import PretrainConfig
 
-    budget = PretrainConfig.from_budget(cfg.budget, cfg.blocks[0], cfg.overrides)
+    budget = PretrainConfig.from_budget(cfg.budget, cfg.blocks[0], cfg.overrides, reference=cfg.reference)
+    note = sized_data_note(budget)
+    if note:
+        log.info(note)
     prepare(budget.data, budget.arch.vocab_size, budget.arch.seq_len)

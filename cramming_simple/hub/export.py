@@ -21,6 +21,7 @@ from ..folders.io import CONFIG as MODEL_CONFIG
 from ..folders.remote import modeling_source
 from ..glue.score import column_scores, format_mean_std, load_results, run_summary
 from ..glue.tasks import COLUMNS, TASK_LABELS, TASKS, load_tasks
+from ..hardware import recorded_line
 from ..markdown import table
 from ..model import unwrap
 from ..runs import GLUE, MODEL, SUMMARY, glue_model, kept_models
@@ -175,9 +176,18 @@ def model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+def budget_fact(s: dict) -> str:
+    """'24h: 24 h of wall-clock pretraining', or a reference budget's '24h: 24 h on RTX 3090 = 2.72 h ... here'."""
+    hours = s.get("budget_hours")
+    if not hours:
+        return "?"
+    if isinstance(s.get("reference"), dict):
+        return f"{s.get('budget', '?')}: {recorded_line(s['reference'], hours)} of pretraining"
+    return f"{s.get('budget', '?')}: {hours} h of wall-clock pretraining"
+
+
 def card_facts(s: dict, arch: dict, title: str, block: str) -> list[tuple[str, str]]:
     """The facts table of a model card, from the run's summary.json and the model's config."""
-    hours = s.get("budget_hours")
     return [
         ("Block", f"{title} (`{block}`)"),
         ("Parameters", _params(s)),
@@ -186,7 +196,7 @@ def card_facts(s: dict, arch: dict, title: str, block: str) -> list[tuple[str, s
             f"{arch['depth']} layers, width {arch['width']}, {arch['heads']} heads, GLU width "
             f"{arch['glu_width']}, vocabulary {arch['vocab_size']}, {arch['seq_len']} positions",
         ),
-        ("Budget", f"{s.get('budget', '?')}: {hours} h of wall-clock pretraining" if hours else "?"),
+        ("Budget", budget_fact(s)),
         (
             "Hardware",
             f"{s.get('device', '?')} x{s.get('world_size', 1)}, {s.get('precision', '?')}, "

@@ -10,7 +10,8 @@ from ..config import ConfigError, require
 MODEL_TYPE = "cramming-simple-bert"  # a saved folder's `model_type` for Hugging Face transformers (model.hf)
 
 
-SPECIAL_ROLES = ("pad", "cls", "sep", "mask", "unk")  # the special tokens the harness uses, by their role
+SPECIAL_ROLES = ("pad", "cls", "sep", "mask", "unk")
+EMBEDDING_PADDINGS = ("pad", "row0")  # arch.embedding_padding  # the special tokens the harness uses, by their role
 
 
 def special_ids(tokenizer: Any) -> dict[str, int | None]:
@@ -40,6 +41,15 @@ class ArchConfig:
     # tokenizer made as cramming's upload was (special tokens in set order) need not pad with 0; pretraining sets
     # it from the tokenizer. Folders saved before it existed padded with 0.
     pad_token_id: int = 0
+    # Which embedding row is the padding row (zero at init, no gradient from the lookup): `pad`, the tokenizer's pad
+    # id; or `row0`, row 0 whatever the pad id is, as cramming's code did (its arch configs fix padding_idx 0 while
+    # its upload's tokenizer pads with another id): a switch of the published profile (docs/recipe.md).
+    embedding_padding: str = "pad"
+
+    @property
+    def padding_index(self) -> int:
+        """The embedding's padding index: the pad id, or 0 under `embedding_padding: row0`."""
+        return 0 if self.embedding_padding == "row0" else self.pad_token_id
 
     def validate(self) -> None:
         for name in ("vocab_size", "seq_len", "width", "depth", "heads", "glu_width"):
@@ -50,6 +60,10 @@ class ArchConfig:
         require(
             0 <= self.pad_token_id < self.vocab_size,
             f"arch.pad_token_id must be a token id below arch.vocab_size ({self.vocab_size}), got {self.pad_token_id}",
+        )
+        require(
+            self.embedding_padding in EMBEDDING_PADDINGS,
+            f"arch.embedding_padding must be one of {', '.join(EMBEDDING_PADDINGS)}, got '{self.embedding_padding}'",
         )
         for name in ("dropout", "attention_dropout"):
             require(0.0 <= getattr(self, name) < 1.0, f"arch.{name} must be in [0, 1), got {getattr(self, name)}")

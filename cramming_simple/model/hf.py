@@ -60,7 +60,7 @@ class CrammingSimpleConfig(PretrainedConfig):
         self.block, self.block_title, self.block_source = block, block_title, block_source
         self.arch = asdict(ArchConfig.from_dict(arch or {}))
         self.head_width = head_width
-        kwargs.setdefault("pad_token_id", self.arch["pad_token_id"])  # the embedding's padding index
+        kwargs.setdefault("pad_token_id", self.arch["pad_token_id"])  # the tokenizer's pad id
         super().__init__(**kwargs)
 
     def arch_config(self) -> ArchConfig:

@@ -303,14 +303,15 @@ def sinusoid_table(length: int, width: int) -> Tensor:
 
 
 class Embedding(nn.Module):
-    """Token embedding (padding index: the tokenizer's pad id) + scaled sinusoidal positions, then LayerNorm."""
+    """Token embedding (padding index: the tokenizer's pad id, or row 0: arch.embedding_padding) + scaled sinusoidal
+    positions, then LayerNorm."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
-        self.tokens = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=cfg.pad_token_id)
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=cfg.padding_index)
         nn.init.normal_(self.tokens.weight, std=cfg.init_std)
         with torch.no_grad():
-            self.tokens.weight[cfg.pad_token_id].zero_()
+            self.tokens.weight[cfg.padding_index].zero_()
         self.register_buffer("sinusoid", sinusoid_table(cfg.seq_len, cfg.width), persistent=False)  # not saved
         self.position_scale = nn.Parameter(torch.tensor(cfg.width**-0.5))  # learnable, init 1/sqrt(d)
         self.norm = norm(cfg)

@@ -12,17 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
+from ..hardware import recorded_line
 from ..model import BLOCKS, ArchConfig, arch_config, recorded_block
 from ..model.diagnostics import at_init
 from ..model.registry import EMBEDDED_SOURCE, BlockSourceChanged
 from ..reference import PAPER, load_reference, published_rows
 from ..runtime import read_json
 from . import paired, plots, render, tables
+from .budgets import calibration_warnings, check_budgets
 from .load import Runs, load_runs, replicates
 
 # Run facts that make comparisons unfair when they differ: (column(s), what it is, what it breaks).
 COMPARED = (
     (("budget", "budget_hours"), "budget", "speed ratios and losses across budgets are not comparable"),
+    (
+        ("reference_name",),
+        "budget reference device (--reference; none: plain hours)",
+        "they trained different amounts: losses and GLUE scores are not comparable",
+    ),
     (("device",), "hardware (device)", "speed ratios across hardware are not comparable"),
     (("world_size",), "world size", "speed ratios across world sizes are not comparable"),
     (("microbatch",), "microbatch", "microbatch steps of different sizes are not comparable"),
@@ -71,6 +78,7 @@ def comparison_warnings(runs) -> list[str]:
         if len(set(values.values())) > 1:
             listed = ", ".join(f"{name}: {v}" for name, v in values.items())
             out.append(f"runs differ in {what} ({listed}): {consequence}")
+    out += calibration_warnings(runs)
     for name, r in runs.iterrows():
         if r.summary_problem:
             continue  # warned about when loading
@@ -99,10 +107,12 @@ def run_line(r) -> str:
         else "not run"
     )
     state = "completed" if r.completed else f"**not completed** (stop reason: {r.stop_reason})"
-    hours = "?" if tables.missing(r.budget_hours) else f"{r.budget_hours:g}"
+    hours = "?" if tables.missing(r.budget_hours) else f"{r.budget_hours:g} h"
+    if isinstance(r.reference, dict) and not tables.missing(r.budget_hours):
+        hours = recorded_line(r.reference, r.budget_hours)
     profile = "unknown" if tables.missing(r.profile) else r.profile  # no config.yaml to read it from
     return (
-        f"- **{r.name}** ({r.title}): profile {profile}, device {r.device}, budget {r.budget} ({hours} h), "
+        f"- **{r.name}** ({r.title}): profile {profile}, device {r.device}, budget {r.budget} ({hours}), "
         f"data {r.data_source}/{r.data_name} (hash {r.data_hash}), world size {r.world_size}{where(r)}, "
         f"precision {r.precision}, "
         f"microbatch {r.microbatch}; GLUE protocol {glue}; {state}"
@@ -140,8 +150,9 @@ def index(
     explain = {
         "table1": "*vs Pre-LN*: GLUE average minus the Pre-LN run's with the same budget, hardware and GLUE "
         "protocol, with a 95 % Welch interval over fine-tuning seeds (pretraining x fine-tuning seeds for "
-        "replicates). *Speed*: microbatch steps / Pre-LN's (the paper's measure); *Speed (tok/s)*: median tokens/s "
-        "over log windows / Pre-LN's. *MLM loss*: held-out loss of the final model.",
+        "replicates). *Speed*: microbatch steps per training second / Pre-LN's (the paper's step ratio when no run "
+        "is capped); *Speed (tok/s)*: median tokens/s over log windows / Pre-LN's. *MLM loss*: held-out loss of the "
+        "final model. *(capped)*: a train.* cap stopped the run before its budget.",
         "table2": "*Δ vs … (95 % CI)* rows: the difference to the Pre-LN run, ± the half-width of a 95 % Welch "
         "interval over seeds.",
         "table3": "Each cell: the difference in the metric (percent points), with the 2.5 / 97.5 percentiles of "
@@ -174,15 +185,20 @@ def write_report(
     latex: str = "full",
     resize: bool = False,
     bench: Path | None = None,
+    mixed_budgets: bool = False,
 ) -> Report:
     """Load the runs, write the tables, the figures and index.md into `out`. latex: the style of the .tex tables
     (full | compact); resize: each tabular in a \\resizebox to the line width; bench: a bench.json whose paired
-    speed ratios (with their intervals) Table 1's speed footnote cites."""
+    speed ratios (with their intervals) Table 1's speed footnote cites; mixed_budgets: allow runs of different
+    budget references in one table (`check_budgets`)."""
     loaded = load_runs(run_dirs)
+    mixed = check_budgets(loaded.runs, mixed_budgets)
     groups, pooled = replicates(loaded.runs, loaded.glue, loaded.warnings)
     t1_ref, t2_ref = load_reference(reference) if reference != "none" else (None, None)
     out.mkdir(parents=True, exist_ok=True)
     table1 = tables.table1(groups, loaded.problems, t1_ref)
+    if mixed:
+        table1.notes.mark(mixed, [])
     if bench is not None:
         table1.notes.mark(bench_note(bench), [])
     report = Report(

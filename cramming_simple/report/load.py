@@ -33,8 +33,20 @@ from .stats import throughput
 NOT_AN_EXPERIMENT = {
     "name": None,
     "train": ("seed",),
-    "impl": ("checkpoint_minutes", "log_seconds", "eval_minutes", "keep_at", "prefetch", "threads", "tracker"),
+    "impl": (
+        "checkpoint_minutes",
+        "log_seconds",
+        "eval_minutes",
+        "keep_at",
+        "prefetch",
+        "threads",
+        "tracker",
+        "calibration_target",
+        "calibration_seconds",
+    ),
     "data": ("cache_dir", "verify"),
+    # a reference budget is its reference; each run's calibration of it is how it ran (a sweep's runs share one)
+    "reference": ("local_device", "local_rate", "rate_low", "rate_high", "local_hours", "date", "calibration"),
 }
 
 # Config keys added by later versions, with the value that reproduces what ran before them: a run that records
@@ -230,7 +242,7 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> dict:
         "train_seed": (cfg.get("train") or {}).get("seed", 0) if cfg else None,  # unset: the default seed, 0
         "experiment": experiment_key(cfg, s) if cfg and not problem else f"run:{run_dir}",
         "budget": s.get("budget") or cfg.get("budget"),
-        "budget_hours": s.get("budget_hours") or cfg.get("hours"),
+        **budget_fields(s, cfg),
         "device": s.get("device"),
         "node": ((s.get("slurm") or {}).get("node") or s.get("host")),  # where it last trained (older: unknown)
         "slurm_job": (s.get("slurm") or {}).get("job_id"),
@@ -245,6 +257,24 @@ def read_run(run_dir: Path, warnings: list[str] | None = None) -> dict:
         "completed": bool(s.get("completed", False)),
         "stop_reason": s.get("stop_reason") if s.get("completed") else state,  # running, preempted, ..., killed
         "summary_problem": problem,
+    }
+
+
+def budget_fields(s: dict, cfg: dict) -> dict:
+    """A run's budget (in hours of a reference device, for a reference budget), its rate and where a cap stopped it."""
+    reference = s.get("reference") or cfg.get("reference")  # hardware.py: its device, rate and calibration
+    hours = s.get("budget_hours") or cfg.get("hours")
+    local_hours = (reference or {}).get("local_hours") or hours  # the hours here
+    # microbatch steps per second of training: Table 1's speed (a summary without elapsed_s: over the budget, which a
+    # completed run fills)
+    steps, seconds = s.get("microbatch_steps"), s.get("elapsed_s") or (local_hours * 3600 if local_hours else None)
+    return {
+        "budget_hours": hours,
+        "reference": reference,
+        "reference_name": (reference or {}).get("name"),
+        "local_hours": local_hours,
+        "step_rate": steps / seconds if steps is not None and seconds else None,
+        "capped_at_p": s.get("capped_at_p"),  # where train.max_microbatches / max_steps stopped it (None: not)
     }
 
 
@@ -307,6 +337,7 @@ def replicates(
             "replicates": len(members),
             "train_seeds": ",".join(str(s) for s in members.train_seed if s is not None and not pd.isna(s)),
             "steps_values": [v for v in members.microbatch_steps if not pd.isna(v)],
+            "rate_step_values": [v for v in members.step_rate if v is not None and not pd.isna(v)],
             "rate_values": [v for v in members.rate_median if v is not None and not pd.isna(v)],
             "loss_values": [  # the MLM loss Table 1 shows: held-out where recorded, else training
                 e if e is not None and not pd.isna(e) else f for e, f in zip(members.eval_loss, members.final_loss)
@@ -341,6 +372,8 @@ def folded(members: pd.DataFrame, values: list[float]) -> dict:
         "summary_problem": next((p for p in members.summary_problem if p), ""),
         "stop_reason": next((r for r in members.stop_reason if r not in (None, *contract.COMPLETE)), None),
         "microbatch_steps": members.microbatch_steps.mean(),
+        "step_rate": pd.to_numeric(members.step_rate).mean(),
+        "capped_at_p": pd.to_numeric(members.capped_at_p).max() if members.capped_at_p.notna().any() else None,
         "final_loss": members.final_loss.mean(),
         "eval_loss": pd.to_numeric(members.eval_loss).mean(),
         "rate_median": pd.to_numeric(members.rate_median).mean(),

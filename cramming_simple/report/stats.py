@@ -13,11 +13,17 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from ..glue.metrics import METRIC_FUNCTIONS
 
 LEVEL = 0.95
+
+
+def missing(value) -> bool:
+    """A value a run does not have: None or NaN (pandas fills absent cells with either)."""
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 @dataclass(frozen=True)

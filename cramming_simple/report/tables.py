@@ -14,12 +14,14 @@ import pandas as pd
 
 from ..glue.tasks import COLUMNS
 from ..model import BLOCKS
-from ..reference import BASELINE, PUBLISHED_HOURS, published_rows
+from ..reference import BASELINE, published_rows
 from . import stats
+from .budgets import capped_note, of_published_budget, plain_hours_note, published_note
 from .load import describe_problems
+from .stats import missing
 
-# What must match for microbatch steps to be comparable: same budget, same hardware, same microbatch.
-SPEED_KEY = ("budget", "budget_hours", "device", "world_size", "microbatch", "profile")
+# What must match for speeds to be comparable: same budget (and reference device), same hardware, same microbatch.
+SPEED_KEY = ("budget", "budget_hours", "reference_name", "device", "world_size", "microbatch", "profile")
 TEXT_COLUMNS = ("Block", "Run")
 
 
@@ -40,10 +42,6 @@ class Notes(list):
         if text not in row:
             row.append(text)
         return f" [{self.index(text) + 1}]"
-
-
-def missing(value) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def fmt(value, spec: str) -> str:
@@ -149,11 +147,12 @@ def interval_cell(interval: stats.Interval | None, notes: Notes, row_notes: list
 
 
 def speed_cells(r: pd.Series, base: pd.Series | None) -> dict:
-    """Speed two ways: microbatch steps / Pre-LN's (the paper's) and median tokens/s / Pre-LN's, and for
-    replicates the spread of the first over pretraining runs."""
-    if base is None:
+    """Speed two ways: microbatch steps per training second / Pre-LN's (the paper's step ratio when no run is
+    capped, and a capped run's true speed) and median tokens/s / Pre-LN's, and for replicates the spread of the
+    first over pretraining runs."""
+    if base is None or missing(base.step_rate) or missing(r.step_rate):
         return {"speed": None, "speed_std": None, "speed_rate": None}
-    ratios = [v / base.microbatch_steps for v in r.steps_values] or [r.microbatch_steps / base.microbatch_steps]
+    ratios = [v / base.step_rate for v in r.get("rate_step_values") or [r.step_rate]]
     rate = r.rate_median / base.rate_median if not missing(r.rate_median) and not missing(base.rate_median) else None
     return {
         "speed": float(np.mean(ratios)),
@@ -181,20 +180,6 @@ def steadiness_note(r: pd.Series, base: pd.Series | None, speed: dict) -> str | 
     )
 
 
-def of_published_budget(run: pd.Series) -> bool:
-    """Whether a run's budget is the published runs' (24 h): only then is a difference to them a comparison."""
-    hours = run.get("budget_hours")
-    return not missing(hours) and abs(float(hours) - PUBLISHED_HOURS) < 1e-9
-
-
-def published_note(runs: pd.DataFrame) -> str:
-    hours = sorted({f"{h:g} h" for h in runs.budget_hours if not missing(h)}) or ["unknown"]
-    return (
-        f"no Δ vs published: the published numbers are {PUBLISHED_HOURS:g}-hour runs on a GPU, and a run is "
-        f"compared with them only at that budget (these runs: {', '.join(hours)})"
-    )
-
-
 def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame | None) -> Table:
     """Block, GLUE average (mean ± std over seeds), its difference to Pre-LN with a 95 % Welch interval,
     parameters, microbatch steps, speed vs Pre-LN (steps and median tokens/s), held-out MLM loss.
@@ -207,6 +192,8 @@ def table1(runs: pd.DataFrame, problems: pd.DataFrame, reference: pd.DataFrame |
     any_published_budget = any(of_published_budget(r) for _, r in runs.iterrows())
     if reference is not None and not any_published_budget:
         notes.mark(published_note(runs), [])
+    if reference is not None and plain_hours_note(runs):
+        notes.mark(plain_hours_note(runs), [])
     for name, r in runs.iterrows():
         row_notes: list[str] = []
         d, s = table1_run(name, r, runs, problems, notes, row_notes)
@@ -253,6 +240,8 @@ def table1_run(name: str, r: pd.Series, runs: pd.DataFrame, problems, notes: Not
         "microbatch_steps": r.microbatch_steps,
         **speed,
         "speed_baseline": base_name,
+        "step_rate": r.step_rate,  # microbatch steps per training second
+        "capped_at_p": r.get("capped_at_p"),
         "rate_median": r.rate_median,
         "rate_cv": r.rate_cv,
         "mlm_loss": loss,
@@ -284,6 +273,9 @@ def run_marks(name: str, r: pd.Series, notes: Notes, row_notes: list) -> str:
         marks = notes.mark(f"{name} did not complete (stop reason: {r.stop_reason})", row_notes)
     else:
         marks = ""
+    capped = capped_note(name, r)
+    if capped:
+        marks += " (capped)" + notes.mark(capped, row_notes)
     members = members_of(r)
     if len(members) > 1:
         marks += notes.mark(

@@ -17,8 +17,9 @@ from pathlib import Path
 from ..config import require
 from ..glue.config import load_protocol, protocol_hash
 from ..glue.tasks import load_tasks
+from ..hardware import find_reference
 from ..model import block_spec
-from ..runs import GLUE, SUMMARY, glue_result, read_summary
+from ..runs import CALIBRATION_DIR, GLUE, SUMMARY, glue_result, read_summary
 from ..runtime import read_json
 from .job import Job
 
@@ -39,12 +40,20 @@ class SweepConfig:
     overrides: list[str] = field(default_factory=list)  # the pretraining's key=value overrides
     glue_args: list[str] = field(default_factory=list)  # extra glue arguments (protocol overrides)
     out: Path | None = None
+    reference: str | None = None  # a reference budget (--reference): every run shares one calibration per device
+
+    @property
+    def reference_name(self) -> str | None:
+        """The reference's own name (a path given names its file's entry)."""
+        return find_reference(self.reference).name if self.reference else None
 
     def validate(self) -> None:
         require(self.blocks, "--blocks needs at least one block")
         require(self.seeds, "--seeds needs at least one seed")
         for block in self.blocks:
             block_spec(block)  # an unknown block fails here, listing the valid ones
+        if self.reference:
+            find_reference(self.reference)  # an unknown one fails here, naming the known ones
 
     @property
     def report_dir(self) -> Path:
@@ -60,9 +69,10 @@ class SweepConfig:
         return cls(**fields)
 
 
-def run_name(block: str, budget: str, seed: int) -> str:
-    """`<block>-<budget>-s<seed>`, as `make all PRETRAIN_SEEDS=...` names them."""
-    return f"{block_spec(block).name}-{budget}-s{seed}"
+def run_name(block: str, budget: str, seed: int, reference: str | None = None) -> str:
+    """`<block>-<budget>-s<seed>`, as `make all PRETRAIN_SEEDS=...` names them; a reference budget's runs
+    `<block>-<budget>-<reference>-s<seed>` (what `pretrain --reference` names a run, with the seed)."""
+    return f"{block_spec(block).name}-{budget}" + (f"-{reference}" if reference else "") + f"-s{seed}"
 
 
 def plan(cfg: SweepConfig) -> list[Job]:
@@ -76,7 +86,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
     runs = []
     for block in cfg.blocks:
         for seed in cfg.seeds:
-            name = run_name(block, cfg.budget, seed)
+            name = run_name(block, cfg.budget, seed, cfg.reference_name)
             run_dir = cfg.runs_dir / name
             runs.append(run_dir)
             pretrain = None
@@ -106,6 +116,11 @@ def pretrain_argv(cfg: SweepConfig, block: str, seed: int, name: str) -> list[st
         "--name",
         name,
         "--resume",
+        *(
+            ["--reference", cfg.reference, "--calibration-dir", str(cfg.runs_dir / CALIBRATION_DIR)]
+            if cfg.reference
+            else []
+        ),
         f"train.seed={seed}",
         *cfg.overrides,
     ]
@@ -143,7 +158,7 @@ def plan_rows(cfg: SweepConfig) -> list[tuple[str, str, Path, str | None, str, l
     wanted, rows = protocol_hash(protocol), []
     for block in cfg.blocks:
         for seed in cfg.seeds:
-            name = run_name(block, cfg.budget, seed)
+            name = run_name(block, cfg.budget, seed, cfg.reference_name)
             rows.append((name, "pretrain", cfg.runs_dir / name, None, wanted, protocol.seeds))
             for task in load_tasks().select(cfg.tasks):
                 rows.append((f"{name}/{task}", "glue", cfg.runs_dir / name, task, wanted, protocol.seeds))

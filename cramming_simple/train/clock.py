@@ -2,9 +2,14 @@
 evaluates, keeps a snapshot or writes a checkpoint.
 
 It carries over a resume (`spent`), starts at the first training step (compile time included) and pauses only
-while something that is not training runs (`paused()`: checkpoints, evaluation, snapshots). Under DDP every
-rank's own clock is read once per microbatch and the ranks agree on the slowest (`agree`); every decision is
-taken on that agreed time, so all ranks log, evaluate and stop at the same step.
+while something that is not training runs (`paused(kind)`: checkpoints, evaluation, snapshots), counting the time
+spent outside the budget by kind. Under DDP every rank's own clock is read once per microbatch and the ranks agree
+on the slowest (`agree`); every decision is taken on that agreed time, so all ranks log, evaluate and stop at the
+same step.
+
+It is the one owner of the run's timers: built from the run's config (`for_run`: the budget's seconds here, after a
+reference budget's calibration) and its state, it alone advances them, and `stamp` writes them into the state that
+checkpoints and summaries record (`elapsed_s`, `eval_s`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import PretrainConfig
+    from .state import TrainState
+
+EVAL, CHECKPOINT = "eval", "checkpoint"  # kinds of time outside the budget (evaluation and snapshots; checkpoints)
 
 
 class BudgetClock:
@@ -23,8 +35,10 @@ class BudgetClock:
         checkpoint_s: float,
         eval_every_s: float | None,
         keep_at: list[float],
+        outside: dict[str, float] | None = None,
     ):
         self.budget_s, self.spent, self.since = budget_s, spent, None
+        self.outside = {EVAL: 0.0, CHECKPOINT: 0.0, **(outside or {})}  # seconds paused, by kind
         self.log_s, self.checkpoint_s, self.eval_every_s = log_s, checkpoint_s, eval_every_s
         self.agreed = spent  # the elapsed time every rank agreed on (from the checkpoint, then by each vote)
         self.next_log = spent + log_s
@@ -32,6 +46,21 @@ class BudgetClock:
         self.next_eval = self.eval_point_after(spent)
         self.keep = [f for f in keep_at if f * budget_s > spent]  # snapshot fractions still ahead
         self.last_tick: float | None = None
+
+    @classmethod
+    def for_run(cls, cfg: PretrainConfig, state: TrainState) -> BudgetClock:
+        """A run's clock: its budget here (`cfg.budget_s`, the one place hours become seconds) and what its state
+        carries over from earlier sessions."""
+        impl = cfg.impl
+        return cls(
+            cfg.budget_s,
+            state.elapsed_s,
+            impl.log_seconds,
+            impl.checkpoint_minutes * 60,
+            cfg.eval_every_s,
+            impl.keep_at,
+            outside={EVAL: state.eval_s},
+        )
 
     # ------------------------------------------------------------------------------------------ the clock
 
@@ -43,12 +72,21 @@ class BudgetClock:
         return self.spent + (time.perf_counter() - self.since if self.since is not None else 0.0)
 
     @contextlib.contextmanager
-    def paused(self):
+    def paused(self, kind: str = CHECKPOINT):
+        """Not training: the budget stands still; the time is counted as `kind` (EVAL or CHECKPOINT)."""
         self.spent, self.since = self.elapsed(), None
+        started = time.perf_counter()
         try:
             yield
         finally:
+            self.outside[kind] = self.outside.get(kind, 0.0) + time.perf_counter() - started
             self.start()
+
+    def stamp(self, state: TrainState) -> None:
+        """The run's timers into its state (for a checkpoint or a summary): training seconds, all sessions, and the
+        seconds spent evaluating and keeping snapshots. Nothing else writes them."""
+        state.elapsed_s = self.elapsed()
+        state.eval_s = self.outside[EVAL]
 
     def tick(self, step_time_s: float, now: float | None = None) -> float:
         """Called once per microbatch (`now`: this rank's elapsed time, read once by the caller): the EMA of seconds
@@ -77,6 +115,14 @@ class BudgetClock:
     def spent_with(self, step_s: float) -> bool:
         """Whether one more step of `step_s` seconds would not fit in the budget."""
         return self.agreed + step_s >= self.budget_s
+
+    def steps_by_end(self, steps: int, step_s: float) -> int:
+        """The microbatch steps a run at `steps` now will have made at p = 1, at `step_s` seconds per step."""
+        return steps + max(0, math.floor((self.budget_s - self.agreed) / step_s))
+
+    def p_after(self, more_steps: int, step_s: float) -> float:
+        """The budget fraction `more_steps` steps of `step_s` seconds from now."""
+        return (self.agreed + more_steps * step_s) / self.budget_s
 
     # ------------------------------------------------------------------------------------------ the points
 

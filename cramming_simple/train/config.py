@@ -6,6 +6,7 @@ from its preset (`arch.preset: tiny`), so `arch.preset=tiny arch.depth=4` means 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -16,6 +17,7 @@ from ..config import ConfigError, load_yaml, merge_typed, require, to_dict
 from ..data.loader import MASKINGS
 from ..data.packing import cache_root
 from ..data.sources import DataConfig
+from ..hardware import DATA_MARGIN, ReferenceBudget, find_reference
 from ..model import BLOCKS, ArchConfig, BlockRecipe, arch_config, block_spec, check_protocol, recorded_block
 from ..optim import DECAY_RULES
 from ..presets import find_preset
@@ -94,6 +96,10 @@ class ImplConfig:
     prefetch: int = 4  # microbatches prepared ahead on a background thread
     threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
     tracker: Any = "none"  # none | tensorboard | wandb | mlflow, or a list of them (tracking.py); rank 0 logs
+    # A reference budget's calibration before training (bench.calibrate): timed rounds until the Pre-LN rate's 95 %
+    # interval is within +-calibration_target of it, or calibration_seconds of them
+    calibration_target: float = 0.03
+    calibration_seconds: float = 180.0
 
     def validate(self) -> None:
         require(self.device in ("auto", "cuda", "cpu"), f"impl.device must be auto, cuda or cpu, got '{self.device}'")
@@ -106,6 +112,10 @@ class ImplConfig:
             "impl.checkpoint_minutes and impl.log_seconds must be positive",
         )
         require(self.eval_minutes is None or self.eval_minutes >= 0, "impl.eval_minutes must be 0 or more")
+        require(
+            0 < self.calibration_target < 1 and self.calibration_seconds > 0,
+            "impl.calibration_target must be in (0, 1) and impl.calibration_seconds positive",
+        )
         require(
             all(0.0 < f < 1.0 for f in self.keep_at) and len(set(self.keep_at)) == len(self.keep_at),
             f"impl.keep_at must be distinct budget fractions in (0, 1), got {self.keep_at}",
@@ -124,7 +134,10 @@ class PretrainConfig:
     # on when the source no longer has that hash.
     block_source: Optional[Dict[str, Any]] = None
     budget: str = ""  # the preset this came from
-    hours: float = 24.0  # wall-clock training budget
+    hours: float = 24.0  # wall-clock training budget: hours here, or hours on the reference device when `reference`
+    # A budget in hours of a reference device (--reference; hardware.py): the reference, and the calibration that
+    # made its hours into hours here (`local_hours`, the same for every block). None: hours here.
+    reference: Optional[ReferenceBudget] = None
     arch: ArchConfig = field(default_factory=ArchConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -142,27 +155,46 @@ class PretrainConfig:
         self.block, self.block_source = spec.ref, None if spec.builtin else dict(spec.source)
         recipe = block_recipe(self.block)
         require(self.hours > 0, f"hours must be positive, got {self.hours}")
+        if self.reference is not None:
+            self.reference.check(self.arch.preset, self.train.microbatch, self.arch.seq_len)
         self.train.lr = recipe.lr if self.train.lr is None else self.train.lr
         self.train.weight_decay = recipe.weight_decay if self.train.weight_decay is None else self.train.weight_decay
-        self.name = self.name or f"{spec.name}-{self.budget}"
+        self.name = self.name or f"{spec.name}-{self.budget}" + (f"-{self.reference.name}" if self.reference else "")
+
+    @property
+    def local_hours(self) -> float:
+        """The budget in hours of training here: `hours`, or the reference's hours made into hours here."""
+        if self.reference is None:
+            return self.hours
+        if not self.reference.calibrated:
+            raise ConfigError(f"the reference budget ({self.reference.name}) is not calibrated yet")
+        return self.reference.local_hours
 
     @property
     def budget_s(self) -> float:
-        return self.hours * 3600.0
+        """Seconds of training: what the budget clock counts down (train.clock), the one place it reads them."""
+        return self.local_hours * 3600.0
 
     @property
     def eval_every_s(self) -> float | None:
         """Seconds of budget between held-out evaluations (None: only at the start and the end)."""
-        minutes = self.hours * 60 / 24 if self.impl.eval_minutes is None else self.impl.eval_minutes
+        minutes = self.local_hours * 60 / 24 if self.impl.eval_minutes is None else self.impl.eval_minutes
         return minutes * 60 if minutes > 0 else None
 
     @classmethod
     def from_budget(
-        cls, budget: str, block: str | None = None, overrides: list[str] = (), name: str | None = None
+        cls,
+        budget: str,
+        block: str | None = None,
+        overrides: list[str] = (),
+        name: str | None = None,
+        reference: str | None = None,
     ) -> PretrainConfig:
         """budgets/<budget>.yaml (or a YAML path) + `key=value` overrides, validated, block recipe filled.
 
-        The arch node starts from its preset (`arch.preset` in the overrides, else the budget's).
+        The arch node starts from its preset (`arch.preset` in the overrides, else the budget's). `reference`: the
+        budget's hours are hours on that device (a name or a YAML path; hardware.py); unless data.max_sequences is
+        set, the data is sized to what the budget reads (`sized_data`). It is calibrated before training.
         """
         path = find_preset("budgets", budget)
         raw = load_yaml(path)
@@ -173,8 +205,12 @@ class PretrainConfig:
             layers.append(("--block", {"block": block}))
         if name:
             layers.append(("--name", {"name": name}))
+        if reference:
+            layers.append(("--reference", {"reference": to_dict(ReferenceBudget.of(find_reference(reference)))}))
         cfg = merge_typed(cls, cls(arch=arch_config(preset), budget=path.stem), layers)
         cfg.data.cache_dir = str(cache_root(cfg.data.cache_dir).resolve())  # recorded: resumable from any folder
+        if cfg.reference is not None and cfg.data.max_sequences is None:
+            cfg.data.max_sequences = cfg.reference.data_sequences = sized_data(cfg)
         return cfg
 
     @classmethod
@@ -194,6 +230,8 @@ class PretrainConfig:
         before = merge_typed(cls, None, [(str(saved), raw), *older])
         cfg = merge_typed(cls, None, [(str(saved), raw), *older, ("command line", list(overrides))])
         before.name = cfg.name = Path(run_dir).name
+        if cfg.reference is not None and cfg.reference.calibrated:  # its calibration stays; new hours are rescaled
+            cfg.reference.local_hours = cfg.reference.hours_here(cfg.hours, cfg.reference.local_rate)
         if cfg.data.cache_dir != before.data.cache_dir:  # moved on a resume: recorded absolute, as a new run's
             cfg.data.cache_dir = str(cache_root(cfg.data.cache_dir).resolve())
         changes = recipe_changes(before, cfg)
@@ -208,6 +246,14 @@ class PretrainConfig:
         return cfg
 
 
+def sized_data(cfg: PretrainConfig) -> int:
+    """The sequences to prepare for a reference budget: what Pre-LN reads in it (hours x the reference rate x the
+    microbatch, on one GPU), times DATA_MARGIN for faster blocks, plus the held-out slice. The same for every block
+    and every machine (it does not depend on a calibration), so one preparation serves the whole comparison."""
+    ref = cfg.reference
+    return math.ceil(cfg.hours * 3600 * ref.reference_rate * ref.microbatch * DATA_MARGIN) + cfg.data.holdout
+
+
 # Keys a resumed run may change: how it executes, not what it trains (cramming's impl, and where data is read).
 HOW_IT_RUNS = (
     "impl.checkpoint_minutes",
@@ -217,6 +263,8 @@ HOW_IT_RUNS = (
     "impl.prefetch",
     "impl.threads",
     "impl.tracker",
+    "impl.calibration_target",
+    "impl.calibration_seconds",
     "train.max_steps",  # a cap on the steps: the schedules follow the clock and do not see it
     "data.cache_dir",
     "data.verify",

@@ -19,6 +19,7 @@ from ..data import EVAL_SEED, MLMCollator, PackedData, Split, heldout_batches
 from ..model import IGNORE
 from ..model.diagnostics import measure
 from ..runtime import autocast
+from .clock import EVAL
 from .distributed import Dist
 
 
@@ -66,7 +67,7 @@ class HeldOut:
 class Evaluator:
     """An eval point of the trainer: the held-out loss (every rank scores its share) and, on rank 0, the
     diagnostics, written as an `eval` row of metrics.jsonl and a row of diagnostics.jsonl. The budget clock is
-    paused; the time is counted in `state.eval_s`. Without a held-out slice it does nothing."""
+    paused; it counts the time (`state.eval_s`). Without a held-out slice it does nothing."""
 
     def __init__(self, heldout: HeldOut | None, metrics, dist: Dist):
         self.heldout, self.metrics, self.dist = heldout, metrics, dist
@@ -74,7 +75,7 @@ class Evaluator:
     def __call__(self, model: nn.Module, state, clock) -> None:
         if self.heldout is None:
             return
-        with clock.paused():
+        with clock.paused(EVAL):  # the clock counts this time (state.eval_s)
             started = time.perf_counter()
             loss = self.heldout.loss(model)
             state.eval_loss, state.eval_step = (loss if math.isfinite(loss) else None), state.optimizer_steps
@@ -91,5 +92,4 @@ class Evaluator:
                 row = {"kind": "eval", **at, "eval_loss": state.eval_loss, "eval_s": round(seconds, 3)}
                 tracked = {"eval_loss": state.eval_loss, "eval_s": seconds}
                 self.metrics.write(row, tracked, kind="eval", diagnostics={**at, **diagnostics})
-            state.eval_s += time.perf_counter() - started
         clock.evaluated()

@@ -1,26 +1,22 @@
 """Budgeted MLM pretraining: spend the wall-clock budget on training steps, stop exactly at it, lose nothing.
 
-The budget clock starts at the first training step (compile time included) and pauses only while a
-checkpoint is written. Learning rate and batch size are pure functions of p = elapsed / budget, decided at
-the start of every optimiser step. The hot loop makes no host-device syncs except at log points (every
-`impl.log_seconds`), where the loss is read and checked for NaN/inf.
-Resuming restores weights, optimiser, counters, elapsed time and the data position; work done after the
-last checkpoint of a killed run is redone, and its time is not charged twice. A damaged `checkpoint.pt`
-falls back to `checkpoint.prev.pt`.
+The budget clock starts at the first training step (compile time included) and pauses only while a checkpoint
+is written, the model evaluated or a snapshot kept. Learning rate and batch size are pure functions of
+p = elapsed / budget, decided at the start of every optimiser step. The hot loop makes no host-device syncs except
+at log points (every `impl.log_seconds`), where the loss is read and checked for NaN/inf. Resuming restores
+weights, optimiser, counters, elapsed time and the data position; work after the last checkpoint of a killed run
+is redone, and its time is not charged twice. A damaged `checkpoint.pt` falls back to `checkpoint.prev.pt`.
 
 The trainer delegates (torchtitan's shape): `TrainStep` runs forward, backward, clipping and the optimiser step;
-`BudgetClock` owns p and the points where the loop logs, evaluates, keeps snapshots and checkpoints;
-`Checkpointer` what a checkpoint holds, saving, restoring and the fallback; `MetricsLog` the rows, trackers and
-progress; `Evaluator` the held-out loss and diagnostics; `folder` the run folder and its lock.
+`BudgetClock` owns p, the run's timers and the points where the loop logs, evaluates, keeps snapshots and
+checkpoints; `Checkpointer` what a checkpoint holds, saving, restoring and the fallback; `MetricsLog` the rows,
+trackers and progress; `Evaluator` the held-out loss and diagnostics (an `eval` row in metrics.jsonl, a row in
+diagnostics.jsonl); `Projection` the steps at p = 1 and the caps; `folder` the run folder and its lock; `budget` a
+reference budget's calibration, before the clock starts.
 
-Evaluation is not budget time either: at the start, every `impl.eval_minutes` of budget and at the end, the
-clock pauses while the held-out MLM loss is scored (an `eval_loss` row in metrics.jsonl) and the inside of
-the blocks is measured on one held-out batch (a row in diagnostics.jsonl); at each `impl.keep_at` fraction
-the model is saved as `model@<fraction>/` for `glue --at`.
-
-One process owns a run folder: rank 0 holds `runs/<name>/.lock` (flock) for the whole run, and a second
-start on the same folder exits with code 2 naming the holder. A full disk stops the run with exit code 5
-and `stop_reason: "disk_full"`, the previous checkpoint intact.
+One process owns a run folder: rank 0 holds `runs/<name>/.lock` (flock) for the whole run, and a second start on
+the same folder exits with code 2 naming the holder. A full disk stops the run with exit code 5 and
+`stop_reason: "disk_full"`, the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ import math
 import os
 import platform
 import signal
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,7 +39,7 @@ from ..data import (
 )
 from ..errors import EXIT_DISK_FULL, DiskFullError
 from ..folders import save_model
-from ..model import MaskedLM, count_params, unwrap
+from ..model import MaskedLM, count_params
 from ..optim import make_optimizer
 from ..profiles import profile_of
 from ..runs import CHECKPOINT, COMPLETE, CONFIG, MODEL, SUMMARY, read_summary, snapshot_name
@@ -56,31 +51,41 @@ from ..runtime import (
     environment,
     now_iso,
     pick_device,
-    precision_name,
     seed_everything,
     slurm_job,
 )
+from .budget import calibrated, check_one_gpu, moved_device
 from .checkpoint import Checkpointer
-from .clock import BudgetClock
+from .clock import EVAL, BudgetClock
 from .config import PretrainConfig
 from .distributed import Dist, RankFailed, init_distributed
 from .evaluate import Evaluator
 from .folder import check_folder, move_aside, run_lock
 from .inputs import RunData
 from .metrics import LogWindow, MetricsLog, trim_logs
+from .projection import Projection, cap_reached
 from .schedules import accumulation_at, lr_at
 from .state import StopSignals, TrainState
 from .step import TrainStep
+from .summary import run_summary
 
 log = logging.getLogger(__name__)
 
 
-def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = False, restart: bool = False) -> dict:
+def pretrain(
+    cfg: PretrainConfig,
+    runs_dir: str | Path = "runs",
+    resume: bool = False,
+    restart: bool = False,
+    calibration_dir: str | Path | None = None,
+) -> dict:
     """Run (or resume) one pretraining run into `runs_dir/cfg.name`; returns its summary.
 
     The folder is the run: whatever name its config.yaml stores, `runs_dir/cfg.name` is the folder that trains.
-    `restart`: an existing folder is moved aside (runs_dir/.restarted/) first, never deleted."""
+    `restart`: an existing folder is moved aside (runs_dir/.restarted/) first, never deleted. A reference budget
+    not calibrated yet (a new run) is calibrated first, or read from `calibration_dir` (train.budget)."""
     run_dir = Path(runs_dir) / cfg.name
+    check_one_gpu(cfg)
     device = pick_device(cfg.impl.device)
     if cfg.impl.threads:
         torch.set_num_threads(cfg.impl.threads)
@@ -104,6 +109,8 @@ def pretrain(cfg: PretrainConfig, runs_dir: str | Path = "runs", resume: bool = 
             if summary and summary.get("completed") and summary.get("amendments", []) == cfg.amendments:
                 log.info(f"{run_dir} is complete; nothing to do")  # (an --extend-budget goes on)
                 return summary
+            if cfg.reference is not None and not cfg.reference.calibrated:  # before the clock: not budget time
+                cfg = calibrated(cfg, device, calibration_dir)
             with StopSignals() as signals:
                 summary = Trainer(cfg, run_dir, device, dist, signals).run()
             dist.barrier()  # all ranks leave together (rank 0 was still publishing the model and summary)
@@ -141,6 +148,9 @@ class Trainer:
         )
         self.state = self.resume()
         self.state.trains_on(device_name(device), (slurm_job() or {}).get("node") or platform.node())
+        moved = moved_device(cfg, device_name(device))  # a requeue onto another GPU model keeps the hours
+        if moved:
+            self.warn(moved)
         # Execution concerns on the built (and restored) model: DDP, then compile (eager if compiling fails).
         ddp = None
         if dist.world > 1:
@@ -183,7 +193,8 @@ class Trainer:
         try:
             return self.train()
         except DiskFullError:
-            self.state.elapsed_s = self.clock.elapsed() if self.clock else self.state.elapsed_s
+            if self.clock is not None:  # before begin(): the checkpoint's time stands
+                self.clock.stamp(self.state)
             if self.dist.main:
                 with contextlib.suppress(Exception):  # a small file: it may still fit
                     self.write_summary(completed=False, stop_reason="disk_full")
@@ -230,17 +241,19 @@ class Trainer:
         self.evaluate = Evaluator(self.data.heldout, self.metrics, self.dist)
         self.log(
             f"pretraining {spec.title} [{cfg.block}] ({count_params(self.model)['params'] / 1e6:.1f}M params) for "
-            f"{cfg.hours:g} h on {environment(self.device)['device']} x{self.dist.world}, "
+            f"{cfg.local_hours:.4g} h on {environment(self.device)['device']} x{self.dist.world}, "
             f"{'compiled' if self.step.compiled else 'eager'}, data {self.data.prepared.path} "
             f"({len(self.data.stream.data)} sequences), profile {profile_of('pretrain', asdict(cfg))}"
         )
         self.window = LogWindow(self.device)
-        impl = cfg.impl
-        self.clock = BudgetClock(
-            cfg.budget_s, st.elapsed_s, impl.log_seconds, impl.checkpoint_minutes * 60, cfg.eval_every_s, impl.keep_at
-        )
+        self.clock = BudgetClock.for_run(cfg, st)
+        if cfg.reference is not None:
+            self.log(f"budget: {cfg.reference.line(cfg.hours)}")
         self.accumulated, self.n_acc, self.lr = 0, 1, 0.0
         self.nonfinite = False
+        self.projection = Projection(cfg.train, self.data.split.train_size, self.dist.world, self.warn, self.log)
+        if cfg.reference is not None:  # the calibration's Pre-LN rate: a first projection before any step
+            self.projection(st, self.clock, 1.0 / cfg.reference.local_rate, "the calibration's Pre-LN rate")
         self.clock.start()
         if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot
             self.evaluate(self.model, st, self.clock)
@@ -270,11 +283,10 @@ class Trainer:
             return "budget"
         if preempt:
             return "preempted"
-        for cap in ("max_steps", "max_microbatches"):
-            limit = getattr(self.cfg.train, cap)
-            if limit is not None and st.microbatch_steps >= limit:
-                return cap
-        return None
+        cap = cap_reached(self.cfg.train, st.microbatch_steps)
+        if cap:
+            st.capped_at_p = round(self.clock.p, 6)  # recorded: the report marks a capped run
+        return cap
 
     def set_schedules(self) -> None:
         train, p = self.cfg.train, self.clock.p
@@ -327,6 +339,7 @@ class Trainer:
         self.metrics.show(now, loss=mean_loss, step=st.microbatch_steps, steps_s=steps_s, tok_s=tok_s)
         window.reset(now)
         self.clock.logged()
+        self.projection.after_log(st, self.clock, now)
 
     def maybe_checkpoint(self) -> None:
         """Never a checkpoint with a non-finite loss or gradient behind it: a sync every few minutes, averaged
@@ -335,15 +348,14 @@ class Trainer:
         if self.nonfinite:
             return
         with self.clock.paused():
-            self.state.elapsed_s = self.clock.elapsed()
+            self.clock.stamp(self.state)
             self.checkpoint()
         self.clock.checkpointed()
 
     def keep_snapshot(self, fraction: float) -> None:
         """model@<fraction>/ (rank 0), clock paused: the model as it stands at that fraction of the budget."""
         st, name = self.state, snapshot_name(fraction)
-        with self.clock.paused():
-            started = time.perf_counter()
+        with self.clock.paused(EVAL):  # counted with evaluation (state.eval_s)
             if self.dist.main:
                 save_model(self.model, self.run_dir / name, self.tokenizer)
             st.snapshots[f"{fraction:.2f}"] = {
@@ -351,7 +363,6 @@ class Trainer:
                 "microbatch_steps": st.microbatch_steps,
                 "elapsed_s": round(self.clock.elapsed(), 3),
             }
-            st.eval_s += time.perf_counter() - started
         self.log(f"kept {self.run_dir / name} at {fraction:.0%} of the budget")
 
     def finish(self, stop: str) -> dict:
@@ -360,13 +371,13 @@ class Trainer:
         self.prefetch.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        st.elapsed_s = self.clock.elapsed()
+        self.clock.stamp(st)
         if stop != "nonfinite_loss" and self.window.steps:  # the same count on every rank
             stop = self.close_window(stop)
         completed = stop in COMPLETE
         if completed and st.eval_step != st.optimizer_steps:
             self.evaluate(self.model, st, self.clock)  # the final model's held-out loss (clock paused, as always)
-            st.elapsed_s = self.clock.elapsed()
+            self.clock.stamp(st)
         if stop == "nonfinite_loss":
             self.warn(
                 f"non-finite loss or gradient: stopped at microbatch step {st.microbatch_steps}; the last good "
@@ -404,43 +415,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ summary
 
     def summary(self, completed: bool, stop_reason: str | None) -> dict:
-        cfg, st = self.cfg, self.state
-        counts = count_params(unwrap(self.model))
-        return {
-            "name": cfg.name,
-            "block": cfg.block,
-            "block_title": unwrap(self.model).encoder.spec.title,
-            "block_source": cfg.block_source,  # where a user's block came from, with its source's sha256
-            "arch": asdict(cfg.arch),
-            "budget": cfg.budget,
-            "budget_hours": cfg.hours,
-            "profile": profile_of("pretrain", asdict(cfg)),  # clean | published | mixed (...): docs/recipe.md
-            "params": counts["params"],
-            "non_embedding_params": counts["non_embedding"],
-            "microbatch": cfg.train.microbatch,
-            "microbatch_steps": st.microbatch_steps,
-            "optimizer_steps": st.optimizer_steps,
-            "tokens": st.tokens,
-            "elapsed_s": st.elapsed_s,
-            "final_loss": st.last_loss,  # mean loss of the last log window (a short tail joins the window before it)
-            "eval_loss": st.eval_loss if st.eval_step == st.optimizer_steps else None,  # held-out, of the final model
-            "eval_sequences": self.data.split.held,
-            "eval_s": round(st.eval_s, 3),  # evaluation and snapshots: outside the budget
-            "snapshots": st.snapshots,
-            **environment(self.device),
-            "world_size": self.dist.world,
-            "slurm": slurm_job(),  # the Slurm job (id, partition, node, requeues), None outside Slurm
-            "hardware": st.hardware,  # [{device, node, from_step}]: more than one when a resume moved it
-            "precision": precision_name(self.dtype),
-            "compiled": self.step.compiled,
-            "data": {**cfg.data.describe(), **self.data_identity, "sequences": len(self.data.stream.data)},
-            "amendments": cfg.amendments,  # recipe changes accepted on a resume (--extend-budget)
-            "completed": completed,
-            "stop_reason": stop_reason,
-            "checkpoint": CHECKPOINT if self.checkpointer.exists else None,
-            "started_at": self.started_at,
-            "finished_at": now_iso(),
-        }
+        return run_summary(self, completed, stop_reason)
 
     def write_summary(self, completed: bool, stop_reason: str | None) -> dict:
         summary = self.summary(completed, stop_reason)

@@ -39,3 +39,15 @@ def accumulation_at(
     """Microbatches per optimiser step on each rank; the ramp counts the global batch over all ranks."""
     global_micro = microbatch * world_size
     return max(1, batch_at(p, global_micro, max(batch_max, global_micro), ramp_end, ramp) // global_micro)
+
+
+def microbatches_per_update(
+    microbatch: int, batch_max: int, ramp_end: float = 0.6, ramp: str = "linear", points: int = 10_000
+) -> int:
+    """A run's microbatches per optimiser update over its whole budget (one rank, a steady microbatch rate):
+    1 / the mean over p of 1 / accumulation_at(p), rounded. About 20 for the 24h budget, whose ramp takes the
+    accumulation from 1 to 64: the calibration times updates at this rate, so that they weigh in as over a run."""
+    updates = sum(
+        1.0 / accumulation_at((i + 0.5) / points, microbatch, batch_max, ramp_end, 1, ramp) for i in range(points)
+    )
+    return max(1, round(points / updates))

@@ -19,11 +19,15 @@ class TrainState:
     last_loss_steps: int = 0
     eval_loss: float | None = None  # held-out MLM loss at the last eval point, and after which optimiser step
     eval_step: int = -1
-    eval_s: float = 0.0  # time spent evaluating (budget clock paused), all sessions
+    eval_s: float = 0.0  # time spent evaluating and keeping snapshots (budget clock paused), all sessions
     snapshots: dict = field(default_factory=dict)  # "0.50" -> {dir, microbatch_steps, elapsed_s}
     # where it trained: a segment {device, node, from_step} whenever a session starts on other hardware (a
     # requeued job can land on another node; the report warns when a run's device changed mid-budget)
     hardware: list = field(default_factory=list)
+    # No silent cap: the microbatch steps the run was projected to make by p = 1 (from the calibration or its first
+    # minute), and the budget fraction at which train.max_microbatches / train.max_steps stopped it (None: they did not)
+    projected_steps: int | None = None
+    capped_at_p: float | None = None
 
     def trains_on(self, device: str, node: str) -> None:
         last = self.hardware[-1] if self.hardware else {}
