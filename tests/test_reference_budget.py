@@ -23,7 +23,7 @@ from cramming_simple.report import tables
 from cramming_simple.report.load import load_runs, replicates
 from cramming_simple.runs import CALIBRATION_DIR
 from cramming_simple.sweep import SweepConfig, plan
-from cramming_simple.train.budget import moved_device
+from cramming_simple.train.budget import data_passes_note, moved_device
 from cramming_simple.train.clock import EVAL, BudgetClock
 from cramming_simple.train.config import PretrainConfig
 from cramming_simple.train.projection import Projection
@@ -148,23 +148,37 @@ def test_the_data_is_sized_by_the_reference_budget_and_says_so(double, reference
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["sequences"] == expected  # what the run prepared and read (every block: one preparation)
     assert summary(reference_run)["data"]["hash"] == path.name
+    assert data_passes_note(cfg, manifest["sequences"]) is None  # sized: no row is read twice
+    reads = 0.0004 * 3600 * ref.reference_rate * 32  # a source of 100 rows (10 held out): passes over 90
+    assert f"{reads / 90:.1f} passes over these 90 training sequences" in data_passes_note(cfg, 100)
 
 
 def cfg_cache(cfg: PretrainConfig) -> str:
     return f"data.cache_dir={cfg.data.cache_dir}"
 
 
-def test_a_sweeps_runs_share_one_calibration(double, tmp_path):
-    runs = tmp_path / "runs"
-    over = [HOURS, HOLDOUT, f"data.cache_dir={double['cache']}", *FAST]
+@pytest.fixture(scope="module")
+def sweep_runs(double, tmp_path_factory):
+    """A sweep of Pre-LN and SAS-P on the `double` reference budget, capped at 4 microbatch steps: far below what the
+    calibration projects (2.88 x the saved rate), so both warn before their first step and stop at equal steps."""
+    runs = tmp_path_factory.mktemp("sweep") / "runs"
+    over = [HOURS, HOLDOUT, f"data.cache_dir={double['cache']}", "train.max_microbatches=4", *FAST]
     cfg = SweepConfig(
         ["preln", "sasp"], [0], "smoke", runs, "smoke", "rte", overrides=over, reference=str(double["path"])
     )
-    jobs = [j for j in plan(cfg) if j.kind == "pretrain"]
-    assert [j.name for j in jobs] == ["preln-smoke-double-s0", "sasp-smoke-double-s0"]
+    jobs, errors = [j for j in plan(cfg) if j.kind == "pretrain"], {}
     for job in jobs:  # the sweep's own command lines, run here (the launchers run them in a child process)
-        assert "--calibration-dir" in job.argv
-        assert main(job.argv) == 0
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(job.argv) == 0, err.getvalue()
+        errors[job.name] = err.getvalue()
+    return runs, jobs, errors
+
+
+def test_a_sweeps_runs_share_one_calibration(sweep_runs):
+    runs, jobs, _ = sweep_runs
+    assert [j.name for j in jobs] == ["preln-smoke-double-s0", "sasp-smoke-double-s0"]
+    assert all("--calibration-dir" in j.argv and "--reference" in j.argv for j in jobs)
     refs = [summary(runs / j.name)["reference"] for j in jobs]
     assert len(list((runs / CALIBRATION_DIR).glob("*.json"))) == 1
     assert refs[0]["local_hours"] == refs[1]["local_hours"] and refs[0]["date"] == refs[1]["date"]
@@ -174,48 +188,50 @@ def test_a_sweeps_runs_share_one_calibration(double, tmp_path):
 # ----------------------------------------------------------------------------------------------- no silent cap
 
 
-@pytest.fixture(scope="module")
-def capped_runs(smoke_cache, tmp_path_factory):
-    """Pre-LN and SAS, both stopped by train.max_microbatches long before their budget: equal steps, other rates."""
-    runs = tmp_path_factory.mktemp("capped") / "runs"
-    errors = {}
-    for block in ("preln", "sas"):
-        err = io.StringIO()
-        args = ["pretrain", "--block", block, "--budget", "smoke", "--runs-dir", str(runs), "hours=0.003"]
-        with contextlib.redirect_stderr(err):
-            code = main([*args, "train.max_microbatches=20", "impl.log_seconds=0.5", f"data.cache_dir={smoke_cache}"])
-        assert code == 0, err.getvalue()
-        errors[block] = err.getvalue()
-    return runs, errors
-
-
-def test_a_capped_run_warns_once_records_where_it_stopped_and_table_1_marks_it(capped_runs):
-    runs, errors = capped_runs
-    for block in ("preln", "sas"):
-        s = summary(runs / f"{block}-smoke")
-        assert errors[block].count("train.max_microbatches=20 will stop this run at about p = ") == 1
-        assert "train.max_microbatches=null" in errors[block]
-        assert s["stop_reason"] == "max_microbatches" and s["microbatch_steps"] == 20
-        assert 0 < s["capped_at_p"] < 0.9 and s["projected_microbatch_steps"] > 20
-    loaded = load_runs([runs / "preln-smoke", runs / "sas-smoke"])
+def test_a_capped_run_warns_once_records_where_it_stopped_and_table_1_marks_it(sweep_runs):
+    runs, jobs, errors = sweep_runs
+    for job in jobs:
+        s = summary(runs / job.name)
+        assert errors[job.name].count("train.max_microbatches=4 will stop this run at about p = ") == 1
+        assert (
+            "(the calibration's Pre-LN rate" in errors[job.name] and "train.max_microbatches=null" in errors[job.name]
+        )
+        assert s["stop_reason"] == "max_microbatches" and s["microbatch_steps"] == 4
+        assert 0 < s["capped_at_p"] < 0.9 and s["projected_microbatch_steps"] > 4
+    loaded = load_runs([runs / j.name for j in jobs])
     groups, _ = replicates(loaded.runs, loaded.glue)
     table = tables.table1(groups, loaded.problems, None)
     rows = table.data.set_index("block")
-    preln, sas = summary(runs / "preln-smoke"), summary(runs / "sas-smoke")
+    preln, sasp = (summary(runs / j.name) for j in jobs)
     # equal steps, so the step ratio would read 1.00: the speed is the training rate's ratio
-    rate = (sas["microbatch_steps"] / sas["elapsed_s"]) / (preln["microbatch_steps"] / preln["elapsed_s"])
-    assert rows.loc["sas", "speed"] == pytest.approx(rate, rel=1e-6)
-    assert rows.loc["sas", "capped_at_p"] == pytest.approx(sas["capped_at_p"])
+    rate = (sasp["microbatch_steps"] / sasp["elapsed_s"]) / (preln["microbatch_steps"] / preln["elapsed_s"])
+    assert rows.loc["sasp", "speed"] == pytest.approx(rate, rel=1e-6)
+    assert rows.loc["sasp", "capped_at_p"] == pytest.approx(sasp["capped_at_p"])
     assert all("(capped)" in cell for cell in table.shown["Run"])
-    assert any(n.startswith("sas-smoke was capped: train.max_microbatches stopped it at p = ") for n in table.notes)
+    assert any(n.startswith("sasp-smoke-double-s0 was capped: train.max_microbatches stopped it") for n in table.notes)
+
+
+def test_a_run_of_plain_hours_projects_at_its_own_rate_and_warns_of_its_cap_once(smoke_cache, tmp_path):
+    err = io.StringIO()
+    args = ["pretrain", "--block", "preln", "--budget", "smoke", "--runs-dir", str(tmp_path), "hours=0.004"]
+    with contextlib.redirect_stderr(err):
+        code = main([*args, "train.max_microbatches=20", "impl.log_seconds=0.25", f"data.cache_dir={smoke_cache}"])
+    assert code == 0, err.getvalue()
+    s = summary(tmp_path / "preln-smoke")  # a tenth of its 14.4 s budget in, its own rate projects past the cap
+    said = err.getvalue()
+    assert said.count("train.max_microbatches=20 will stop this run at about p = ") == 1, said
+    assert "(its own rate after" in said and s["stop_reason"] == "max_microbatches"
+    assert 0 < s["capped_at_p"] < 0.9 and s["projected_microbatch_steps"] > 20
 
 
 # ----------------------------------------------------------------------------------------------- the report
 
 
-def test_the_report_names_each_budget_and_refuses_to_mix_budgets_without_the_flag(reference_run, capped_runs, capsys):
+def test_the_report_names_each_budget_and_refuses_to_mix_budgets_without_the_flag(
+    reference_run, pretrained_run, capsys
+):
     out = reference_run.parent.parent / "report"
-    mixed = [str(reference_run), str(capped_runs[0] / "preln-smoke")]
+    mixed = [str(reference_run), str(pretrained_run)]  # 0.0004 h on the `double` reference, and plain hours
     assert main(["report", *mixed, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different budget references" in err[0] and "--mixed-budgets" in err[0]

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..data import PackedData, prepare
-    from ..train.budget import sized_data_note
+    from ..train.budget import data_passes_note, sized_data_note
     from ..train.config import PretrainConfig
 
     cfg = PretrainConfig.from_budget(args.budget, None, args.overrides, reference=args.reference)
@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len)
     PackedData(prepared.path, verify=True)  # read back: checksums and shapes as a run will see them
     m = prepared.manifest
+    passes = data_passes_note(cfg, m["sequences"])
+    if passes:
+        logging.getLogger(__name__).info(passes)
     state = "reused" if prepared.reused else f"prepared in {m['seconds']:.0f} s"
     print(
         f"{prepared.path}: {m['sequences']} sequences of {m['seq_len']} tokens ({m['documents']} documents, "

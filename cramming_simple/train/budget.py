@@ -140,3 +140,19 @@ def sized_data_note(cfg: PretrainConfig) -> str | None:
         f"{ref.device} ({ref.reference_rate:g} microbatches of {ref.microbatch} per second) x {DATA_MARGIN:g} for "
         f"faster blocks, plus the held-out {cfg.data.holdout:,} (data.max_sequences=N to choose)"
     )
+
+
+def data_passes_note(cfg: PretrainConfig, sequences: int) -> str | None:
+    """When a reference budget's Pre-LN would read its `sequences` prepared rows (less the held-out slice) more than
+    once: how many passes (None: less than one)."""
+    ref = cfg.reference
+    if ref is None:
+        return None
+    reads = cfg.hours * 3600 * ref.reference_rate * ref.microbatch
+    train_rows = sequences - min(cfg.data.holdout, sequences // 10)
+    if reads <= train_rows:
+        return None
+    return (
+        f"data: the budget's Pre-LN reads about {reads:,.0f} sequences, {reads / train_rows:.1f} passes over these "
+        f"{train_rows:,} training sequences (faster blocks more)"
+    )
