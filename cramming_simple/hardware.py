@@ -68,18 +68,8 @@ class HardwareReference:
         )
         require(bool(self.device and self.source), f"reference {self.name}: device and source are required")
 
-    def check(self, arch: str, microbatch: int, seq_len: int) -> None:
-        check_settings(self.name, (self.arch, self.microbatch, self.seq_len), (arch, microbatch, seq_len))
-
     def mismatch_text(self, arch: str, microbatch: int, seq_len: int) -> str | None:
         return settings_differ((self.arch, self.microbatch, self.seq_len), (arch, microbatch, seq_len))
-
-    def sequences(self, hours: float) -> int:
-        """The sequences Pre-LN trains on in `hours` on this device (one GPU)."""
-        return math.ceil(hours * 3600 * self.preln_microbatches_per_s * self.microbatch)
-
-    def describe(self) -> str:
-        return short_device(self.device, self.estimate)
 
 
 def settings_differ(measured: tuple, budget: tuple) -> str | None:

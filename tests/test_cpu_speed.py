@@ -56,11 +56,13 @@ def mlm_microbatches(cache, n: int, batch: int) -> list[dict]:
 def test_a_bf16_smoke_run_learns_as_the_fp32_run_does(smoke_cache):
     """Same model, data and steps, once in bf16 autocast and once in fp32: the MLM losses stay close.
 
-    Tolerance: the mean loss of the last 10 of 40 steps within 2 % (seen here: 6.696 against 6.688, 0.1 %), and
-    both runs learn (the loss falls by more than 15 % from the first step). bf16 keeps fp32 weights, optimiser and loss
-    (autocast only changes the matmuls' inputs), so more than that would be a bug, not rounding.
+    Tolerance: the mean loss of the last 10 of 40 steps of 8 sequences within 2 % (seen here: 6.648 against 6.637,
+    0.2 %; with 16 sequences, 6.696 against 6.688), and both runs learn (the loss falls by more than 15 % from the
+    first step: 8.918 to 6.64). Batch 8 halves the test's time: bf16 is emulated on CPUs without native bf16.
+    bf16 keeps fp32 weights, optimiser and loss (autocast only changes the matmuls' inputs), so more than that would
+    be a bug, not rounding.
     """
-    batches = mlm_microbatches(smoke_cache, 40, 16)
+    batches = mlm_microbatches(smoke_cache, 40, 8)
     cfg = arch_config("tiny", vocab_size=len(load_tokenizer(next(smoke_cache.iterdir()) / "tokenizer")))
     losses = {}
     for dtype in (None, torch.bfloat16):
