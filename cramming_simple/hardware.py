@@ -147,7 +147,7 @@ class ReferenceBudget:
         return hours * self.reference_rate / local_rate
 
     def line(self, hours: float) -> str:
-        """'24 h on RTX 2080 Ti (estimate) = 1.83 h on NVIDIA H100 80GB HBM3 (calibrated ...)'."""
+        """'24 h on RTX 2080 Ti (estimate) = H h [low, high] on <this device> (calibrated ...)'."""
         there = short_device(self.device, self.estimate)
         if not self.calibrated:
             return f"{hours:g} h on {there} (not calibrated yet)"

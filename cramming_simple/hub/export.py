@@ -177,7 +177,7 @@ def model_card(
 
 
 def budget_fact(s: dict) -> str:
-    """'24h: 24 h of wall-clock pretraining', or a reference budget's '24h: 24 h on RTX 3090 = 2.72 h ... here'."""
+    """'24h: 24 h of wall-clock pretraining', or a reference budget's '24h: 24 h on RTX 3090 = H h ... on <GPU>'."""
     hours = s.get("budget_hours")
     if not hours:
         return "?"
