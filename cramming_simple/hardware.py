@@ -142,6 +142,10 @@ class ReferenceBudget:
     def calibrated(self) -> bool:
         return self.local_hours is not None
 
+    def preln_sequences(self, hours: float) -> float:
+        """The sequences Pre-LN reads in `hours` on the reference device (one GPU): what the budget consumes."""
+        return hours * 3600 * self.reference_rate * self.microbatch
+
     def hours_here(self, hours: float, local_rate: float) -> float:
         """Reference hours as hours here: hours x reference rate / local rate."""
         return hours * self.reference_rate / local_rate

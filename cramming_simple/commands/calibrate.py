@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..console import stdout_for_results
-    from ..hardware import find_reference, known_references, save_reference, short_device
+    from ..hardware import ReferenceBudget, find_reference, known_references, save_reference, short_device
     from ..markdown import table
     from ..runtime import pick_device
     from ..train.budget import calibration_settings, measure
@@ -67,14 +67,10 @@ def run(args: argparse.Namespace) -> int:
     )
     rows = []
     for ref in refs:
-        hours = cfg.hours
         differ = ref.mismatch_text(c.arch, c.microbatch, c.seq_len)
-        here = (
-            f"not comparable: measured at {differ}"
-            if differ
-            else f"{hours * ref.preln_microbatches_per_s / c.rate:.3g} h "
-            f"[{hours * ref.preln_microbatches_per_s / c.high:.3g}, {hours * ref.preln_microbatches_per_s / c.low:.3g}]"
-        )
+        budget = ReferenceBudget.of(ref)
+        here = [budget.hours_here(cfg.hours, rate) for rate in (c.rate, c.high, c.low)]
+        here = f"not comparable: measured at {differ}" if differ else f"{here[0]:.3g} h [{here[1]:.3g}, {here[2]:.3g}]"
         rows.append([ref.name, short_device(ref.device, ref.estimate), f"{ref.preln_microbatches_per_s:.4g}", here])
     columns = ["reference", "device", "its Pre-LN microbatches/s", f"{cfg.budget} ({cfg.hours:g} h) there = here"]
     print(table(columns, rows, left=columns[:2]))

@@ -148,7 +148,7 @@ def data_passes_note(cfg: PretrainConfig, sequences: int) -> str | None:
     ref = cfg.reference
     if ref is None:
         return None
-    reads = cfg.hours * 3600 * ref.reference_rate * ref.microbatch
+    reads = ref.preln_sequences(cfg.hours)
     train_rows = sequences - min(cfg.data.holdout, sequences // 10)
     if reads <= train_rows:
         return None

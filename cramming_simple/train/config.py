@@ -251,7 +251,7 @@ def sized_data(cfg: PretrainConfig) -> int:
     microbatch, on one GPU), times DATA_MARGIN for faster blocks, plus the held-out slice. The same for every block
     and every machine (it does not depend on a calibration), so one preparation serves the whole comparison."""
     ref = cfg.reference
-    return math.ceil(cfg.hours * 3600 * ref.reference_rate * ref.microbatch * DATA_MARGIN) + cfg.data.holdout
+    return math.ceil(ref.preln_sequences(cfg.hours) * DATA_MARGIN) + cfg.data.holdout
 
 
 # Keys a resumed run may change: how it executes, not what it trains (cramming's impl, and where data is read).

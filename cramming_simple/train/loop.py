@@ -247,12 +247,11 @@ class Trainer:
         )
         self.window = LogWindow(self.device)
         self.clock = BudgetClock.for_run(cfg, st)
-        if cfg.reference is not None:
-            self.log(f"budget: {cfg.reference.line(cfg.hours)}")
         self.accumulated, self.n_acc, self.lr = 0, 1, 0.0
         self.nonfinite = False
         self.projection = Projection(cfg.train, self.data.split.train_size, self.dist.world, self.warn, self.log)
-        if cfg.reference is not None:  # the calibration's Pre-LN rate: a first projection before any step
+        if cfg.reference is not None:  # what the budget became; the calibration's rate projects before any step
+            self.log(f"budget: {cfg.reference.line(cfg.hours)}")
             self.projection(st, self.clock, 1.0 / cfg.reference.local_rate, "the calibration's Pre-LN rate")
         self.clock.start()
         if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot

@@ -22,8 +22,13 @@ FIRST_MINUTE_S = 60.0  # the run's own rate is projected after this much trainin
 
 
 def cap_reached(train: TrainConfig, steps: int) -> str | None:
-    """The cap (its train.* name) that `steps` microbatch steps have reached, or None."""
-    return next((c for c in CAPS if getattr(train, c) is not None and steps >= getattr(train, c)), None)
+    """The cap (its train.* name) that `steps` microbatch steps have reached, or None. (Once per microbatch: a
+    plain loop, no generator made per step.)"""
+    for cap in CAPS:
+        limit = getattr(train, cap)
+        if limit is not None and steps >= limit:
+            return cap
+    return None
 
 
 class Projection:
