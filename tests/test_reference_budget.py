@@ -220,7 +220,7 @@ def test_a_run_of_plain_hours_projects_at_its_own_rate_and_warns_of_its_cap_once
     s = summary(tmp_path / "preln-smoke")  # a tenth of its 14.4 s budget in, its own rate projects past the cap
     said = err.getvalue()
     assert said.count("train.max_microbatches=20 will stop this run at about p = ") == 1, said
-    assert "(its own rate after" in said and s["stop_reason"] == "max_microbatches"
+    assert "(its own rate from" in said and s["stop_reason"] == "max_microbatches"
     assert 0 < s["capped_at_p"] < 0.9 and s["projected_microbatch_steps"] > 20
 
 
@@ -297,3 +297,29 @@ def test_the_projection_warns_of_a_cap_once_and_says_how_often_the_data_will_be_
     assert said == [
         "data: at this rate the run reads about 40,960 sequences, about 41.0 passes over its 1,000 training sequences"
     ]
+
+
+def test_the_own_rate_projection_waits_for_the_steps_after_compile():
+    """Seen on an H200: a compiled run's first 2 steps took 4.2 s, then 34 per second. A projection from the
+    step-time EMA at the first log point said 6 steps for a run that made 605; it now takes the rate between two
+    log points after the compiled steps."""
+    cfg = PretrainConfig.from_budget("smoke", "preln", [])
+    projection = Projection(cfg.train, 10**6, 1, [].append, [].append)
+    clock, state = BudgetClock(21.6, 0.0, 4.0, 60.0, None, []), TrainState()
+    now = 0.0
+
+    def train_until(log_at: float, step_s: float) -> None:
+        nonlocal now
+        while now + step_s <= log_at:
+            now += step_s
+            state.step_time_s = clock.tick(state.step_time_s, now)
+            state.microbatch_steps += 1
+            clock.agree(now)
+        projection.after_log(state, clock, now)
+
+    train_until(4.2, 2.1)  # compile: two steps, a log point past a tenth of the budget
+    assert state.projected_steps is None
+    train_until(8.2, 1 / 34)  # the first log point after compile: marked
+    assert state.projected_steps is None
+    train_until(12.2, 1 / 34)
+    assert state.projected_steps == pytest.approx(state.microbatch_steps + (21.6 - now) * 34, rel=0.01)

@@ -46,6 +46,7 @@ class BudgetClock:
         self.next_eval = self.eval_point_after(spent)
         self.keep = [f for f in keep_at if f * budget_s > spent]  # snapshot fractions still ahead
         self.last_tick: float | None = None
+        self.ticks = 0  # microbatches timed in this session (its first ones compile)
 
     @classmethod
     def for_run(cls, cfg: PretrainConfig, state: TrainState) -> BudgetClock:
@@ -93,6 +94,7 @@ class BudgetClock:
         per microbatch, updated with the time since the last tick (0.0: none yet). A resumed run carries it over,
         so that it never starts a step it cannot finish."""
         now = self.elapsed() if now is None else now
+        self.ticks += 1
         if self.last_tick is not None:
             step_time_s = (
                 now - self.last_tick if step_time_s == 0.0 else 0.9 * step_time_s + 0.1 * (now - self.last_tick)

@@ -1,7 +1,8 @@
 """No silent cap (docs/recipe.md): once a rate is known, the microbatch steps a run will make by p = 1.
 
 The first rate is a reference budget's calibration (Pre-LN's, before any step); the run's own comes after its
-first minute of training (a tenth of a shorter budget): the step-time EMA. A cap that will end the run before
+first minute of training (a tenth of a shorter budget): its steps per second between two log points after this
+session's first steps, which compile. A cap that will end the run before
 its budget (train.max_microbatches, cramming's 900,000 in the published profile; train.max_steps) is one warning
 line, said once, with the budget fraction and learning rate at which it stops and how to avoid it; the stop itself
 is recorded (`capped_at_p`). A run that will read its training rows more than once says how often.
@@ -19,6 +20,10 @@ from .state import TrainState
 
 CAPS = CAPPED  # train.* caps on microbatch steps (stop reasons of a completed run)
 FIRST_MINUTE_S = 60.0  # the run's own rate is projected after this much training (or a tenth of a short budget)
+# The rate is the steps per second between two log points after this session's first SETTLED_STEPS microbatches:
+# those compile (seen on an H200: 2 steps in 4.2 s, then 34 per second), and a step-time EMA would carry them for
+# a hundred steps more (a first projection from it said 6 steps for a run that made 605).
+SETTLED_STEPS = 10
 
 
 def cap_reached(train: TrainConfig, steps: int) -> str | None:
@@ -37,12 +42,21 @@ class Projection:
     def __init__(self, train: TrainConfig, train_rows: int, world: int, warn: Callable, say: Callable):
         self.train, self.train_rows, self.world, self.warn, self.say = train, train_rows, world, warn, say
         self.own_rate_seen = self.cap_warned = self.wrap_said = False
+        self.settled: tuple[float, int] | None = None  # (seconds, steps) at the first log point after compile
 
     def after_log(self, state: TrainState, clock: BudgetClock, now: float) -> None:
-        """At a log point: once the first minute is behind the run, project it at its own rate."""
-        if not self.own_rate_seen and now >= min(FIRST_MINUTE_S, clock.budget_s / 10):
+        """At a log point: mark the first one after this session's compile; at the first after that and after the
+        first minute, project the run at its rate between the two."""
+        if self.own_rate_seen or clock.ticks < SETTLED_STEPS:
+            return
+        if self.settled is None:
+            self.settled = (now, state.microbatch_steps)
+            return
+        since, steps = self.settled
+        if now >= min(FIRST_MINUTE_S, clock.budget_s / 10) and state.microbatch_steps > steps:
             self.own_rate_seen = True
-            self(state, clock, state.step_time_s, f"its own rate after {now:.0f} s of training")
+            step_s = (now - since) / (state.microbatch_steps - steps)
+            self(state, clock, step_s, f"its own rate from {since:.0f} s to {now:.0f} s of training")
 
     def __call__(self, state: TrainState, clock: BudgetClock, step_s: float, rate_from: str) -> None:
         """Project at `step_s` seconds per microbatch step (recorded as `state.projected_steps`); warn of a cap."""
