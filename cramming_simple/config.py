@@ -40,6 +40,21 @@ def _explain(schema: type, err: OmegaConfBaseException, origin: str) -> ConfigEr
     return ConfigError(f"{origin}: {msg}" + (f" (key '{key}')" if key else ""))
 
 
+def dotlist(items: Iterable[str], origin: str = "command line") -> DictConfig:
+    """`key=value` overrides as a config; one that YAML cannot read (an unclosed list, `train.betas=[0.9`) is a
+    ConfigError naming it, not a parser traceback."""
+    items = list(items)
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{origin}: {item!r} is not key=value")
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as err:  # noqa: BLE001 - yaml's and OmegaConf's errors alike: the value cannot be read
+            said = getattr(err, "problem", None) or str(err).splitlines()[0]  # yaml's: "did not find expected ..."
+            raise ConfigError(f"{origin}: cannot read {item!r} ({said})") from None
+    return OmegaConf.from_dotlist(items)
+
+
 def merge_typed(schema: type[T], base: T | None, layers: Iterable[tuple[str, Any]]) -> T:
     """Merge (origin, mapping-or-dotlist) layers onto `base` (or the schema defaults) and validate.
 
@@ -49,7 +64,7 @@ def merge_typed(schema: type[T], base: T | None, layers: Iterable[tuple[str, Any
     for origin, layer in layers:
         try:
             if isinstance(layer, (list, tuple)):
-                layer = OmegaConf.from_dotlist(list(layer))
+                layer = dotlist(layer, origin)
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as err:
             raise _explain(schema, err, origin) from None

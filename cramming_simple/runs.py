@@ -45,7 +45,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .errors import CorruptFileError
-from .runtime import read_json
+from .runtime import file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,23 @@ RESULTS = "*/seed*.json"  # every per-seed result of a glue/ folder
 def glue_result(glue_dir: Path, task: str, seed: int) -> Path:
     """glue/<task>/seed<k>.json: one task/seed's result."""
     return glue_dir / task / f"seed{seed}.json"
+
+
+def model_hash(model_dir: Path) -> str | None:
+    """The model a GLUE result belongs to: the first 12 hex digits of its weights' sha256 (None: no model yet)."""
+    weights = model_dir / "model.safetensors"
+    return file_sha256(weights)[:12] if weights.exists() else None
+
+
+def glue_result_is_of(result: dict | None, protocol_hash: str, model: str | None) -> bool:
+    """What "this GLUE task/seed is done" means, for `glue` and the sweep's planner alike: a result of this
+    protocol on this model. A model trained further (--extend-budget) has other weights: its GLUE is to do."""
+    return (
+        result is not None
+        and model is not None
+        and result.get("protocol_hash") == protocol_hash
+        and result.get("model_hash") == model
+    )
 
 
 def glue_predictions(result: Path) -> Path:

@@ -117,7 +117,8 @@ def test_a_sweep_plans_its_runs_under_the_names_make_all_gives_them(tmp_path):
         len(glue) == 8 and glue[0].after == ["preln-smoke-s0"] and glue[0].logs == tmp_path / "preln-smoke-s0" / "logs"
     )
     assert jobs[-1].kind == "report" and len(jobs[-1].after) == 12 and jobs[-1].argv[-1] == str(tmp_path / "report")
-    assert jobs[0].argv[:2] == ["pretrain", "--block"] and "--resume" in jobs[0].argv and "train.seed=0" in jobs[0].argv
+    assert jobs[0].argv[:2] == ["pretrain", "--block"] and "--resume-or-restart" in jobs[0].argv
+    assert "train.seed=0" in jobs[0].argv
     with pytest.raises(Exception, match="unknown block"):
         plan(SweepConfig(["prelm"], [0], "smoke", tmp_path))
 
@@ -130,9 +131,10 @@ def test_sweep_status_shows_every_state_with_its_reason_and_log(tmp_path, capsys
     import platform
 
     from cramming_simple.glue.config import load_protocol, protocol_hash
-    from cramming_simple.runs import LOCK
+    from cramming_simple.runs import LOCK, model_hash
     from cramming_simple.sweep import SweepConfig, plan
     from cramming_simple.sweep.launch import launch
+    from cramming_simple.sweep.options import SlurmOptions
 
     runs = tmp_path / "runs"
     cfg = SweepConfig(["preln", "sasp", "postln"], [0], "smoke", runs, "smoke", "rte", glue_args=["epochs=1"])
@@ -141,11 +143,14 @@ def test_sweep_status_shows_every_state_with_its_reason_and_log(tmp_path, capsys
     (done / GLUE / "rte").mkdir(parents=True)
     summary = {"completed": True, "microbatch_steps": 120, "slurm": {"job_id": "7", "restarts": 2}}
     (done / "summary.json").write_text(json.dumps(summary))
+    (done / "model").mkdir()
+    (done / "model" / "model.safetensors").write_bytes(b"weights")
     for seed in protocol.seeds:  # a seeded failure is a result: glue does not redo it, nor does the sweep
         why = {
             "status": "failed",
             "reason": "non-finite training loss at epoch 1",
             "protocol_hash": protocol_hash(protocol),
+            "model_hash": model_hash(done / "model"),
         }
         glue_result(done / GLUE, "rte", seed).write_text(json.dumps(why))
     assert not [j for j in plan(cfg) if j.name.startswith("preln")]
@@ -158,7 +163,7 @@ def test_sweep_status_shows_every_state_with_its_reason_and_log(tmp_path, capsys
 
     jobs = [j for j in plan(cfg) if j.name.startswith("sasp")]
     jobs = [Failing(j.kind, j.name, j.argv, j.logs, j.after) for j in jobs]
-    assert launch(cfg, jobs, "local", {}, wait=True) == 1
+    assert launch(cfg, jobs, "local", SlurmOptions(), wait=True) == 1
     busy = runs / "postln-smoke-s0"
     busy.mkdir()
     live = {"launcher": "local", "pid": os.getpid(), "host": platform.node(), "sweep": cfg.describe()}
@@ -184,21 +189,10 @@ def test_sweep_status_shows_every_state_with_its_reason_and_log(tmp_path, capsys
     assert "no sweep was launched into" in capsys.readouterr().err
 
 
-def test_slurm_options_go_to_their_kind_of_job_and_a_run_on_several_nodes_is_torchrun_per_task(tmp_path):
+def test_a_run_on_several_nodes_is_torchrun_per_task(tmp_path):
     import sys
 
-    from cramming_simple.config import ConfigError
     from cramming_simple.sweep.job import Job
-    from cramming_simple.sweep.launch import check_slurm_options, slurm_parameters
-
-    options = {"time": "1560", "gpus_per_node": "1", "partition": "gpu", "glue.time": "240", "array_parallelism": "4"}
-    glue = slurm_parameters(options, "glue")
-    assert glue == {"timeout_min": 240, "gpus_per_node": 1, "slurm_partition": "gpu", "slurm_array_parallelism": 4}
-    assert slurm_parameters(options, "pretrain")["timeout_min"] == 1560
-    assert "gpus_per_node" not in slurm_parameters(options, "report")  # the report needs no GPU
-    for bad, why in (({"gpu.time": "5"}, "a prefix names a kind of job"), ({"tasks_per_node": "8", **options}, "1")):
-        with pytest.raises(ConfigError, match=why):
-            check_slurm_options(bad)
 
     pretrain = Job("pretrain", "sas-24h-s0", ["pretrain", "--block", "sas"], tmp_path)
     assert pretrain.command({}) == [sys.executable, "-m", "cramming_simple", "pretrain", "--block", "sas"]
@@ -250,6 +244,7 @@ NO_SLURM = slurm_missing()
 def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_path, capsys):
     runs = tmp_path / "runs"
     options = ("--slurm", "cpus_per_task=1", "--slurm", "time=10", "--slurm", "glue.time=5")
+    options += ("--slurm", "setup=echo cs-setup-ran on $(hostname)", "--slurm", "pretrain.exclusive=true")
     args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", *options)
     started = time.time()
     assert main(args) == 0
@@ -264,6 +259,10 @@ def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_
     assert summary["hardware"] == [{"device": summary["device"], "node": node, "from_step": 0}]
     assert f"on node {node} (Slurm job {summary['slurm']['job_id']})" in (runs / "report" / "index.md").read_text()
     assert all(Path(j["log"]).is_file() for j in record["jobs"])  # a log per job, in its run folder
+    for job in record["jobs"]:  # the --slurm setup line ran in every job, before the job's command (stdout)
+        assert (
+            "cs-setup-ran on " in Path(job["log"]).with_name(Path(job["log"]).name[: -len("err")] + "out").read_text()
+        )
     capsys.readouterr()
     assert main(["sweep", "--status", str(runs)]) == 0  # the sweep's record says what to show
     assert capsys.readouterr().out.count("| done |") == 5

@@ -54,13 +54,14 @@ def arch_of(preset: str, overrides: list[str]):
     """The arch to check: the preset with the arch.* overrides (data.* and train.* go to the smoke budget)."""
     from omegaconf import OmegaConf
 
+    from ..config import dotlist
     from ..model import arch_config
 
     arch = [o for o in overrides if o.startswith("arch.")]
     other = [o for o in overrides if not o.startswith(("arch.", "data.", "train."))]
     if other:
         raise ConfigError(f"override {other[0]}: check-block takes arch.*, data.* and train.* keys")
-    typed = OmegaConf.to_container(OmegaConf.from_dotlist(arch)).get("arch", {})
+    typed = OmegaConf.to_container(dotlist(arch)).get("arch", {})
     return arch_config(preset, **typed)
 
 

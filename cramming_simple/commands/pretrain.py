@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="move an existing runs/<name> aside (into runs/.restarted/, never deleted) and start the run over",
     )
     p.add_argument(
+        "--resume-or-restart",
+        action="store_true",
+        help="--resume, and a folder of a run killed before its first checkpoint (nothing to resume) is moved aside "
+        "as --restart does and the run starts over (what sweeps pass: a requeue never needs a human)",
+    )
+    p.add_argument(
         "--extend-budget",
         action="store_true",
         help="with --resume: accept overrides that change the recipe (hours=..., train.*), recorded in the run",
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.budget import sized_data_note
     from ..train.loop import pretrain
 
+    args.resume = args.resume or args.resume_or_restart
     if not args.block and not args.resume:
         raise ConfigError(f"--block is required: one of {', '.join(BLOCKS)}")
     check_runs_dir(args.runs_dir)
@@ -114,5 +121,5 @@ def run(args: argparse.Namespace) -> int:
     note = sized_data_note(cfg)
     if note and not (Path(args.runs_dir) / cfg.name / CONFIG).exists():  # a new run says so once
         logging.getLogger(__name__).info(note)
-    summary = pretrain(cfg, args.runs_dir, args.resume, args.restart, args.calibration_dir)
+    summary = pretrain(cfg, args.runs_dir, args.resume, args.restart, args.calibration_dir, args.resume_or_restart)
     return STOP_EXIT_CODES.get(summary.get("stop_reason") or "budget", EXIT_FAILED)

@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a Slurm option through submitit, e.g. partition=gpu, gpus_per_node=1, constraint=a100, time=1500 "
-        "(minutes), account=..., qos=..., array_parallelism=4; for one kind of job only: pretrain.nodes=2, "
-        "glue.time=240, report.partition=cpu; repeat for several",
+        "(minutes), account=..., qos=..., exclusive=true, srun_args='--cpu-bind=none', setup='module load cuda' "
+        "(repeatable), python=..., additional_parameters.NAME=VALUE (any #SBATCH --NAME); for one kind of job "
+        "only: pretrain.nodes=2, glue.time=240, report.partition=cpu; repeat for several (README, On a cluster)",
     )
     parser.add_argument("--glue", action="append", default=[], metavar="KEY=VALUE", help="a GLUE protocol override")
     parser.add_argument("--wait", action="store_true", help="with slurm: block until every job ended; 1 if any failed")
@@ -59,17 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..sweep import SweepConfig, last_sweep, launch, plan
+    from ..sweep.options import SlurmOptions
 
-    slurm = dict(option.split("=", 1) for option in args.slurm if "=" in option)
-    if len(slurm) != len(args.slurm):
-        raise ConfigError(f"--slurm takes KEY=VALUE, got {' '.join(o for o in args.slurm if '=' not in o)}")
+    slurm = SlurmOptions.parse(args.slurm)
     if args.status is not None and not args.blocks:
         return show_status(last_sweep(Path(args.status) if args.status is not True else args.runs_dir))
     if not args.blocks:
         raise ConfigError("--blocks is required (or --status RUNS_DIR, for a sweep launched before)")
     cfg = SweepConfig(
         blocks=[b.strip() for b in args.blocks.split(",") if b.strip()],
-        seeds=[int(s) for s in args.seeds.split(",") if s.strip()],
+        seeds=seeds(args.seeds),
         budget=args.budget,
         runs_dir=Path(args.status) if isinstance(args.status, str) else args.runs_dir,
         protocol=args.protocol,
@@ -82,10 +82,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.status is not None:
         return show_status(cfg)
-    if slurm and args.launcher != "slurm":
+    if args.slurm and args.launcher != "slurm":
         raise ConfigError("--slurm options are for --launcher slurm")
     prepare_data(cfg)
     return launch(cfg, plan(cfg), args.launcher, slurm, args.wait)
+
+
+def seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes a comma list of integers, e.g. 0,1,2; got {text!r}") from None
 
 
 def show_status(cfg) -> int:

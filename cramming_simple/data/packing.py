@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..config import config_hash
-from ..runtime import Progress, file_sha256, now_iso, read_json, remove_stale_temporaries, write_json
+from ..runtime import Progress, file_sha256, now_iso, read_json, remove_stale_temporaries, write_json, writer_tag
 from .sources import DataConfig, DataError, document_batches, pretokenized_tokenizer_dir, token_batches
 from .tokenizer import check_tokenizer, load_tokenizer, tokenizer_sha256, train_wordpiece
 
@@ -163,7 +163,7 @@ def prepare(cfg: DataConfig, vocab_size: int, seq_len: int, show_progress: bool 
     if (root / MANIFEST).exists():
         return Prepared(root, read_json(root / MANIFEST), reused=True)
     start = time.perf_counter()
-    work = root.with_name(root.name + f".partial{os.getpid()}")
+    work = root.with_name(root.name + f".partial{writer_tag()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:

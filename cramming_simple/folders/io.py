@@ -28,7 +28,7 @@ from ..errors import CorruptFileError, DiskFullError, is_disk_full
 from ..model.bert import MaskedLM, SequenceClassifier, clean_state_dict, unwrap, unwrapped_key
 from ..model.config import MODEL_TYPE, ArchConfig, special_ids
 from ..model.registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
-from ..runtime import FILE_MODE, fsync_folder, read_json
+from ..runtime import FILE_MODE, fsync_folder, read_json, writer_tag
 from .remote import ARCHITECTURES, auto_map, write_modeling_file
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
     path = Path(path)
     plain = unwrap(model)
     encoder = plain.encoder
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{writer_tag()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     state = {k: v.detach().contiguous().cpu() for k, v in clean_state_dict(plain.state_dict()).items()}
     spec = encoder.spec
@@ -84,7 +84,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
         if is_disk_full(err):
             raise DiskFullError(path / WEIGHTS, sum(v.numel() * v.element_size() for v in state.values())) from None
         raise
-    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    old = path.with_name(f".{path.name}.{writer_tag()}.old")
     if path.exists():
         path.rename(old)
     tmp.rename(path)

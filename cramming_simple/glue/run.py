@@ -17,12 +17,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, require
+from ..config import ConfigError, dotlist, require
 from ..data.tokenizer import check_tokenizer, load_tokenizer, tokenizer_sha256
 from ..folders import check_model
 from ..profiles import profile_of
-from ..runs import GLUE, MODEL, SUMMARY, glue_name, read_summary, snapshot_name
-from ..runtime import file_sha256, remove_stale_temporaries
+from ..runs import GLUE, MODEL, SUMMARY, glue_name, model_hash, read_summary, snapshot_name
+from ..runtime import remove_stale_temporaries
 from ..tracking import Trackers, check_trackers
 from .config import Protocol, load_protocol, protocol_hash
 from .data import Source, check_counts, load_task, open_source, shown_inputs
@@ -106,7 +106,7 @@ def route_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     impl = [o for o in overrides if o.startswith("impl.")]
     unknown = [o for o in impl if o.split("=", 1)[0] not in ROUTED]
     require(not unknown, f"glue takes {', '.join(ROUTED)} and protocol keys; not {', '.join(unknown)}")
-    chosen = OmegaConf.to_container(OmegaConf.from_dotlist(impl)).get("impl", {}).get("tracker", "none")
+    chosen = OmegaConf.to_container(dotlist(impl)).get("impl", {}).get("tracker", "none")
     return [o for o in overrides if o not in impl], check_trackers(chosen)
 
 
@@ -189,7 +189,7 @@ def make_job(config: GlueRun, source: Source) -> Job:
         config.protocol_name,
         config.protocol,
         protocol_hash(config.protocol),
-        file_sha256(config.model_dir / "model.safetensors")[:12],
+        model_hash(config.model_dir) or "",
         config.table,
         source,
         config.force,

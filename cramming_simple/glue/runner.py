@@ -29,7 +29,7 @@ import torch
 from ..config import require
 from ..data.tokenizer import load_tokenizer
 from ..errors import CorruptFileError, LockedError, UserError
-from ..runs import GLUE, MODEL, glue_lock, glue_model, glue_predictions, glue_result
+from ..runs import GLUE, MODEL, glue_lock, glue_model, glue_predictions, glue_result, glue_result_is_of
 from ..runtime import (
     FileLock,
     Progress,
@@ -125,11 +125,7 @@ class Job:
 
     def is_ours(self, result: dict | None) -> bool:
         """Whether a stored result is of this protocol on this model."""
-        return (
-            result is not None
-            and result.get("protocol_hash") == self.protocol_hash
-            and result.get("model_hash") == self.model_hash
-        )
+        return glue_result_is_of(result, self.protocol_hash, self.model_hash)
 
 
 def check_not_in_use(job: Job, todo: list[Item]) -> None:

@@ -40,6 +40,7 @@ from .files import (
     remove_stale_temporaries,
     write_json,
     write_temporary,
+    writer_tag,
 )
 from .locks import FileLock, die_with_parent, pid_alive
 from .progress import Progress, now_iso, timed
@@ -80,4 +81,5 @@ __all__ = [
     "timed",
     "write_json",
     "write_temporary",
+    "writer_tag",
 ]

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -36,7 +37,7 @@ def write_temporary(path: str | Path, write: Callable[[BinaryIO], None], size_hi
     """The first half of `atomic_write`: the complete, fsynced temporary file beside `path` (not yet renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}@{HOST}.tmp")
     try:
         with open(tmp, "xb") as f:
             write(f)
@@ -74,16 +75,27 @@ def fsync_folder(folder: str | Path) -> None:
             os.close(fd)
 
 
-# Names of what killed writers leave behind: `.<name>.<pid>[-<hex>].tmp` (atomic writes, checkpoint links, model
-# folders, GLUE predictions), `.<name>.<pid>.old` (a model folder being replaced), `<key>.partial<pid>` (data).
-TEMPORARY = re.compile(r"^\..+\.(\d+)(-[0-9a-f]+)?\.(tmp|old)$|^.+\.partial(\d+)$")
+# Names of what killed writers leave behind: `.<name>.<pid>[-<hex>]@<host>.tmp` (atomic writes, checkpoint links,
+# model folders, GLUE predictions), `.<name>.<pid>@<host>.old` (a model folder being replaced),
+# `<key>.partial<pid>@<host>` (data). The host: run folders live on filesystems that several nodes share, and a PID
+# says nothing about another node's processes. (Names without a host, from before, are this host's.)
+HOST = re.sub(r"[^A-Za-z0-9.-]", "-", platform.node()) or "localhost"
+TEMPORARY = re.compile(
+    r"^\..+\.(\d+)(?:-[0-9a-f]+)?(?:@([A-Za-z0-9.-]+))?\.(?:tmp|old)$|^.+\.partial(\d+)(?:@([A-Za-z0-9.-]+))?$"
+)
+
+
+def writer_tag() -> str:
+    """`<pid>@<host>`: whose temporary file this is (what `remove_stale_temporaries` reads back)."""
+    return f"{os.getpid()}@{HOST}"
 
 
 def remove_stale_temporaries(folder: str | Path, recursive: bool = False, dead_only: bool = False) -> list[Path]:
     """Delete the temporary files and folders that killed writers left in `folder` (`recursive`: below it too).
 
     Call it holding the folder's lock, or with `dead_only`: then only what a process of this host that no longer
-    runs was writing goes (the writer's PID is in the name), so a folder other live processes write in is safe.
+    runs was writing goes (the writer's PID and host are in the name), so a folder other live processes write in,
+    on this node or another, is safe.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -94,8 +106,8 @@ def remove_stale_temporaries(folder: str | Path, recursive: bool = False, dead_o
         match = TEMPORARY.match(p.name)
         if match is None:
             continue
-        pid = int(match.group(1) or match.group(4))
-        if dead_only and (pid == os.getpid() or pid_alive(pid)):
+        pid, host = int(match.group(1) or match.group(3)), match.group(2) or match.group(4) or HOST
+        if dead_only and (host != HOST or pid == os.getpid() or pid_alive(pid)):
             continue
         with contextlib.suppress(OSError):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

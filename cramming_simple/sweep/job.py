@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..runs import GLUE
+
 RDZV_PORTS = (20000, 10000)  # the rendezvous port: 20000 + job id mod 10000 (two jobs on one head node differ)
 
 
@@ -37,6 +39,7 @@ class Job:
         """Run the command in a child process; its exit code. Non-zero raises, so that the scheduler sees a
         failed job. With `log`, the child's output also goes to that file (Slurm jobs: submitit's log files)."""
         command = self.command()
+        self.started = time.time()
         line = f"[sweep] {self.name}: {' '.join(command)}\n"  # the exact command, at the top of its log
         print(line, end="", file=sys.stderr, flush=True)
         # Slurm sends its time-limit warning (SIGUSR2) to every process of the job: the child ignores it (so does
@@ -60,6 +63,14 @@ class Job:
         clock."""
         import submitit
 
+        if self.kind != "pretrain" and at_time_limit() and not self.progressed():
+            print(
+                f"[sweep] {self.name}: at its time limit with no new result since it started: not requeued (it would "
+                f"run out of time the same way; give it more: --slurm {self.kind}.time=MINUTES)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None  # submitit: no requeue, the job ends as not completed
         # This runs in submitit's signal handler, which may have interrupted Popen.wait() holding its lock: ask
         # the kernel, never the Popen object (its poll() would say "running" forever and wait() would deadlock)
         child = getattr(self, "child", None)
@@ -68,6 +79,22 @@ class Job:
             while running(child.pid):
                 time.sleep(0.2)
         return submitit.helpers.DelayedSubmission(Job(self.kind, self.name, self.argv, self.logs, self.after))
+
+    def progressed(self) -> bool:
+        """Whether a GLUE job wrote a task/seed result since it started (the report has no partial results)."""
+        if self.kind != "glue" or "--tasks" not in self.argv:
+            return False
+        started = getattr(self, "started", 0.0)
+        task = self.argv[self.argv.index("--tasks") + 1]
+        results = (self.logs.parent / GLUE / task).glob("seed*.json")
+        return any(path.stat().st_mtime >= started for path in results)
+
+
+def at_time_limit(env=None) -> bool:
+    """Whether Slurm's warning signal came from the job's time limit rather than a preemption: within 10 minutes
+    of SLURM_JOB_END_TIME (the signal comes signal_delay_s before it). Without that variable: assumed so."""
+    end = (os.environ if env is None else env).get("SLURM_JOB_END_TIME")
+    return not end or time.time() >= int(end) - 600
 
 
 def ignore_usr2() -> None:  # in the child, between fork and exec

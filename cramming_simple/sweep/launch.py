@@ -18,22 +18,14 @@ from ..config import ConfigError
 from ..errors import UserError
 from ..runtime import now_iso, write_json
 from .job import Job
+from .options import SlurmOptions
 from .plan import SweepConfig
 from .status import SWEEPS, queued, status
 
 log = logging.getLogger(__name__)
 
-KINDS = ("pretrain", "glue", "report")  # `--slurm glue.KEY=VALUE`: an option for one kind of job only
-SLURM_DEFAULTS = {
-    "timeout_min": 60 * 24 * 2,  # 2 days
-    "slurm_signal_delay_s": 120,  # SIGUSR2 two minutes before the time limit: checkpoint and requeue
-}
-MAX_TIMEOUTS = 30  # requeues after a time limit before submitit gives up: a 24 h budget in 4 h pieces needs 6
-INTEGERS = ("gpus_per_node", "cpus_per_task", "nodes", "tasks_per_node", "mem_gb")
-SUBMITIT = ("array_parallelism", "signal_delay_s")  # submitit's own slurm_* options (integers)
 
-
-def launch(cfg: SweepConfig, jobs: list[Job], launcher: str, slurm: dict, wait: bool) -> int:
+def launch(cfg: SweepConfig, jobs: list[Job], launcher: str, slurm: SlurmOptions, wait: bool) -> int:
     """Run or submit `jobs`; with `wait` (always, locally) the exit code says whether every job succeeded."""
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
@@ -42,10 +34,9 @@ def launch(cfg: SweepConfig, jobs: list[Job], launcher: str, slurm: dict, wait: 
     path = cfg.runs_dir / SWEEPS / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
     if launcher == "local":
         return run_local(jobs, path, record)
-    check_slurm_options(slurm)
     submitted: dict[str, tuple[str, str]] = {}
     try:
-        submit(jobs, slurm, submitted)
+        submit(jobs, slurm, submitted, cfg.hours)
     finally:  # a submission that fails half-way still records what it submitted
         rows = [describe(j, *submitted.get(j.name, (None, None, "not submitted"))) for j in jobs]
         write_json(path, {**record, "jobs": rows})
@@ -82,35 +73,31 @@ def run_local(jobs: list[Job], path: Path | None = None, record: dict | None = N
     return 1 if failed else 0
 
 
-def submit(jobs: list[Job], slurm: dict, submitted: dict[str, tuple[str, str]]) -> None:
+def submit(jobs: list[Job], slurm: SlurmOptions, submitted: dict[str, tuple[str, str]], hours: float | None) -> None:
     """Submit through submitit: a pretraining job per run, a job array per run's GLUE tasks (array_parallelism
     at a time), each waiting for its run (afterok); the report waits for every job (afterany), so it shows what
     failed too. `kill-on-invalid-dep`: a job whose run failed is cancelled, not left pending forever.
-    Fills `submitted`: {job name: (Slurm id, its stderr file)}."""
+    Submitted without this process's Slurm variables (submitit's clean_env), so that a sweep started inside a job
+    does not pass that job's allocation on. Fills `submitted`: {job name: (Slurm id, its stderr file)}."""
     import submitit
 
     for _, group in groupby(jobs, key=lambda j: (j.kind, j.logs, tuple(j.after))):
         group = list(group)
         first = group[0]
-        executor = submitit.AutoExecutor(
-            folder=first.logs / "%j",
-            cluster="slurm",
-            slurm_max_num_timeout=int(slurm.get("max_num_timeout", MAX_TIMEOUTS)),
-        )
+        executor = submitit.AutoExecutor(folder=first.logs / "%j", cluster="slurm", **slurm.executor(first.kind))
         after = sorted({submitted[name][0].split("_")[0] for name in first.after if name in submitted})
         kind = "afterany" if first.kind == "report" else "afterok"
         extra = {"dependency": f"{kind}:{':'.join(after)}", "kill-on-invalid-dep": "yes"} if after else {}
-        executor.update_parameters(
-            name=f"cs-{first.name.split('/')[0]}-{first.kind}",
-            **{**SLURM_DEFAULTS, **slurm_parameters(slurm, first.kind)},
-            slurm_additional_parameters=extra,
-        )
+        parameters = slurm.parameters(first.kind, hours)
+        parameters["slurm_additional_parameters"] = {**parameters.get("slurm_additional_parameters", {}), **extra}
+        executor.update_parameters(name=f"cs-{first.name.split('/')[0]}-{first.kind}", **parameters)
         try:
-            if first.kind == "glue":  # one array: each task an element, as many at once as array_parallelism
-                with executor.batch():
+            with submitit.helpers.clean_env():
+                if first.kind == "glue":  # one array: each task an element, as many at once as array_parallelism
+                    with executor.batch():
+                        handles = [executor.submit(job) for job in group]
+                else:
                     handles = [executor.submit(job) for job in group]
-            else:
-                handles = [executor.submit(job) for job in group]
         except submitit.core.utils.FailedJobError as err:  # sbatch said no: its own last line says why
             said = [line for line in str(err).splitlines() if line.strip()]
             raise UserError(
@@ -119,39 +106,6 @@ def submit(jobs: list[Job], slurm: dict, submitted: dict[str, tuple[str, str]]) 
             ) from None
         for job, handle in zip(group, handles, strict=True):
             submitted[job.name] = (handle.job_id, str(handle.paths.stderr))
-
-
-def check_slurm_options(options: dict) -> None:
-    """`--slurm` keys: plain (every job) or prefixed with a kind of job; one torchrun per node with GPUs."""
-    for key in options:
-        if "." in key and key.split(".", 1)[0] not in KINDS:
-            raise ConfigError(f"--slurm {key}: a prefix names a kind of job ({', '.join(KINDS)})")
-    pretrain = {k.split(".", 1)[-1]: v for k, v in options.items() if "." not in k or k.startswith("pretrain.")}
-    if int(pretrain.get("tasks_per_node", 1)) > 1 and int(pretrain.get("gpus_per_node", 0)) > 0:
-        raise ConfigError(
-            "--slurm tasks_per_node must be 1 with GPUs: pretraining starts one torchrun per node, which starts "
-            "one process per GPU (several nodes: --slurm pretrain.nodes=N)"
-        )
-
-
-def slurm_parameters(options: dict, kind: str) -> dict:
-    """`--slurm key=value` options for one kind of job, as submitit's AutoExecutor takes them. `kind.key=value`
-    wins over `key=value`; the report asks for no GPU unless `report.gpus_per_node` says so."""
-    chosen = {k: v for k, v in options.items() if "." not in k and k != "max_num_timeout"}
-    if kind == "report":
-        chosen.pop("gpus_per_node", None)
-    chosen.update({k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(f"{kind}.")})
-    out = {}
-    for key, value in chosen.items():
-        if key in ("timeout_min", "time"):
-            out["timeout_min"] = int(value)
-        elif key in INTEGERS:
-            out[key] = int(value)
-        elif key in SUBMITIT:
-            out[f"slurm_{key}"] = int(value)
-        else:
-            out[f"slurm_{key}"] = value
-    return out
 
 
 def describe(job: Job, slurm_id: str | None, log_file: str | Path | None, outcome: str | None = None) -> dict:

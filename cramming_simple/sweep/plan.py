@@ -4,9 +4,10 @@ of jobs that a launcher runs here or submits to Slurm (sweep.launch).
 Every job is a command line of this program (`python -m cramming_simple ...`), run in its own process: the
 same code path, exit codes and logs as by hand, and a SIGTERM from the scheduler reaches the pretraining
 process itself, which checkpoints and exits (code 4) so that a requeued job resumes it. Jobs are idempotent:
-pretraining always passes `--resume`, GLUE skips the pairs it has, and the planner leaves out what is done
-(a completed run, a task whose every seed has a result of this protocol: ok, or a seeded failure), so
-resubmitting a sweep redoes only what is missing.
+pretraining always passes `--resume-or-restart` (a run killed before its first checkpoint starts over), GLUE
+skips the pairs it has, and the planner leaves out what is done (a completed run, a task whose every seed has a
+result of this protocol on this model: ok, or a seeded failure), so resubmitting a sweep redoes only what is
+missing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..glue.config import load_protocol, protocol_hash
 from ..glue.tasks import load_tasks
 from ..hardware import find_reference
 from ..model import block_spec
-from ..runs import CALIBRATION_DIR, GLUE, SUMMARY, glue_result, read_summary
+from ..runs import CALIBRATION_DIR, GLUE, MODEL, SUMMARY, glue_result, glue_result_is_of, model_hash, read_summary
 from ..runtime import read_json
 from .job import Job
 
@@ -56,6 +57,14 @@ class SweepConfig:
             find_reference(self.reference)  # an unknown one fails here, naming the known ones
 
     @property
+    def hours(self) -> float:
+        """The budget's hours with the overrides (a reference budget's: hours on the reference), which set
+        pretraining's Slurm time limit."""
+        from ..train.config import PretrainConfig
+
+        return PretrainConfig.from_budget(self.budget, self.blocks[0], self.overrides).hours
+
+    @property
     def report_dir(self) -> Path:
         return self.out or self.runs_dir / REPORT
 
@@ -89,12 +98,12 @@ def plan(cfg: SweepConfig) -> list[Job]:
             name = run_name(block, cfg.budget, seed, cfg.reference_name)
             run_dir = cfg.runs_dir / name
             runs.append(run_dir)
-            pretrain = None
+            pretrain, model = None, model_hash(run_dir / MODEL)
             if not completed(run_dir):
                 pretrain = Job("pretrain", name, pretrain_argv(cfg, block, seed, name), run_dir / "logs")
                 jobs.append(pretrain)
             for task in tasks:
-                if all(glue_outcome(run_dir, task, s, wanted) for s in protocol.seeds):  # ok, or failed for good
+                if pretrain is None and all(glue_outcome(run_dir, task, s, wanted, model) for s in protocol.seeds):
                     continue
                 after = [pretrain.name] if pretrain else []
                 jobs.append(Job("glue", f"{name}/{task}", glue_argv(cfg, run_dir, task), run_dir / "logs", after))
@@ -115,7 +124,7 @@ def pretrain_argv(cfg: SweepConfig, block: str, seed: int, name: str) -> list[st
         str(cfg.runs_dir),
         "--name",
         name,
-        "--resume",
+        "--resume-or-restart",
         *(
             ["--reference", cfg.reference, "--calibration-dir", str(cfg.runs_dir / CALIBRATION_DIR)]
             if cfg.reference
@@ -135,9 +144,10 @@ def completed(run_dir: Path) -> bool:
     return (run_dir / SUMMARY).exists() and bool((read_summary(run_dir) or {}).get("completed"))
 
 
-def glue_outcome(run_dir: Path, task: str, seed: int, protocol: str) -> str | None:
-    """A task/seed's result of this protocol: "ok", "failed" (a non-finite loss: seeded, so a rerun fails the same
-    way, and the glue command does not redo it either), or None (none, damaged, another protocol's: to do)."""
+def glue_outcome(run_dir: Path, task: str, seed: int, protocol: str, model: str | None) -> str | None:
+    """A task/seed's result of this protocol on this model (`glue_result_is_of`, as `glue` decides): "ok",
+    "failed" (a non-finite loss: seeded, so a rerun fails the same way, and the glue command does not redo it
+    either), or None (none, damaged, another protocol's or model's: to do)."""
     path = glue_result(run_dir / GLUE, task, seed)
     if not path.exists():
         return None
@@ -145,11 +155,11 @@ def glue_outcome(run_dir: Path, task: str, seed: int, protocol: str) -> str | No
         record = read_json(path)
     except Exception:  # noqa: BLE001 - damaged: the glue job runs it again
         return None
-    return record.get("status") if record.get("protocol_hash") == protocol else None
+    return record.get("status") if glue_result_is_of(record, protocol, model) else None
 
 
-def glue_ok(run_dir: Path, task: str, seed: int, protocol: str) -> bool:
-    return glue_outcome(run_dir, task, seed, protocol) == "ok"
+def glue_ok(run_dir: Path, task: str, seed: int, protocol: str, model: str | None) -> bool:
+    return glue_outcome(run_dir, task, seed, protocol, model) == "ok"
 
 
 def plan_rows(cfg: SweepConfig) -> list[tuple[str, str, Path, str | None, str, list[int]]]:

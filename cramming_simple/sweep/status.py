@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from ..config import ConfigError
-from ..runs import GLUE, LOCK, SUMMARY, glue_result, lock_held, read_summary, run_state
+from ..runs import GLUE, LOCK, MODEL, SUMMARY, glue_result, lock_held, model_hash, read_summary, run_state
 from ..runtime import read_json
 from .plan import REPORT, SweepConfig, completed, glue_ok, plan_rows
 
@@ -44,14 +44,20 @@ def last_sweep(runs_dir: Path) -> SweepConfig:
     return SweepConfig.from_record(described[-1], runs_dir)
 
 
-def launched(runs_dir: Path) -> dict[str, dict]:
-    """{job name: its latest launch}: a resubmission's jobs replace the earlier ones of the same name."""
-    jobs = {}
-    for record in records(runs_dir):
+def launched(runs_dir: Path) -> dict[str, list[dict]]:
+    """{job name: every launch of it, newest first}, merged from all of RUNS_DIR's records."""
+    jobs: dict[str, list[dict]] = {}
+    for record in reversed(records(runs_dir)):
         alive = record.get("launcher") != "local" or sweep_alive(record)
         for job in record.get("jobs", []):
-            jobs[job["name"]] = {**job, "sweep_alive": alive}
+            jobs.setdefault(job["name"], []).append({**job, "sweep_alive": alive})
     return jobs
+
+
+def current(launches: list[dict], live: dict[str, str]) -> dict:
+    """The launch that speaks for a job: one Slurm still has pending or running (a resubmission's duplicate that
+    failed must not hide it), else the newest; {} when never launched."""
+    return next((j for j in launches if j.get("slurm_id") in live), launches[0] if launches else {})
 
 
 def sweep_alive(record: dict) -> bool:
@@ -71,15 +77,17 @@ def sweep_alive(record: dict) -> bool:
 
 def status(cfg: SweepConfig) -> list[dict]:
     """Every planned run, GLUE task and the report with its state, one-line detail and log."""
-    jobs = launched(cfg.runs_dir)
-    live = queued([j["slurm_id"] for j in jobs.values() if j.get("slurm_id")])
-    rows = []
+    launches = launched(cfg.runs_dir)
+    live = queued([j["slurm_id"] for js in launches.values() for j in js if j.get("slurm_id")])
+    jobs = {name: current(js, live) for name, js in launches.items()}
+    rows, models = [], {}
     for name, kind, run_dir, task, wanted, seeds in plan_rows(cfg):
         job = jobs.get(name, {})
         if kind == "pretrain":
             state, detail = pretrain_state(run_dir, job, live)
+            models[run_dir] = model_hash(run_dir / MODEL)  # once per run: its GLUE tasks' results must be of it
         else:
-            state, detail = glue_state(run_dir, task, seeds, wanted, job, live)
+            state, detail = glue_state(run_dir, task, seeds, (wanted, models.get(run_dir)), job, live)
         rows.append({"name": name, "kind": kind, "state": state, "detail": detail, "logs": log_of(job)})
     job = jobs.get(REPORT, {})
     index = cfg.report_dir / "index.md"
@@ -107,8 +115,9 @@ def pretrain_state(run_dir: Path, job: dict, live: dict[str, str]) -> tuple[str,
     return "missing", "not launched"
 
 
-def glue_state(run_dir: Path, task: str, seeds: list[int], wanted: str, job: dict, live) -> tuple[str, str]:
-    if all(glue_ok(run_dir, task, s, wanted) for s in seeds):
+def glue_state(run_dir: Path, task: str, seeds: list[int], wanted: tuple, job: dict, live) -> tuple[str, str]:
+    """`wanted`: (protocol hash, model hash) of a done result."""
+    if all(glue_ok(run_dir, task, s, *wanted) for s in seeds):
         return "done", f"{len(seeds)} seed(s) ok"
     failure = glue_failure(run_dir, task, seeds)
     state, detail = launched_state(job, live, failure)

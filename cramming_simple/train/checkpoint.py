@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError, CorruptFileError, UserError
 from ..runs import CHECKPOINT, PREV_CHECKPOINT, SUMMARY
-from ..runtime import commit_temporary, rng_state, set_rng_state, write_json, write_temporary
+from ..runtime import commit_temporary, rng_state, set_rng_state, write_json, write_temporary, writer_tag
 
 
 class UnreadableCheckpoint(CorruptFileError):
@@ -60,7 +60,7 @@ def save_checkpoint(
             before_commit()
         if previous is not None and path.exists():
             prev = Path(previous)
-            link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+            link = prev.with_name(f".{prev.name}.{writer_tag()}.tmp")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
             try:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, load_yaml, merge_typed, require, to_dict
+from ..config import ConfigError, dotlist, load_yaml, merge_typed, require, to_dict
 from ..data.loader import MASKINGS
 from ..data.packing import cache_root
 from ..data.sources import DataConfig
@@ -198,12 +198,16 @@ class PretrainConfig:
         """
         path = find_preset("budgets", budget)
         raw = load_yaml(path)
-        cli = OmegaConf.from_dotlist(list(overrides))
+        cli = dotlist(overrides)
         preset = OmegaConf.select(cli, "arch.preset") or OmegaConf.select(raw, "arch.preset") or "crammed-bert"
         layers = [(str(path), raw), ("command line", cli)]
         if block:
             layers.append(("--block", {"block": block}))
-        if name:
+        if name is not None:
+            require(
+                name.strip() == name and name not in ("", ".", "..") and "/" not in name,
+                f"--name must be a folder name (no '/', no surrounding spaces, not empty), got {name!r}",
+            )
             layers.append(("--name", {"name": name}))
         if reference:
             layers.append(("--reference", {"reference": to_dict(ReferenceBudget.of(find_reference(reference)))}))

@@ -37,13 +37,22 @@ def check_folder(run_dir: Path, resume: bool) -> None:
     if summary and summary.get("name") not in (None, run_dir.name):
         log.info(f"{run_dir} was copied or moved from a run named '{summary['name']}': it is now run '{run_dir.name}'")
         adopt(run_dir, summary)
-    if summary and summary.get("completed") or has_checkpoint(run_dir) or not traces:
+    if not stopped_before_checkpoint(run_dir):
         return
     rows = len((run_dir / METRICS).read_text(errors="replace").splitlines()) if (run_dir / METRICS).exists() else 0
     raise ConfigError(
         f"{run_dir} holds a run stopped before its first checkpoint ({', '.join(traces)}; {rows} metrics rows) and "
         f"nothing to resume: {restart}"
     )
+
+
+def stopped_before_checkpoint(run_dir: Path) -> list[str]:
+    """The traces of a run that was killed before its first checkpoint (nothing to resume), or []."""
+    traces = [f for f in (CONFIG, METRICS, SUMMARY, DIAGNOSTICS) if (run_dir / f).exists()]
+    summary = read_summary(run_dir) if (run_dir / SUMMARY).exists() else None
+    if summary and summary.get("completed") or has_checkpoint(run_dir):
+        return []
+    return traces
 
 
 def adopt(run_dir: Path, summary: dict) -> None:
@@ -56,14 +65,23 @@ def adopt(run_dir: Path, summary: dict) -> None:
         atomic_write_bytes(run_dir / CONFIG, OmegaConf.to_yaml(saved).encode())
 
 
-def move_aside(run_dir: Path, dist: Dist) -> None:
-    """--restart: the old folder goes to runs_dir/.restarted/<name>-<time>/ (under its lock: never a live run's)."""
+def move_aside(run_dir: Path, dist: Dist, only_unresumable: bool = False) -> None:
+    """--restart: the old folder goes to runs_dir/.restarted/<name>-<time>/ (under its lock: never a live run's).
+    `only_unresumable` (--resume-or-restart): only a folder of a run killed before its first checkpoint, which
+    --resume cannot continue (a node failure, an OOM kill or a SIGKILL in its first checkpoint interval)."""
     if dist.main and run_dir.exists():
         with FileLock(run_dir / LOCK, f"run folder {run_dir}", purpose="cramming-simple pretrain --restart"):
-            aside = run_dir.parent / RESTARTED / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(run_dir, aside)
-        log.info(f"moved the old {run_dir} aside to {aside}")
+            traces = stopped_before_checkpoint(run_dir) if only_unresumable else ["the folder"]
+            if traces:
+                if only_unresumable:
+                    log.warning(
+                        f"{run_dir} holds a run stopped before its first checkpoint ({', '.join(traces)}): "
+                        "--resume-or-restart moves it aside and starts the run over"
+                    )
+                aside = run_dir.parent / RESTARTED / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(run_dir, aside)
+                log.info(f"moved the old {run_dir} aside to {aside}")
     dist.barrier()
 
 

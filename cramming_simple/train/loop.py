@@ -78,11 +78,13 @@ def pretrain(
     resume: bool = False,
     restart: bool = False,
     calibration_dir: str | Path | None = None,
+    restart_unresumable: bool = False,
 ) -> dict:
     """Run (or resume) one pretraining run into `runs_dir/cfg.name`; returns its summary.
 
     The folder is the run: whatever name its config.yaml stores, `runs_dir/cfg.name` is the folder that trains.
-    `restart`: an existing folder is moved aside (runs_dir/.restarted/) first, never deleted. A reference budget
+    `restart`: an existing folder is moved aside (runs_dir/.restarted/) first, never deleted; `restart_unresumable`
+    (--resume-or-restart): only one whose run stopped before its first checkpoint. A reference budget
     not calibrated yet (a new run) is calibrated first, or read from `calibration_dir` (train.budget)."""
     run_dir = Path(runs_dir) / cfg.name
     check_one_gpu(cfg)
@@ -95,8 +97,8 @@ def pretrain(
         die_with_parent(signal.SIGTERM)
     dist = init_distributed(device)
     try:
-        if restart:
-            move_aside(run_dir, dist)
+        if restart or restart_unresumable:
+            move_aside(run_dir, dist, only_unresumable=not restart)
         with run_lock(run_dir, dist):
             error = None
             if dist.main:
