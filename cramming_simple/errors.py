@@ -64,6 +64,10 @@ class LockedError(UserError):
     """A run folder (or GLUE task/seed) is in use by another live process."""
 
 
+class LockUnsupported(UserError):
+    """The filesystem refuses `flock` (Lustre mounted with noflock, some FUSE filesystems)."""
+
+
 class DiskFullError(UserError):
     """No space left while writing `path`; whatever was being written has been removed."""
 

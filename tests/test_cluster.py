@@ -8,12 +8,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from test_sweep import slurm_missing
+from test_glue import make_glue, sentiment_words, write_tsv
+from test_sweep import slurm_job_state, slurm_missing, sweep_args
 
 from cramming_simple.cli import main
 from cramming_simple.config import ConfigError
@@ -24,6 +26,15 @@ from cramming_simple.runtime.files import HOST
 from cramming_simple.sweep.job import Job
 from cramming_simple.sweep.options import SlurmOptions
 from cramming_simple.sweep.plan import SweepConfig, plan, run_name
+from cramming_simple.sweep.status import queued
+
+
+@pytest.fixture(scope="module")
+def glue_tsv(pretrained_run, tmp_path_factory):
+    from cramming_simple.data.tokenizer import load_tokenizer
+
+    words = sentiment_words(load_tokenizer(pretrained_run / "model"))
+    return write_tsv(make_glue({"default": 24}, n_eval=16, words=words), tmp_path_factory.mktemp("cluster-glue"))
 
 
 def test_slurm_options_are_typed_and_go_to_their_kind_of_job_with_defaults_by_kind():
@@ -187,3 +198,146 @@ def test_status_merges_every_record_and_a_failed_duplicate_does_not_hide_a_queue
         assert f"| pending | Slurm job {job_id} |" in row, row
     finally:
         subprocess.run(["scancel", job_id], check=False)
+
+
+@pytest.mark.slow  # about a minute on the local Slurm: every job held, released, and run
+@pytest.mark.skipif(slurm_missing() is not None, reason=str(slurm_missing()))
+def test_a_sweep_submitted_twice_while_its_jobs_wait_adds_no_job_and_every_job_completes(
+    smoke_cache,
+    glue_tsv,
+    tmp_path,
+    capsys,
+):
+    runs = tmp_path / "runs"
+    options = ("--slurm", "cpus_per_task=1", "--slurm", "time=10", "--slurm", "glue.time=5")
+    held = ("--slurm", "additional_parameters.hold=true")  # #SBATCH --hold: every job pending until released
+    later = ("impl.lock=none",)  # and the scheduler keeps a second job out: every job a singleton of its name
+    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", *options, *held, blocks="preln", later=later)
+    assert main(args) == 0
+    scripts = list((runs / "preln-smoke-s0" / "logs").glob("*/*_submission.sh"))
+    assert scripts and all("#SBATCH --dependency=" in p.read_text() and "singleton" in p.read_text() for p in scripts)
+    first = json.loads(sorted((runs / ".sweep").glob("*.json"))[-1].read_text())["jobs"]
+    ids = [j["slurm_id"] for j in first]
+    assert len(ids) == 3 and all(ids)  # pretraining, its GLUE array of one task, the report
+    time.sleep(1)  # the next record's name differs
+    capsys.readouterr()
+    assert main(args) == 0  # resubmitted while everything waits in the queue
+    err = capsys.readouterr().err
+    assert "adding 0 Slurm job(s) (nothing to redo); 3 already queued or running, left alone" in err, err
+    second = json.loads(sorted((runs / ".sweep").glob("*.json"))[-1].read_text())["jobs"]
+    assert [(j["slurm_id"], j["outcome"]) for j in second] == [(i, "already queued") for i in ids]
+    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
+    ours = [n for n in names if n.startswith("cs-preln-smoke-s0") or n == "cs-report-report"]
+    assert sorted(ours) == sorted(set(ours)) and len(ours) == 3, names  # each job name once
+    subprocess.run(["scontrol", "release", *{i.split("_")[0] for i in ids}], check=True)
+    deadline = time.time() + 300
+    while queued(ids) and time.time() < deadline:
+        time.sleep(2)
+    assert {slurm_job_state(i) for i in ids} == {"COMPLETED"}
+    assert (runs / "report" / "index.md").exists()
+
+
+def test_sigterm_stops_at_the_next_microbatch_and_checkpoints_the_last_boundary(smoke_cache, tmp_path):
+    """Late in the 24h ramp an optimiser step is 64 microbatches, longer than a Slurm grace time. A stop signal
+    mid-step stops at the next microbatch: the checkpoint is the last boundary's state, the dropped microbatches
+    are read again after the resume, and the clock is rewound so that they are charged once."""
+    from conftest import pretrain_args
+    from test_pretrain import run_cli, wait_for
+
+    from cramming_simple.train.checkpoint import load_checkpoint
+
+    ramp = ("train.microbatch=2", "train.batch_max=512", "train.ramp_end=0.0001")  # 256 microbatches a step at once
+    args = pretrain_args(smoke_cache, tmp_path, "hours=1", *ramp, "impl.log_seconds=0.2", "impl.eval_minutes=0")
+    run = tmp_path / "preln-smoke"
+    proc = run_cli(args)
+    wait_for(run / "metrics.jsonl", proc)
+    time.sleep(1.0)  # well inside an optimiser step of 256 microbatches
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out
+    dropped = re.search(r"stopping between microbatches: the (\d+) microbatch\(es\) of the unfinished", out)
+    assert dropped and int(dropped.group(1)) >= 1, out
+    state = load_checkpoint(run / "checkpoint.pt")["state"]
+    assert state["tokens"] == state["microbatch_steps"] * 2 * 128  # rewound together
+    assert 0 < state["elapsed_s"] < 60
+    more = f"hours={(state['elapsed_s'] + 2) / 3600}"
+    assert main([*args, "--resume", "--extend-budget", more]) == 0
+    done = json.loads((run / "summary.json").read_text())
+    assert done["completed"] and done["microbatch_steps"] > state["microbatch_steps"]
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+10.0.0.1@o2ib:/scratch /scratch lustre rw,localflock,lazystatfs 0 0
+10.0.0.1@o2ib:/proj /proj lustre rw,noflock 0 0
+10.0.0.1@o2ib:/work /work lustre rw,flock 0 0
+nfs1:/home /home nfs4 rw,vers=4.2,local_lock=none 0 0
+nfs2:/data /data nfs rw,vers=3,nolock 0 0
+nfs2:/old /old nfs rw,vers=3,local_lock=flock 0 0
+beegfs_nodev /beegfs beegfs rw,cfgFile=/etc/beegfs/beegfs-client.conf 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    "folder, said",
+    [
+        ("/scratch/me/runs/sas-24h", "lustre at /scratch, mounted with localflock"),
+        ("/proj/runs", "lustre at /proj, mounted with noflock"),
+        ("/work/runs", None),  # Lustre with flock: cluster-wide
+        ("/home/me/runs", None),  # NFSv4: its locks are the server's
+        ("/data/runs", "nfs at /data, mounted with nolock"),
+        ("/old/runs", "nfs at /old, mounted with local_lock=flock"),
+        ("/beegfs/runs", "beegfs at /beegfs (BeeGFS locks are node-local"),
+        ("/scratchy/runs", None),  # not under /scratch: the root's ext4
+    ],
+)
+def test_filesystems_whose_locks_are_node_local_are_named(folder, said):
+    from cramming_simple.runtime import node_local_locks
+
+    found = node_local_locks(folder, MOUNTS)
+    assert found == said if said is None else said in found
+
+
+def test_a_run_folder_with_node_local_locks_is_refused_in_one_line_and_runs_with_impl_lock_none(
+    smoke_cache, tmp_path, capsys, monkeypatch
+):
+    from conftest import pretrain_args
+
+    from cramming_simple.train import folder
+
+    here = node_local = "lustre at /scratch, mounted with localflock"
+    monkeypatch.setattr(folder, "node_local_locks", lambda run_dir: here)  # this machine has no Lustre
+    args = pretrain_args(smoke_cache, tmp_path, "hours=0.0004")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and node_local in err[0] and "impl.lock=none" in err[0], err
+    assert main([*args, "impl.lock=none"]) == 0
+    assert "nothing but the scheduler keeps a second process out" in capsys.readouterr().err
+    assert not (tmp_path / "preln-smoke" / ".lock").exists()
+
+
+def test_a_child_that_does_not_stop_after_the_warning_is_killed_and_the_job_requeued_anyway(tmp_path):
+    """A hung collective under torchrun, a stuck write: the job waits its grace (the signal's delay less 30 s),
+    not forever, then kills the child and requeues; the requeued job resumes from the last checkpoint."""
+    pytest.importorskip("submitit")
+    job = Job("pretrain", "run", ["pretrain"], tmp_path / "logs", grace_s=1.0)
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    )
+    job.child = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE, text=True)
+    assert job.child.stdout.readline() == "up\n"  # its SIGTERM handler is set
+    again = job.checkpoint()
+    assert job.child.wait(timeout=5) == -signal.SIGKILL
+    assert again is not None and again.function.grace_s == 1.0  # requeued, with the same grace
+
+
+def test_a_sweep_checks_its_glue_data_before_anything_runs(smoke_cache, tmp_path, capsys):
+    """GLUE data is prepared (from the hub: downloaded once into the cache) or checked (--data-dir) by the sweep
+    command itself: a missing task fails now, in one line, not in 8 x N GLUE jobs after a day of pretraining."""
+    empty = tmp_path / "glue"
+    empty.mkdir()
+    args = sweep_args(tmp_path / "runs", smoke_cache, empty, blocks="preln")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--data-dir {empty} holds no GLUE data" in err[0], err
+    assert not (tmp_path / "runs" / "preln-smoke-s0").exists() and not (tmp_path / "runs" / ".sweep").exists()

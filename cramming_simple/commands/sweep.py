@@ -106,8 +106,12 @@ def show_status(cfg) -> int:
 
 
 def prepare_data(cfg) -> None:
-    """The budget's data, prepared once before any job starts (every run reads the same preparation)."""
+    """The budget's data, prepared once before any job starts (every run reads the same preparation); and the
+    GLUE tasks' data: from the hub, downloaded once into the datasets cache here rather than by every GLUE job
+    at once; from --data-dir, checked, so that a missing file fails now, not in the GLUE jobs after pretraining."""
     from ..data import prepare
+    from ..glue.data import open_source
+    from ..glue.tasks import load_tasks
     from ..train.budget import sized_data_note
     from ..train.config import PretrainConfig
 
@@ -116,3 +120,5 @@ def prepare_data(cfg) -> None:
     if note:
         log.info(note)
     prepare(budget.data, budget.arch.vocab_size, budget.arch.seq_len)
+    table = load_tasks()
+    open_source(cfg.data_dir, table, table.select(cfg.tasks))

@@ -43,6 +43,7 @@ NOT_AN_EXPERIMENT = {
         "tracker",
         "calibration_target",
         "calibration_seconds",
+        "lock",
     ),
     "data": ("cache_dir", "verify"),
     # a reference budget is its reference; each run's calibration of it is how it ran (a sweep's runs share one)

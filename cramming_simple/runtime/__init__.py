@@ -42,7 +42,7 @@ from .files import (
     write_temporary,
     writer_tag,
 )
-from .locks import FileLock, die_with_parent, pid_alive
+from .locks import FileLock, die_with_parent, node_local_locks, pid_alive
 from .progress import Progress, now_iso, timed
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "keep_freed_memory",
     "now_iso",
     "pick_device",
+    "node_local_locks",
     "pid_alive",
     "precision_name",
     "read_json",

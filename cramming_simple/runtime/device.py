@@ -195,8 +195,9 @@ def slurm_job() -> dict | None:
     if "SLURM_JOB_ID" not in os.environ:
         return None
     env = os.environ
+    array = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
     return {
-        "job_id": env["SLURM_JOB_ID"],
+        "job_id": f"{array[0]}_{array[1]}" if all(array) else env["SLURM_JOB_ID"],  # as squeue and sacct name it
         "partition": env.get("SLURM_JOB_PARTITION"),
         "node": env.get("SLURMD_NODENAME") or platform.node(),
         "restarts": int(env.get("SLURM_RESTART_COUNT", "0") or 0),

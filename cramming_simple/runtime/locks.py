@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import LockedError
+from ..errors import LockedError, LockUnsupported
 
 try:
     import fcntl
@@ -52,6 +52,12 @@ class FileLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            if err.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
+                os.close(fd)
+                raise LockUnsupported(
+                    f"cannot lock {self.path}: its filesystem refuses flock ({err.strerror}); README, On a cluster, "
+                    "Shared filesystems: impl.lock=none for pretraining under a sweep, or a folder elsewhere"
+                ) from None
             holder = self._holder(fd)
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -83,6 +89,54 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def mount_of(path: Path, mounts: str) -> tuple[str, str, list[str]] | None:
+    """(mount point, filesystem type, options) of the mount that holds `path`, from /proc/self/mounts' text."""
+    best = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, fields[2], fields[3].split(","))
+    return best
+
+
+def node_local_locks(folder: str | Path, mounts: str | None = None) -> str | None:
+    """Why `flock` in `folder` would not exclude processes on other nodes, or None: a filesystem mounted with
+    node-local locks (Lustre `localflock`, NFS `nolock` or `local_lock=flock|all`) or none (Lustre `noflock`),
+    or BeeGFS (node-local unless its client sets tuneUseGlobalFileLocks). Read from /proc/self/mounts."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:  # not Linux: nothing to read, nothing to say
+            return None
+    found = mount_of(Path(os.path.realpath(folder)), mounts)
+    if found is None:
+        return None
+    point, kind, options = found
+    where = f"{kind} at {point}"
+    if kind == "lustre" and ("localflock" in options or "noflock" in options):
+        return f"{where}, mounted with {'localflock' if 'localflock' in options else 'noflock'}"
+    if kind.startswith("nfs") and ("nolock" in options or "local_lock=flock" in options or "local_lock=all" in options):
+        return (
+            f"{where}, mounted with {next(o for o in options if o in ('nolock', 'local_lock=flock', 'local_lock=all'))}"
+        )
+    if kind == "beegfs" and not beegfs_global_locks():
+        return f"{where} (BeeGFS locks are node-local unless its client sets tuneUseGlobalFileLocks=true)"
+    return None
+
+
+def beegfs_global_locks(conf: Path = Path("/etc/beegfs/beegfs-client.conf")) -> bool:
+    try:
+        lines = conf.read_text().splitlines()
+    except OSError:
+        return False
+    settings = dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+    return settings.get("tuneUseGlobalFileLocks", "").strip().lower() == "true"
 
 
 def die_with_parent(sig: int = signal.SIGKILL, parent_pid: int | None = None) -> bool:

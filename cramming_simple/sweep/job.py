@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..runs import GLUE
 
+GRACE_S = 90.0  # the default signal delay (120 s) less 30 s
 RDZV_PORTS = (20000, 10000)  # the rendezvous port: 20000 + job id mod 10000 (two jobs on one head node differ)
 
 
@@ -29,6 +30,9 @@ class Job:
     argv: list[str]
     logs: Path  # a folder in the run's folder (the report's: in its output folder)
     after: list[str] = field(default_factory=list)  # names of the jobs it depends on
+    # Seconds the job gives its child to checkpoint and exit after Slurm's warning (the signal's delay less a
+    # margin for the requeue): then the child is killed and the job requeued anyway (the last checkpoint stands)
+    grace_s: float = GRACE_S
 
     def command(self, env: dict | None = None) -> list[str]:
         """`python -m cramming_simple ARGV`, under torchrun for a pretraining job with several tasks or GPUs."""
@@ -44,13 +48,15 @@ class Job:
         print(line, end="", file=sys.stderr, flush=True)
         # Slurm sends its time-limit warning (SIGUSR2) to every process of the job: the child ignores it (so does
         # torchrun, which would die of it), pretraining ranks handle it themselves, and this process checkpoints
+        # torchrun kills its ranks this long after it passes a SIGTERM on (its default: 30 s, too short to checkpoint)
+        env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(self.grace_s))}
         if log is None:
-            self.child = subprocess.Popen(command, preexec_fn=ignore_usr2)
+            self.child = subprocess.Popen(command, preexec_fn=ignore_usr2, env=env)
         else:
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(line)
             out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-            self.child = subprocess.Popen(command, preexec_fn=ignore_usr2, **out)
+            self.child = subprocess.Popen(command, preexec_fn=ignore_usr2, env=env, **out)
             tee(self.child.stdout, log)
         code = self.child.wait()
         if code != 0:
@@ -76,9 +82,17 @@ class Job:
         child = getattr(self, "child", None)
         if child is not None and running(child.pid):
             os.kill(child.pid, signal.SIGTERM)  # torchrun passes it on to its ranks
-            while running(child.pid):
-                time.sleep(0.2)
-        return submitit.helpers.DelayedSubmission(Job(self.kind, self.name, self.argv, self.logs, self.after))
+            if not wait_until_gone(child.pid, self.grace_s):  # a hung collective, a stuck write: requeue anyway
+                print(
+                    f"[sweep] {self.name}: still running {self.grace_s:g} s after SIGTERM: killed; the requeued job "
+                    "goes on from the last checkpoint",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os.kill(child.pid, signal.SIGKILL)
+                wait_until_gone(child.pid, 10.0)
+        again = Job(self.kind, self.name, self.argv, self.logs, self.after, self.grace_s)
+        return submitit.helpers.DelayedSubmission(again)
 
     def progressed(self) -> bool:
         """Whether a GLUE job wrote a task/seed result since it started (the report has no partial results)."""
@@ -88,6 +102,16 @@ class Job:
         task = self.argv[self.argv.index("--tasks") + 1]
         results = (self.logs.parent / GLUE / task).glob("seed*.json")
         return any(path.stat().st_mtime >= started for path in results)
+
+
+def wait_until_gone(pid: int, seconds: float) -> bool:
+    """Whether the child exited within `seconds` (asked of the kernel: see Job.checkpoint)."""
+    deadline = time.monotonic() + seconds
+    while running(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def at_time_limit(env=None) -> bool:

@@ -1,5 +1,5 @@
-"""Running a sweep's plan: `local` (here, one job at a time, in dependency order) or `slurm` (submitit: one Slurm
-job per pretraining run, each run's GLUE tasks as one job array waiting for it, the report waiting for all).
+"""Running a sweep's plan: `local` (here, one job at a time, in dependency order) or `slurm` (submitit, as job
+arrays: sweep.submit), after asking Slurm which of the plan's jobs an earlier launch left queued.
 
 Every launch is recorded in RUNS_DIR/.sweep/<time>.json (the sweep's arguments, its jobs, their Slurm ids and
 log files; locally, each job's outcome as it ends), which `sweep --status RUNS_DIR` reads (sweep.status).
@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import subprocess
 import time
-from itertools import groupby
 from pathlib import Path
 
 from ..config import ConfigError
-from ..errors import UserError
 from ..runtime import now_iso, write_json
 from .job import Job
 from .options import SlurmOptions
-from .plan import SweepConfig
-from .status import SWEEPS, queued, status
+from .plan import REPORT, SweepConfig
+from .status import SWEEPS, queued, status, still_queued
+from .submit import submit
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,45 @@ def launch(cfg: SweepConfig, jobs: list[Job], launcher: str, slurm: SlurmOptions
     path = cfg.runs_dir / SWEEPS / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
     if launcher == "local":
         return run_local(jobs, path, record)
+    queued_now = still_queued(cfg.runs_dir, [j.name for j in jobs])
+    todo = [j for j in jobs if j.name not in queued_now]
+    todo = keep_or_replace_report(todo, queued_now)
+    say_what_is_added(todo, queued_now)
     submitted: dict[str, tuple[str, str]] = {}
     try:
-        submit(jobs, slurm, submitted, cfg.hours)
+        submit(todo, slurm, submitted, cfg.hours, queued_now, cfg.runs_dir, singleton=cfg.scheduler_locks)
     finally:  # a submission that fails half-way still records what it submitted
-        rows = [describe(j, *submitted.get(j.name, (None, None, "not submitted"))) for j in jobs]
+        rows = [
+            describe(j, *queued_now[j.name], "already queued")
+            if j.name in queued_now
+            else describe(j, *submitted.get(j.name, (None, None, "not submitted")))
+            for j in jobs
+        ]
         write_json(path, {**record, "jobs": rows})
-    pending = [j.name for j in jobs if j.kind != "report"]
-    log.info(f"submitted {len(submitted)} job(s) ({', '.join(pending) or 'nothing to redo'}; the report last)")
-    return wait_for(cfg, [i for i, _ in submitted.values()]) if wait else 0
+    return wait_for(cfg, [i for i, _ in {**queued_now, **submitted}.values()]) if wait else 0
+
+
+def keep_or_replace_report(todo: list[Job], queued_now: dict[str, tuple]) -> list[Job]:
+    """An earlier report still pending waits on the earlier jobs only: with new jobs to add it is cancelled and
+    a new one waits on all of them; with none, it stays and no second report is added."""
+    if REPORT not in queued_now:
+        return todo
+    if all(j.kind == "report" for j in todo):
+        return [j for j in todo if j.kind != "report"]
+    old = queued_now.pop(REPORT)[0]
+    subprocess.run(["scancel", old], check=False)
+    log.info(f"cancelled the pending report {old}: a new one waits on the jobs added now as well")
+    return todo
+
+
+def say_what_is_added(todo: list[Job], queued_now: dict[str, tuple]) -> None:
+    """Before anything is submitted: how many jobs this adds (a GLUE element counts as one of MaxSubmitJobs)."""
+    added = [j.name for j in todo if j.kind != "report"]
+    left = f"; {len(queued_now)} already queued or running, left alone" if queued_now else ""
+    log.info(
+        f"adding {len(todo)} Slurm job(s) ({', '.join(added) or 'nothing to redo'}"
+        f"{'; the report last' if len(added) < len(todo) else ''}){left}"
+    )
 
 
 def run_local(jobs: list[Job], path: Path | None = None, record: dict | None = None) -> int:
@@ -71,41 +101,6 @@ def run_local(jobs: list[Job], path: Path | None = None, record: dict | None = N
     if path:
         write_json(path, {**(record or {}), "jobs": rows, "ended_at": now_iso()})
     return 1 if failed else 0
-
-
-def submit(jobs: list[Job], slurm: SlurmOptions, submitted: dict[str, tuple[str, str]], hours: float | None) -> None:
-    """Submit through submitit: a pretraining job per run, a job array per run's GLUE tasks (array_parallelism
-    at a time), each waiting for its run (afterok); the report waits for every job (afterany), so it shows what
-    failed too. `kill-on-invalid-dep`: a job whose run failed is cancelled, not left pending forever.
-    Submitted without this process's Slurm variables (submitit's clean_env), so that a sweep started inside a job
-    does not pass that job's allocation on. Fills `submitted`: {job name: (Slurm id, its stderr file)}."""
-    import submitit
-
-    for _, group in groupby(jobs, key=lambda j: (j.kind, j.logs, tuple(j.after))):
-        group = list(group)
-        first = group[0]
-        executor = submitit.AutoExecutor(folder=first.logs / "%j", cluster="slurm", **slurm.executor(first.kind))
-        after = sorted({submitted[name][0].split("_")[0] for name in first.after if name in submitted})
-        kind = "afterany" if first.kind == "report" else "afterok"
-        extra = {"dependency": f"{kind}:{':'.join(after)}", "kill-on-invalid-dep": "yes"} if after else {}
-        parameters = slurm.parameters(first.kind, hours)
-        parameters["slurm_additional_parameters"] = {**parameters.get("slurm_additional_parameters", {}), **extra}
-        executor.update_parameters(name=f"cs-{first.name.split('/')[0]}-{first.kind}", **parameters)
-        try:
-            with submitit.helpers.clean_env():
-                if first.kind == "glue":  # one array: each task an element, as many at once as array_parallelism
-                    with executor.batch():
-                        handles = [executor.submit(job) for job in group]
-                else:
-                    handles = [executor.submit(job) for job in group]
-        except submitit.core.utils.FailedJobError as err:  # sbatch said no: its own last line says why
-            said = [line for line in str(err).splitlines() if line.strip()]
-            raise UserError(
-                f"Slurm refused {first.name} ({said[-1] if said else err}); {len(submitted)} job(s) before it were "
-                "submitted (sweep --status shows them; resubmitting the sweep submits the rest)"
-            ) from None
-        for job, handle in zip(group, handles, strict=True):
-            submitted[job.name] = (handle.job_id, str(handle.paths.stderr))
 
 
 def describe(job: Job, slurm_id: str | None, log_file: str | Path | None, outcome: str | None = None) -> dict:

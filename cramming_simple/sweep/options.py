@@ -4,8 +4,8 @@ A key is one of submitit's executor options (sbatch's long options with undersco
 `qos`, `constraint`, `exclusive`, `srun_args`, ...), its generic ones (`time` in minutes, `mem_gb`, `nodes`,
 `gpus_per_node`, `cpus_per_task`, `tasks_per_node`), `setup` (a shell line run before the job: repeat it, in
 order), `python` (the command that runs Python in the job, e.g. a container's), `max_num_timeout` (requeues after
-a time limit), or `additional_parameters.NAME` (any other `#SBATCH --NAME=VALUE`). A kind's prefix
-(`pretrain.`, `glue.`, `report.`) sets it for that kind of job only and wins over the plain key.
+a time limit), or `additional_parameters.NAME` (any other `#SBATCH --NAME=VALUE`; `=true`: the flag alone).
+A kind's prefix (`pretrain.`, `glue.`, `report.`) sets it for that kind of job only and wins over the plain key.
 
 Values are typed here, so that a typo is one line before anything is submitted: integers, booleans
 (`exclusive=true` is `#SBATCH --exclusive`; `exclusive=user` stays a word), `srun_args` as shell words.
@@ -69,7 +69,7 @@ class SlurmOptions:
             extra = name.split(".", 1)[1]
             if extra.replace("_", "-") in ("dependency", "kill-on-invalid-dep", "job-name", "array"):
                 raise ConfigError(f"--slurm {name}: the sweep sets --{extra} itself")
-            options.setdefault("additional_parameters", {})[extra] = value
+            options.setdefault("additional_parameters", {})[extra] = True if value.lower() == "true" else value
             return
         if "." in name:
             raise ConfigError(

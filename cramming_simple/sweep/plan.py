@@ -65,6 +65,11 @@ class SweepConfig:
         return PretrainConfig.from_budget(self.budget, self.blocks[0], self.overrides).hours
 
     @property
+    def scheduler_locks(self) -> bool:
+        """impl.lock=none: Slurm keeps a second job out of a run folder (each job a singleton of its name)."""
+        return "impl.lock=none" in self.overrides
+
+    @property
     def report_dir(self) -> Path:
         return self.out or self.runs_dir / REPORT
 

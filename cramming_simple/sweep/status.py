@@ -54,6 +54,19 @@ def launched(runs_dir: Path) -> dict[str, list[dict]]:
     return jobs
 
 
+def still_queued(runs_dir: Path, names: list[str]) -> dict[str, tuple[str, str | None]]:
+    """{job name: (Slurm id, log)} of the named jobs that an earlier launch into RUNS_DIR left pending or running
+    in Slurm (its queue, asked now): a resubmission leaves them alone and makes its new jobs wait on them."""
+    launches = launched(runs_dir)
+    live = queued([j["slurm_id"] for name in names for j in launches.get(name, []) if j.get("slurm_id")])
+    out = {}
+    for name in names:
+        job = current(launches.get(name, []), live)
+        if job.get("slurm_id") in live:
+            out[name] = (job["slurm_id"], job.get("log"))
+    return out
+
+
 def current(launches: list[dict], live: dict[str, str]) -> dict:
     """The launch that speaks for a job: one Slurm still has pending or running (a resubmission's duplicate that
     failed must not hide it), else the newest; {} when never launched."""

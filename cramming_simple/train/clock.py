@@ -102,6 +102,15 @@ class BudgetClock:
         self.last_tick = now
         return step_time_s
 
+    def rewind(self, to: float) -> float:
+        """Back to `to` training seconds (an earlier agreed time): the work since is dropped and redone after a
+        resume, so it is charged once. Returns the seconds dropped."""
+        dropped = self.elapsed() - to
+        self.spent, self.agreed = to, to
+        if self.since is not None:
+            self.since = time.perf_counter()
+        return dropped
+
     def agree(self, elapsed: float) -> None:
         """The time all ranks agreed on (the slowest rank's): every decision below reads it."""
         self.agreed = elapsed

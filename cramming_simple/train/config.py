@@ -100,6 +100,9 @@ class ImplConfig:
     # interval is within +-calibration_target of it, or calibration_seconds of them
     calibration_target: float = 0.03
     calibration_seconds: float = 180.0
+    # The run folder's lock: flock (one process per folder, refused on filesystems whose locks are node-local) or
+    # none (the scheduler keeps a second process out: a sweep's jobs then run as Slurm singletons)
+    lock: str = "flock"
 
     def validate(self) -> None:
         require(self.device in ("auto", "cuda", "cpu"), f"impl.device must be auto, cuda or cpu, got '{self.device}'")
@@ -112,6 +115,7 @@ class ImplConfig:
             "impl.checkpoint_minutes and impl.log_seconds must be positive",
         )
         require(self.eval_minutes is None or self.eval_minutes >= 0, "impl.eval_minutes must be 0 or more")
+        require(self.lock in ("flock", "none"), f"impl.lock must be flock or none, got '{self.lock}'")
         require(
             0 < self.calibration_target < 1 and self.calibration_seconds > 0,
             "impl.calibration_target must be in (0, 1) and impl.calibration_seconds positive",
@@ -269,6 +273,7 @@ HOW_IT_RUNS = (
     "impl.tracker",
     "impl.calibration_target",
     "impl.calibration_seconds",
+    "impl.lock",
     "train.max_steps",  # a cap on the steps: the schedules follow the clock and do not see it
     "data.cache_dir",
     "data.verify",

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from ..config import ConfigError
 from ..data import CACHE_ENV, prepared_path
 from ..runs import CONFIG, DIAGNOSTICS, LOCK, METRICS, RESTARTED, SUMMARY, has_checkpoint, read_summary
-from ..runtime import FileLock, atomic_write_bytes, remove_stale_temporaries, write_json
+from ..runtime import FileLock, atomic_write_bytes, node_local_locks, remove_stale_temporaries, write_json
 from .config import PretrainConfig
 from .distributed import Dist
 
@@ -86,9 +86,18 @@ def move_aside(run_dir: Path, dist: Dist, only_unresumable: bool = False) -> Non
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, dist: Dist):
+def run_lock(run_dir: Path, dist: Dist, mode: str = "flock"):
     """Rank 0 holds `run_dir/.lock` for the whole run; every rank learns whether it got it (a second start
-    exits within seconds, before data preparation). Temporary files that killed writers left are removed."""
+    exits within seconds, before data preparation). Temporary files that killed writers left are removed.
+    A folder whose filesystem keeps locks per node is refused (one line, the way out: impl.lock=none);
+    `mode` "none": no lock, the scheduler keeps a second process out, and only this host's dead writers' files
+    are removed."""
+    if mode == "none":
+        if dist.main:
+            log.warning(f"impl.lock=none: nothing but the scheduler keeps a second process out of {run_dir}")
+            remove_stale_temporaries(run_dir, dead_only=True)
+        yield
+        return
     lock = FileLock(
         run_dir / LOCK,
         f"run folder {run_dir}",
@@ -98,6 +107,7 @@ def run_lock(run_dir: Path, dist: Dist):
     error = None
     if dist.main:
         try:
+            check_lock_scope(run_dir)
             lock.acquire()
         except Exception as err:  # noqa: BLE001 - raised on every rank by fail_together
             error = err
@@ -108,6 +118,16 @@ def run_lock(run_dir: Path, dist: Dist):
         yield
     finally:
         lock.release()
+
+
+def check_lock_scope(run_dir: Path) -> None:
+    local = node_local_locks(run_dir)
+    if local:
+        raise ConfigError(
+            f"run folder {run_dir} is on {local}: a lock there does not keep out a process on another node. Pass "
+            "impl.lock=none to leave that to the scheduler (a sweep then runs each job as a Slurm singleton), or "
+            "keep the runs on a filesystem with cluster-wide locks (README, On a cluster)"
+        )
 
 
 def check_data_at_hand(cfg: PretrainConfig, run_dir: Path) -> None:

@@ -99,7 +99,7 @@ def pretrain(
     try:
         if restart or restart_unresumable:
             move_aside(run_dir, dist, only_unresumable=not restart)
-        with run_lock(run_dir, dist):
+        with run_lock(run_dir, dist, cfg.impl.lock):
             error = None
             if dist.main:
                 try:
@@ -250,6 +250,7 @@ class Trainer:
         self.window = LogWindow(self.device)
         self.clock = BudgetClock.for_run(cfg, st)
         self.accumulated, self.n_acc, self.lr = 0, 1, 0.0
+        self.boundary_at = self.clock.agreed  # the agreed time at the last optimiser-step boundary
         self.nonfinite = False
         self.projection = Projection(cfg.train, self.data.split.train_size, self.dist.world, self.warn, self.log)
         if cfg.reference is not None:  # what the budget became; the calibration's rate projects before any step
@@ -258,6 +259,7 @@ class Trainer:
         self.clock.start()
         if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot
             self.evaluate(self.model, st, self.clock)
+            self.maybe_checkpoint()  # a kill before the first interval resumes from here (data and calibration kept)
         self.window.start = self.clock.elapsed()
 
     def decide_stop(self) -> str | None:
@@ -265,17 +267,18 @@ class Trainer:
         decision. The budget stops a run before a step it could not finish (step time: an EMA)."""
         st, now = self.state, self.clock.elapsed()
         st.step_time_s = self.clock.tick(st.step_time_s, now)
-        at_boundary = self.accumulated == 0
         # Each rank's step-time EMA is its own clock's: the stop rule uses the largest, so that no rank stops a
         # step before the others (it would wait in the final eval's all-reduce while they train on).
         elapsed, step_s, (preempt, bad, no_space) = self.dist.vote(
             now,
             st.step_time_s,
-            self.signals.requested and at_boundary,
+            self.signals.requested,
             self.nonfinite,
             self.metrics.disk_full is not None,
         )
         self.clock.agree(elapsed)
+        if self.accumulated == 0:
+            self.boundary_at = elapsed
         if no_space:
             raise self.metrics.disk_full or RankFailed(EXIT_DISK_FULL)
         if bad:
@@ -283,11 +286,32 @@ class Trainer:
         if self.clock.spent_with(step_s):
             return "budget"
         if preempt:
+            self.rewind_to_boundary()
             return "preempted"
         cap = cap_reached(self.cfg.train, st.microbatch_steps)
         if cap:
             st.capped_at_p = round(self.clock.p, 6)  # recorded: the report marks a capped run
         return cap
+
+    def rewind_to_boundary(self) -> None:
+        """A stop signal in the middle of an optimiser step (up to batch_max / microbatch microbatches at the end of
+        the ramp, more than a Slurm grace time allows): stop at this microbatch. The weights change only at a
+        boundary, so the checkpoint is the last boundary's state with the data position and the budget's clock
+        rewound to it; the dropped microbatches are redone after the resume, and charged once."""
+        dropped = self.accumulated
+        if not dropped:
+            return
+        st = self.state
+        st.microbatch_steps -= dropped
+        st.tokens -= dropped * self.cfg.train.microbatch * self.cfg.arch.seq_len * self.dist.world
+        self.accumulated = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = self.clock.rewind(self.boundary_at)
+        self.window.start = min(self.window.start, self.boundary_at)  # the last row's rate over a positive time
+        self.log(
+            f"stopping between microbatches: the {dropped} microbatch(es) of the unfinished optimiser step "
+            f"({seconds:.1f} s) are dropped and redone on resume"
+        )
 
     def set_schedules(self) -> None:
         train, p = self.cfg.train, self.clock.p

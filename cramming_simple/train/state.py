@@ -59,7 +59,7 @@ class StopSignals:
         self.requested = True
         # print, not the logger: a signal handler may interrupt a logging call that holds the handler's lock
         print(
-            f"\nreceived {signal.Signals(signum).name}: finishing this step, writing a checkpoint, then exiting",
+            f"\nreceived {signal.Signals(signum).name}: finishing this microbatch, writing a checkpoint, then exiting",
             file=sys.stderr,
             flush=True,
         )
