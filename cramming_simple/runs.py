@@ -25,7 +25,8 @@ runs/<name>/
   tb/              TensorBoard event files (impl.tracker=tensorboard): pretraining's train/ and eval/ rows, glue/...
   trackers.json    the W&B / MLflow run ids of this run (impl.tracker=wandb / mlflow), so a resume continues them
   logs/<job id>/   a sweep's Slurm jobs for this run (pretraining, its GLUE array's tasks `<id>_<k>`): submitit's
-                   stdout and stderr (<job id>_<task>_log.out / .err; a requeued job appends to the same files)
+                   stdout and stderr (<job id>_<task>_log.out / .err; a requeued job appends to the same files);
+                   an element of an array over several runs: a link to RUNS_DIR/.sweep/logs/<array>_<k>/
   logs/<time>-<job>.log   a local sweep's job (`sweep --launcher local`): its command line and its output
 runs/.restarted/<name>-<time>/   folders `pretrain --restart` moved aside (never deleted; no report reads them)
 runs/.sweep/<time>-<pid>.json    each launch of `sweep`: its arguments, jobs, Slurm ids, log files, and (locally)

@@ -280,10 +280,10 @@ def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_
 
 
 @pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
-def test_a_submission_slurm_refuses_is_one_line_and_recorded_as_far_as_it_went(smoke_cache, tmp_path, capsys):
+def test_a_submission_slurm_refuses_is_one_line_and_recorded_as_far_as_it_went(smoke_cache, glue_tsv, tmp_path, capsys):
     runs = tmp_path / "runs"
     refused = ("--launcher", "slurm", "--slurm", "glue.partition=nope", "--slurm", "cpus_per_task=1")
-    assert main(sweep_args(runs, smoke_cache, tmp_path, *refused, blocks="preln")) == 2
+    assert main(sweep_args(runs, smoke_cache, glue_tsv, *refused, blocks="preln")) == 2
     *sbatch, err = capsys.readouterr().err.strip().splitlines()  # sbatch's own lines, then ours: one line
     assert all(line.startswith("sbatch: ") for line in sbatch)
     assert "Slurm refused preln-smoke-s0/rte (" in err and "partition" in err and "1 job(s) before it were" in err

@@ -259,7 +259,6 @@ class Trainer:
         self.clock.start()
         if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot
             self.evaluate(self.model, st, self.clock)
-            self.maybe_checkpoint()  # a kill before the first interval resumes from here (data and calibration kept)
         self.window.start = self.clock.elapsed()
 
     def decide_stop(self) -> str | None:
