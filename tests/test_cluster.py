@@ -206,7 +206,7 @@ def test_a_sweep_submitted_twice_while_its_jobs_wait_adds_no_job_and_every_job_c
     smoke_cache,
     glue_tsv,
     tmp_path,
-    capsys,
+    caplog,
 ):
     runs = tmp_path / "runs"
     options = ("--slurm", "cpus_per_task=1", "--slurm", "time=10", "--slurm", "glue.time=5")
@@ -220,15 +220,16 @@ def test_a_sweep_submitted_twice_while_its_jobs_wait_adds_no_job_and_every_job_c
     ids = [j["slurm_id"] for j in first]
     assert len(ids) == 3 and all(ids)  # pretraining, its GLUE array of one task, the report
     time.sleep(1)  # the next record's name differs
-    capsys.readouterr()
+    caplog.clear()
     assert main(args) == 0  # resubmitted while everything waits in the queue
-    err = capsys.readouterr().err
-    assert "adding 0 Slurm job(s) (nothing to redo); 3 already queued or running, left alone" in err, err
+    said = caplog.text
+    assert "adding 0 Slurm job(s) (nothing to redo); 3 already queued or running, left alone" in said, said
     second = json.loads(sorted((runs / ".sweep").glob("*.json"))[-1].read_text())["jobs"]
     assert [(j["slurm_id"], j["outcome"]) for j in second] == [(i, "already queued") for i in ids]
-    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
-    ours = [n for n in names if n.startswith("cs-preln-smoke-s0") or n == "cs-report-report"]
-    assert sorted(ours) == sorted(set(ours)) and len(ours) == 3, names  # each job name once
+    listed = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout.split("\n")
+    mine = {i.split("_")[0] for i in ids}
+    ours = [line.split()[1] for line in listed if line.strip() and line.split()[0].split("_")[0] in mine]
+    assert len(ours) == len(set(ours)) == 3, listed  # each job name once: the first submission's jobs alone
     subprocess.run(["scontrol", "release", *{i.split("_")[0] for i in ids}], check=True)
     deadline = time.time() + 300
     while queued(ids) and time.time() < deadline:
