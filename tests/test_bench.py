@@ -375,6 +375,7 @@ def test_every_block_compiles_to_one_graph(padded):
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), (block, explained.break_reasons)
 
 
+@pytest.mark.slow  # 35 s of inductor on CPU; one graph per block: test_every_block_compiles_to_one_graph
 @pytest.mark.skipif(inductor_unavailable() is not None, reason=inductor_unavailable() or "")
 def test_compiled_model_equals_eager_on_cpu():
     cfg = arch_config("tiny", vocab_size=512, depth=1)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_glue import make_glue, sentiment_words, write_tsv
@@ -95,6 +96,22 @@ def test_slurm_options_are_typed_and_go_to_their_kind_of_job_with_defaults_by_ki
         (["pretrain", "--block", "preln", "--budget", "smoke", "train.betas=[0.9"], "cannot read 'train.betas=[0.9'"),
         (["pretrain", "--block", "preln", "--budget", "smoke", "--name", ""], "--name must be a folder name"),
         (["pretrain", "--block", "preln", "--budget", "smoke", "--name", "a/b"], "--name must be a folder name"),
+        (["sweep", "--blocks", "preln", "--max-parallel", "2"], "--max-parallel is for --launcher slurm"),
+        (["sweep", "--blocks", "preln", "--launcher", "slurm", "--max-parallel", "0"], "--max-parallel takes a whole"),
+        (
+            [
+                "sweep",
+                "--blocks",
+                "preln",
+                "--launcher",
+                "slurm",
+                "--max-parallel",
+                "2",
+                "--slurm",
+                "array_parallelism=2",
+            ],
+            "not both",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, said, tmp_path, capsys):
@@ -342,3 +359,78 @@ def test_a_sweep_checks_its_glue_data_before_anything_runs(smoke_cache, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--data-dir {empty} holds no GLUE data" in err[0], err
     assert not (tmp_path / "runs" / "preln-smoke-s0").exists() and not (tmp_path / "runs" / ".sweep").exists()
+
+
+def job_times(job_ids: list[str]) -> list[tuple[str, str, str]]:
+    """(start, end, Slurm job name) of each job (an array's elements each) from the job-completion log."""
+    bases = {i.split("_")[0] for i in job_ids}
+    out = []
+    for line in Path("/var/lib/cramming-simple-slurm/jobcomp.txt").read_text().splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("JobId") in bases or fields.get("ArrayJobId") in bases:
+            out.append((fields["StartTime"], fields["EndTime"], fields["Name"]))
+    return sorted(out)
+
+
+@pytest.mark.slow  # 1-2 min on the local Slurm: two runs and their GLUE one after another
+@pytest.mark.skipif(slurm_missing() is not None, reason=str(slurm_missing()))
+def test_max_parallel_caps_the_whole_sweep_pretraining_and_glue_together(smoke_cache, glue_tsv, tmp_path):
+    """--max-parallel 1 on a node with 2 CPUs, jobs of 1 CPU each: without the cap the second run's pretraining
+    runs beside the first (one array) or beside the first run's GLUE; with it, no two jobs ever overlap."""
+    runs = tmp_path / "runs"
+    options = ("--slurm", "cpus_per_task=1", "--slurm", "time=10", "--slurm", "glue.time=5", "--max-parallel", "1")
+    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", *options)
+    args[args.index("--tasks") + 1] = "rte,mrpc"  # a GLUE array of two elements per run
+    assert main(args) == 0
+    record = json.loads(next((runs / ".sweep").glob("*.json")).read_text())
+    assert record["sweep"]["max_parallel"] == 1
+    ids = [j["slurm_id"] for j in record["jobs"] if j["kind"] != "report"]
+    assert len(ids) == 6 and {slurm_job_state(i) for i in ids} == {"COMPLETED"}
+    times = job_times(ids)
+    assert len(times) == 6 and len({name for *_, name in times}) == 1 and "-lane0" in times[0][2], times
+    for (_, end, _), (start, _, _) in zip(times, times[1:]):
+        assert start >= end, times  # one job at a time (times to the second, ISO: compared as text)
+    scripts = list(runs.glob("*/logs/*/*_submission.sh")) + list(runs.glob(".sweep/logs/*/*_submission.sh"))
+    laned = [p.read_text() for p in scripts if "-lane0" in p.read_text()]
+    assert len(laned) == 4 and all("singleton" in text for text in laned)  # 2 pretraining jobs, 2 GLUE arrays
+
+
+def slurm_accounting() -> str | None:
+    """Why sacct cannot answer here (no Slurm, or a Slurm without accounting storage), or None."""
+    if slurm_missing() is not None:
+        return slurm_missing()
+    done = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True)
+    said = (done.stderr.strip().splitlines() or [""])[-1]
+    return None if done.returncode == 0 else f"no Slurm accounting ({said}); bash .ci/local-slurm accounting"
+
+
+@pytest.mark.slow  # 1 min; needs `bash .ci/local-slurm accounting` (slurmdbd), which CI does not start
+@pytest.mark.skipif(slurm_accounting() is not None, reason=str(slurm_accounting()))
+def test_status_says_how_a_job_ended_from_slurms_accounting(smoke_cache, glue_tsv, tmp_path, capsys):
+    """A pretraining job cancelled while it trains, and its GLUE job cancelled by Slurm for it
+    (kill-on-invalid-dep): squeue no longer knows them; sacct says CANCELLED, and --status shows it with the log."""
+    runs = tmp_path / "runs"
+    options = ("--slurm", "cpus_per_task=1", "--slurm", "time=10", "--slurm", "glue.time=5")
+    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", *options, blocks="preln", later=("hours=1",))
+    assert main(args) == 0
+    jobs = json.loads(next((runs / ".sweep").glob("*.json")).read_text())["jobs"]
+    pretrain = next(j for j in jobs if j["kind"] == "pretrain")
+    deadline = time.time() + 120
+    while not (runs / "preln-smoke-s0" / "metrics.jsonl").exists():  # training
+        assert time.time() < deadline, "pretraining did not start within 2 minutes"
+        time.sleep(0.5)
+    subprocess.run(["scancel", pretrain["slurm_id"]], check=True)
+    deadline = time.time() + 120
+    while queued([j["slurm_id"] for j in jobs if j["kind"] != "report"]):
+        assert time.time() < deadline, "the cancelled jobs stayed in the queue"
+        time.sleep(1)
+    subprocess.run(["scancel", *(j["slurm_id"] for j in jobs)], check=False)  # the report, still waiting
+    capsys.readouterr()
+    assert main(["sweep", "--status", str(runs)]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("|") > 4}
+    assert (
+        "| cancelled |" in rows["preln-smoke-s0"]
+        and f"Slurm job {pretrain['slurm_id']}: CANCELLED" in rows["preln-smoke-s0"]
+    ), rows
+    assert pretrain["log"] in rows["preln-smoke-s0"]
+    assert "| cancelled |" in rows["preln-smoke-s0/rte"], rows  # never started: Slurm cancelled it for its run

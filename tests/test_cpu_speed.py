@@ -53,6 +53,7 @@ def mlm_microbatches(cache, n: int, batch: int) -> list[dict]:
     return [stream(b) for b in range(n)]
 
 
+@pytest.mark.slow  # 50 s: bf16 emulated on CPU; the op-level rule: test_the_cpu_bf16_attention_path_equals_sdpa
 def test_a_bf16_smoke_run_learns_as_the_fp32_run_does(smoke_cache):
     """Same model, data and steps, once in bf16 autocast and once in fp32: the MLM losses stay close.
 
@@ -146,6 +147,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 2)
 """
 
 
+@pytest.mark.slow  # 20 s: two fresh processes; the setting itself: runtime.keep_freed_memory
 def test_cpu_runs_keep_freed_memory_for_reuse():
     """Page faults per training step (tiny, batch 32), after two steps: glibc's defaults give freed memory back
     and fault it in again every step; a CPU run keeps it (seen here: 33,311 against 4,097). Each count in a

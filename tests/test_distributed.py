@@ -98,7 +98,7 @@ def test_a_killed_distributed_run_resumes_from_its_checkpoint(smoke_cache, tmp_p
         start_new_session=True,
     )
     deadline = time.monotonic() + 180
-    while not (run / "checkpoint.pt").exists():
+    while not (run / "checkpoint.prev.pt").exists():  # an interval checkpoint after the one of step 0
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -132,6 +132,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_usable(tmp_pa
     assert state["which"] == "A" and torch.equal(state["weights"], torch.arange(10.0))
 
 
+@pytest.mark.slow  # 40 s; a killed distributed run resumes: test_a_killed_distributed_run_resumes_from_its_checkpoint
 def test_ranks_whose_launcher_is_killed_checkpoint_and_exit(smoke_cache, tmp_path):
     """SIGKILL of torchrun alone: its ranks (in sessions of their own) would train on, holding the GPUs and the
     run folder. They get SIGTERM instead, write a checkpoint together and exit; the run then resumes."""

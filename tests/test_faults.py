@@ -255,7 +255,7 @@ def test_a_full_disk_while_checkpointing_exits_5_and_keeps_the_previous_checkpoi
     args = pretrain_args(smoke_cache, small_disk, "hours=1", "impl.checkpoint_minutes=0.02", "impl.log_seconds=0.3")
     run = small_disk / "preln-smoke"
     proc = run_cli(args)
-    wait_for(run / "checkpoint.pt", proc)
+    wait_for(run / "checkpoint.prev.pt", proc)  # an interval checkpoint after the one of step 0
     time.sleep(0.5)
     fill(small_disk, leave=64 * 1024)  # room for metrics rows and a summary, not for a checkpoint
     out, _ = proc.communicate(timeout=120)
@@ -282,22 +282,24 @@ def test_the_saved_tokenizer_truncates_at_the_models_sequence_length(pretrained_
     assert len(ids) == 128 and ids[-1] == tokenizer.sep_token_id
 
 
-def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path):
-    out = cli("glue", str(tmp_path / "nowhere"), "--protocol", "smoke", "--tasks", "rte")
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    (line,) = out.stderr.strip().splitlines()
-    assert "no model at" in line
-    debug = cli("glue", str(tmp_path / "nowhere"), "--protocol", "smoke", "--tasks", "rte", "--debug")
-    assert debug.returncode == 2 and "Traceback" in debug.stderr and "no model at" in debug.stderr.splitlines()[-1]
-    env = {**os.environ, "CRAMMING_SIMPLE_DEBUG": "1"}
-    via_env = subprocess.run(
-        [sys.executable, "-m", "cramming_simple", "params", "--arch", "tiny", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert via_env.returncode == 0 and json.loads(via_env.stdout)
-    help_text = cli("pretrain", "--help").stdout
+def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    """In this process (the command's own main; `python -m cramming_simple` itself: test_cli)."""
+    from cramming_simple.cli import main
+
+    glue = ["glue", str(tmp_path / "nowhere"), "--protocol", "smoke", "--tasks", "rte"]
+    assert main(glue) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert "no model at" in line and "Traceback" not in err
+    assert main([*glue, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "no model at" in err.strip().splitlines()[-1]
+    monkeypatch.setenv("CRAMMING_SIMPLE_DEBUG", "1")
+    assert main(glue) == 2 and "Traceback" in capsys.readouterr().err
+    monkeypatch.delenv("CRAMMING_SIMPLE_DEBUG")
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    help_text = capsys.readouterr().out
     assert "exit codes:" in help_text and "5    disk full" in help_text and "--debug" in help_text
 
 

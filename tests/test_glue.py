@@ -778,6 +778,7 @@ def test_a_damaged_result_file_is_run_again(pretrained_run, glue_dir, tmp_path, 
     assert results(run)[("rte", 1)]["status"] == "ok"
 
 
+@pytest.mark.slow  # 20 s of workers at work; --gpus 2 itself: test_gpus_2_on_cpu_writes_the_same_results
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc (Linux)")
 def test_glue_workers_die_with_their_parent(pretrained_run, glue_dir, tmp_path):
     run = copy_run(pretrained_run, tmp_path)

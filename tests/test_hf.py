@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 from pathlib import Path
@@ -384,10 +385,17 @@ def test_reachable_gives_up_at_its_deadline(monkeypatch):
     """A hub that never answers (a name lookup or connection that hangs) is given up at the deadline."""
     from cramming_simple.hub import push
 
-    monkeypatch.setattr(push.urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
+    released = threading.Event()
+
+    def hang(*args, **kwargs):  # until the test is over, then fails as a refused connection would
+        released.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(push.urllib.request, "urlopen", hang)
     started = time.monotonic()
     assert push.reachable("https://hub.invalid", timeout=1.0) == "no answer within 1 s"
     assert time.monotonic() - started < 3
+    released.set()
 
 
 # ---------------------------------------------------------------------------------------- old folders, user blocks

@@ -136,9 +136,9 @@ def test_nan_loss_stops_with_nonfinite_reason_and_keeps_the_last_good_checkpoint
     run = tmp_path / "nan-run"
     real_forward = MaskedLM.forward
 
-    def forward(self, *args, **kwargs):  # NaN once the first checkpoint exists
+    def forward(self, *args, **kwargs):  # NaN once a checkpoint after step 0's exists (step 0's is then prev)
         loss = real_forward(self, *args, **kwargs)
-        return loss * float("nan") if (run / "checkpoint.pt").exists() else loss
+        return loss * float("nan") if (run / "checkpoint.prev.pt").exists() else loss
 
     monkeypatch.setattr(MaskedLM, "forward", forward)
     code = main(
@@ -200,7 +200,7 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_ca
     )
     run = tmp_path / "sasp-smoke"
     proc = run_cli(args)
-    wait_for(run / "checkpoint.pt", proc)
+    wait_for(run / "checkpoint.prev.pt", proc)  # the interval checkpoint has replaced the one of step 0
     time.sleep(1.0)  # some work after the checkpoint, which the kill loses
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -236,7 +236,7 @@ def test_sigusr2_writes_a_final_checkpoint_before_exit(smoke_cache, tmp_path):
     while not any(r.get("microbatch_steps", 0) > 0 for r in rows(run / "metrics.jsonl")):  # a step taken
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    assert not (run / "checkpoint.pt").exists()  # the interval checkpoint (every 30 s) has not come yet
+    assert not (run / "checkpoint.prev.pt").exists()  # only step 0's: the interval one (every 30 s) has not come
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 4, out

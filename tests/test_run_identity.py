@@ -31,7 +31,7 @@ def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
-def preempt(args: list[str], run: Path, after: str = "checkpoint.pt") -> None:
+def preempt(args: list[str], run: Path, after: str = "checkpoint.prev.pt") -> None:
     """Start a pretraining process and stop it with SIGTERM (a checkpoint, exit 4) once `after` exists."""
     proc = run_cli(args)
     wait_for(run / after, proc)
@@ -101,21 +101,37 @@ def test_a_copied_or_moved_folder_trains_itself_and_is_adopted(stopped):
     assert steps == sorted(steps) and steps.count(0) <= 1
 
 
-def test_a_run_killed_before_its_first_checkpoint_is_refused_and_restart_moves_it_aside(smoke_cache, tmp_path):
+def test_a_run_killed_in_its_first_checkpoint_interval_resumes_from_step_0(smoke_cache, tmp_path):
+    """A SIGKILL (a node failure, an OOM kill) before the first interval's checkpoint (every 30 min) costs minutes:
+    step 0 is checkpointed before the first step, and --resume continues from it."""
     runs = tmp_path / "runs"
-    args = pretrain_args(smoke_cache, runs, "hours=1", "impl.log_seconds=0.2")
+    args = pretrain_args(smoke_cache, runs, "hours=0.003", "impl.log_seconds=0.2")
     run = runs / "preln-smoke"
     proc = run_cli(args)
-    wait_for(run / "metrics.jsonl", proc)
-    proc.send_signal(signal.SIGKILL)  # before the first checkpoint (every 30 min)
+    wait_for(run / "metrics.jsonl", proc)  # the eval at step 0, after its checkpoint, seconds into an 11 s budget
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (run / "checkpoint.pt").exists()
-    rows = (run / "metrics.jsonl").read_text()
+    assert load_checkpoint(run / "checkpoint.pt")["state"]["microbatch_steps"] == 0
+    code, line = pretrain_here(*args, "--resume")
+    assert code == 0, line
+    steps = [r["microbatch_steps"] for r in metrics(run)]
+    assert steps == sorted(steps) and steps.count(0) <= 1 and summary(run)["completed"] and steps[-1] > 0
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_refused_and_restart_moves_it_aside(smoke_cache, tmp_path):
+    """Killed before step 0's checkpoint (while its data or model was built): traces and nothing to resume."""
+    runs = tmp_path / "runs"
+    args = pretrain_args(smoke_cache, runs, "hours=0.001")
+    run = runs / "preln-smoke"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: preln-smoke\n")
+    rows = '{"microbatch_steps": 0, "kind": "eval"}\n'
+    (run / "metrics.jsonl").write_text(rows)
     for extra in ([], ["--resume"]):
-        code, line = pretrain_here(*args, *extra, "hours=0.001")
+        code, line = pretrain_here(*args, *extra)
         assert code == 2 and "--restart" in line, line
         assert (run / "metrics.jsonl").read_text() == rows  # nothing appended
-    code, line = pretrain_here(*args, "--restart", "hours=0.001")
+    code, line = pretrain_here(*args, "--restart")
     assert code == 0, line
     (aside,) = (runs / ".restarted").iterdir()
     assert aside.name.startswith("preln-smoke-") and (aside / "metrics.jsonl").read_text() == rows  # kept, not deleted

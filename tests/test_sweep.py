@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -321,7 +323,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_budgets_clock(smoke
     pretrain_id = next(j["slurm_id"] for j in record["jobs"] if j["kind"] == "pretrain")
     run = runs / "preln-smoke-s0"
     deadline = time.time() + 120
-    while not (run / "checkpoint.pt").exists():  # mid-pretraining: a first checkpoint is on disk
+    while not (run / "checkpoint.prev.pt").exists():  # mid-pretraining: an interval checkpoint after step 0's
         assert time.time() < deadline, "no checkpoint within 2 minutes"
         time.sleep(0.5)
     capsys.readouterr()
@@ -348,6 +350,44 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_budgets_clock(smoke
     assert main([*args, "--status"]) == 0
     shown = capsys.readouterr().out
     assert f"preempted {summary['slurm']['restarts']} time(s)" in shown and "| done |" in shown
+
+
+@pytest.mark.slow  # 2-3 min: Slurm starts a requeued job again after about two minutes
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
+def test_a_job_sigkilled_before_its_first_interval_checkpoint_is_requeued_and_finishes(smoke_cache, glue_tsv, tmp_path):
+    """SIGKILL of the training process (an OOM kill, a node's watchdog): no handler runs, the job fails. Its only
+    checkpoint is the one of step 0, and `scontrol requeue` (what an admin or a requeue-on-failure policy does)
+    resumes from it under the sweep's --resume-or-restart, with no human in between, and finishes the budget."""
+    runs = tmp_path / "runs"
+    later = (f"hours={20 / 3600}", "impl.checkpoint_minutes=30")  # no interval checkpoint within the budget
+    args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", blocks="preln", later=later)
+    assert main(args) == 0
+    record = json.loads(next((runs / ".sweep").glob("*.json")).read_text())
+    pretrain_id = next(j["slurm_id"] for j in record["jobs"] if j["kind"] == "pretrain")
+    run = runs / "preln-smoke-s0"
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / ".lock").read_text().split():
+        assert time.time() < deadline, "pretraining did not start within 2 minutes"
+        time.sleep(0.2)
+    time.sleep(2)  # some steps that the kill loses
+    assert not (run / "checkpoint.prev.pt").exists()  # the checkpoint of step 0 is the only one
+    os.kill(int((run / ".lock").read_text().split()[0]), signal.SIGKILL)
+    deadline = time.time() + 60
+    while slurm_job_state(pretrain_id) != "FAILED":
+        assert time.time() < deadline, slurm_job_state(pretrain_id)
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", pretrain_id], check=True)
+    from cramming_simple.sweep.status import queued
+
+    deadline = time.time() + 360
+    while queued([j["slurm_id"] for j in record["jobs"]]):
+        assert time.time() < deadline, "the requeued pretraining did not finish within 6 minutes"
+        time.sleep(2)
+    assert slurm_job_state(pretrain_id) == "COMPLETED"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["completed"] and summary["stop_reason"] == "budget" and summary["slurm"]["restarts"] >= 1
+    steps = [json.loads(line)["microbatch_steps"] for line in (run / "metrics.jsonl").open() if '"loss"' in line]
+    assert steps == sorted(set(steps)) and steps[-1] == summary["microbatch_steps"]  # the lost rows were dropped
 
 
 @pytest.mark.slow  # 1 min: one run as two torchrun "nodes" (two Slurm tasks on one machine), its GLUE as an array

@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(repeatable), python=..., additional_parameters.NAME=VALUE (any #SBATCH --NAME); for one kind of job "
         "only: pretrain.nodes=2, glue.time=240, report.partition=cpu; repeat for several (README, On a cluster)",
     )
+    parser.add_argument(
+        "--max-parallel",
+        type=int,
+        metavar="N",
+        help="with slurm: at most N of the sweep's jobs at once, pretraining and GLUE together (N lanes, each a "
+        "Slurm singleton; jobs still queued from an earlier launch into RUNS_DIR count too); default: no cap",
+    )
     parser.add_argument("--glue", action="append", default=[], metavar="KEY=VALUE", help="a GLUE protocol override")
     parser.add_argument("--wait", action="store_true", help="with slurm: block until every job ended; 1 if any failed")
     parser.add_argument(
@@ -79,11 +86,17 @@ def run(args: argparse.Namespace) -> int:
         glue_args=list(args.glue),
         out=args.out,
         reference=args.reference,
+        max_parallel=args.max_parallel,
     )
     if args.status is not None:
         return show_status(cfg)
     if args.slurm and args.launcher != "slurm":
         raise ConfigError("--slurm options are for --launcher slurm")
+    cfg.validate()  # before the data is prepared: a typo fails in a second
+    if args.max_parallel is not None and args.launcher != "slurm":
+        raise ConfigError("--max-parallel is for --launcher slurm (the local launcher runs one job at a time)")
+    if args.max_parallel is not None and slurm.has("array_parallelism"):
+        raise ConfigError("give --max-parallel (the whole sweep) or --slurm array_parallelism= (each array), not both")
     prepare_data(cfg)
     return launch(cfg, plan(cfg), args.launcher, slurm, args.wait)
 

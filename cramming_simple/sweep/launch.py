@@ -40,7 +40,8 @@ def launch(cfg: SweepConfig, jobs: list[Job], launcher: str, slurm: SlurmOptions
     say_what_is_added(todo, queued_now)
     submitted: dict[str, tuple[str, str]] = {}
     try:
-        submit(todo, slurm, submitted, cfg.hours, queued_now, cfg.runs_dir, singleton=cfg.scheduler_locks)
+        lane = cfg.lane if cfg.max_parallel else None
+        submit(todo, slurm, submitted, cfg.hours, queued_now, cfg.runs_dir, singleton=cfg.scheduler_locks, lane=lane)
     finally:  # a submission that fails half-way still records what it submitted
         rows = [
             describe(j, *queued_now[j.name], "already queued")

@@ -96,6 +96,10 @@ class SlurmOptions:
                 "one process per GPU (several nodes: --slurm pretrain.nodes=N)"
             )
 
+    def has(self, name: str) -> bool:
+        """Whether `name` was given, for any kind of job."""
+        return any(name in options for options in self.by_kind.values())
+
     def merged(self, kind: str) -> dict:
         """The options of one kind of job: the plain ones (nodes and GPUs only for pretraining), then its own."""
         plain = dict(self.by_kind[""])

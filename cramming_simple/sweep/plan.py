@@ -42,6 +42,17 @@ class SweepConfig:
     glue_args: list[str] = field(default_factory=list)  # extra glue arguments (protocol overrides)
     out: Path | None = None
     reference: str | None = None  # a reference budget (--reference): every run shares one calibration per device
+    max_parallel: int | None = None  # --max-parallel: at most this many of the sweep's jobs at once, all kinds
+
+    @property
+    def run_names(self) -> list[str]:
+        """Every run of the sweep, in plan order (blocks, then seeds): done or not."""
+        return [run_name(b, self.budget, s, self.reference_name) for b in self.blocks for s in self.seeds]
+
+    def lane(self, run: str) -> int:
+        """The lane of a run's jobs under --max-parallel: its place in the plan, modulo the cap (the same lane at
+        every launch, so that jobs still queued from an earlier one count against the same cap)."""
+        return self.run_names.index(run) % (self.max_parallel or 1)
 
     @property
     def reference_name(self) -> str | None:
@@ -51,6 +62,7 @@ class SweepConfig:
     def validate(self) -> None:
         require(self.blocks, "--blocks needs at least one block")
         require(self.seeds, "--seeds needs at least one seed")
+        require(self.max_parallel is None or self.max_parallel >= 1, "--max-parallel takes a whole number >= 1")
         for block in self.blocks:
             block_spec(block)  # an unknown block fails here, listing the valid ones
         if self.reference:

@@ -3,7 +3,9 @@ failed (with its one-line reason and its log), or missing.
 
 The run folders are the truth for what is done (a completed summary, ok GLUE results, the report's index).
 The sweep records (RUNS_DIR/.sweep/*.json, written by sweep.launch) say what was launched, where each job
-logs and, locally, how it ended; Slurm's queue (`squeue`) says what is pending or running now.
+logs and, locally, how it ended; Slurm's queue (`squeue`) says what is pending or running now, and where the
+cluster keeps accounting, `sacct` how a job that is neither done nor queued ended: timeout, out_of_memory,
+node_fail, preempted, cancelled (else plain failed).
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def status(cfg: SweepConfig) -> list[dict]:
     launches = launched(cfg.runs_dir)
     live = queued([j["slurm_id"] for js in launches.values() for j in js if j.get("slurm_id")])
     jobs = {name: current(js, live) for name, js in launches.items()}
+    ended = accounted([j["slurm_id"] for j in jobs.values() if j.get("slurm_id") and j["slurm_id"] not in live])
+    jobs = {name: {**job, "slurm_state": ended.get(job.get("slurm_id"))} for name, job in jobs.items()}
     rows, models = [], {}
     for name, kind, run_dir, task, wanted, seeds in plan_rows(cfg):
         job = jobs.get(name, {})
@@ -150,7 +154,9 @@ def launched_state(job: dict, live: dict[str, str], reason: str | None = None) -
     if not slurm_id and job.get("outcome") in ("pending", "running") and job.get("sweep_alive"):
         return job["outcome"], "local sweep"
     why = log_reason(job.get("log")) or job.get("reason") or reason or "ended without finishing"
-    return "failed", why + (f" (Slurm job {slurm_id})" if slurm_id else "")
+    said = job.get("slurm_state")  # sacct's word, where the cluster keeps accounting
+    state = said.lower() if said in SACCT_STATES else "failed"
+    return state, why + (f" (Slurm job {slurm_id}{': ' + said if said else ''})" if slurm_id else "")
 
 
 def log_reason(path: str | None) -> str | None:
@@ -183,6 +189,25 @@ def glue_failure(run_dir: Path, task: str, seeds: list[int]) -> str | None:
         if record.get("status") == "failed":
             return f"seed {seed}: {record.get('reason')}"
     return None
+
+
+SACCT_STATES = {"TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "CANCELLED", "BOOT_FAIL", "DEADLINE"}
+
+
+def accounted(slurm_ids: list[str]) -> dict[str, str]:
+    """{Slurm id: the state it ended in} from Slurm's accounting (`sacct`), or {} where the cluster keeps none
+    (sacct fails: "accounting storage is disabled") or there is no Slurm here."""
+    if not slurm_ids:
+        return {}
+    cmd = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(slurm_ids)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return {}
+    if done.returncode != 0:
+        return {}
+    rows = (line.split("|", 1) for line in done.stdout.splitlines() if "|" in line)
+    return {job_id: (state.split() or [""])[0] for job_id, state in rows}  # "CANCELLED by 0": CANCELLED
 
 
 def queued(slurm_ids: list[str]) -> dict[str, str]:

@@ -7,18 +7,24 @@
   waiting on that run's queued job if there is one (`afterok`);
 - the report, waiting for all of them (`afterany`), so that it shows what failed too.
 
-A 21-run sweep is 1 + 8 + 1 submissions instead of 2 x 21 + 1 (each array element still counts as a job where
-the cluster limits MaxSubmitJobs; the sweep says how many it adds first). With one pretraining run, or with
+A 21-run sweep is 1 + 8 + 1 submissions instead of 2 x 21 + 1 (each array element still counts as a job where the
+cluster limits MaxSubmitJobs; the sweep says how many it adds first). With one pretraining run, or with
 impl.lock=none (every job a Slurm singleton of its own name, so that no two jobs ever run one folder: an array
-shares one name), each run's jobs are submitted on their own: its pretraining, its GLUE tasks as one array
-waiting for it (`afterok`). `kill-on-invalid-dep`: a job whose run failed is cancelled, not left pending
-forever. Array elements of several runs log to RUNS_DIR/.sweep/logs/<array>_<k>/, linked from each run's logs/
-folder as <run>/logs/<array>_<k>.
+shares one name), each run's jobs are submitted on their own: its pretraining, its GLUE tasks as one array waiting
+for it (`afterok`). With `--max-parallel N` they are submitted that way too, and every job of run i is named for
+lane i % N of the sweep (`cs-<RUNS_DIR name>-<path hash>-lane<k>`) and is a Slurm singleton (its GLUE array also
+%1: a singleton does not hold back the elements of its own array): a lane runs one job at a time, in the order
+submitted (a run's pretraining before its GLUE), so the whole sweep runs at most N jobs at once, the jobs of an
+earlier launch into the same RUNS_DIR included (the report, outside the lanes, waits for them all anyway).
+`kill-on-invalid-dep`: a job whose run failed is cancelled, not left pending forever. Array elements of several
+runs log to RUNS_DIR/.sweep/logs/<array>_<k>/, linked from each run's logs/ folder as <run>/logs/<array>_<k>.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
 
@@ -58,14 +64,17 @@ def submit(
     queued: dict,
     runs_dir: Path,
     singleton: bool = False,
+    lane: Callable[[str], int] | None = None,
 ) -> None:
     """Submit `jobs` (module docstring). Fills `submitted`: {job name: (Slurm id, its stderr file)}; a job waits
-    on the `queued` ones (still in Slurm from an earlier launch) as on those. Submitted without this process's
-    Slurm variables (submitit's clean_env), so that a sweep started inside a job does not hand its allocation on."""
+    on the `queued` ones (still in Slurm from an earlier launch) as on those. `lane`: a run's lane under
+    --max-parallel. Submitted without this process's Slurm variables (submitit's clean_env), so that a sweep
+    started inside a job does not hand its allocation on."""
     import submitit
 
     pretrain_array = None
     several = sum(j.kind == "pretrain" for j in jobs) >= 2
+    singleton = singleton or lane is not None
     for group, on in groups(jobs, arrays=several and not singleton):
         first = group[0]
         array = len(group) > 1 or first.kind == "glue"
@@ -76,7 +85,9 @@ def submit(
         waits = dependencies(first, {**queued, **submitted}, pretrain_array if on else None, singleton)
         extra = {"dependency": ",".join(waits), "kill-on-invalid-dep": "yes"} if waits else {}
         parameters["slurm_additional_parameters"] = {**parameters.get("slurm_additional_parameters", {}), **extra}
-        executor.update_parameters(name=job_name(group, runs_dir), **parameters)
+        if lane is not None:  # a singleton does not hold back its own array's elements: one at a time (%1)
+            parameters["slurm_array_parallelism"] = 1
+        executor.update_parameters(name=job_name(group, runs_dir, lane), **parameters)
         for job in group:  # the child's time to checkpoint after the warning, less 30 s for the requeue
             job.grace_s = max(10.0, parameters["slurm_signal_delay_s"] - 30.0)
         try:
@@ -111,10 +122,15 @@ def dependencies(first: Job, known: dict, pretrain_array: str | None, singleton:
     return waits + (["singleton"] if singleton else [])
 
 
-def job_name(group: list[Job], runs_dir: Path) -> str:
-    """`cs-<run>-<kind>` for one run's jobs; an array of several runs' `cs-<RUNS_DIR name>-<kind>[-<task>]`."""
+def job_name(group: list[Job], runs_dir: Path, lane: Callable[[str], int] | None = None) -> str:
+    """`cs-<run>-<kind>` for one run's jobs; an array of several runs' `cs-<RUNS_DIR name>-<kind>[-<task>]`;
+    under --max-parallel, a run's jobs `cs-<RUNS_DIR name>-<path hash>-lane<k>` (the hash: two sweeps into
+    folders of one name do not share lanes)."""
     runs = {j.name.split("/")[0] for j in group}
     first = group[0]
+    if lane is not None and first.kind != "report":
+        where = runs_dir.resolve()
+        return f"cs-{where.name}-{hashlib.sha1(str(where).encode()).hexdigest()[:6]}-lane{lane(min(runs))}"
     if len(runs) == 1:
         return f"cs-{first.name.split('/')[0]}-{first.kind}"
     task = f"-{first.name.split('/', 1)[1]}" if first.kind == "glue" else ""

@@ -228,8 +228,7 @@ class Trainer:
         """What the budget clock says is due between two optimiser steps: eval, a snapshot, a checkpoint."""
         if self.clock.eval_due():
             self.evaluate(self.model, self.state, self.clock)
-        fraction = self.clock.snapshot_due()
-        if fraction is not None:
+        while (fraction := self.clock.snapshot_due()) is not None:  # one step can pass several fractions
             self.keep_snapshot(fraction)
         if self.clock.checkpoint_due():
             self.maybe_checkpoint()
@@ -258,6 +257,8 @@ class Trainer:
             self.projection(st, self.clock, 1.0 / cfg.reference.local_rate, "the calibration's Pre-LN rate")
         self.clock.start()
         if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot
+            with self.clock.paused():  # and a checkpoint: a kill before the first interval resumes, not restarts
+                self.checkpoint()
             self.evaluate(self.model, st, self.clock)
         self.window.start = self.clock.elapsed()
 
