@@ -68,9 +68,3 @@ def quiet_library_progress() -> None:
     for module, call in (("datasets", "disable_progress_bars"), ("huggingface_hub.utils", "disable_progress_bars")):
         if module in sys.modules:  # imported before the variables were set: they read them at import only
             getattr(sys.modules[module], call, lambda: None)()
-
-
-# Used as a library (a notebook, a test), the package reports as the command line does: info on stdout, warnings
-# on stderr. Replace LOG.handlers to route it elsewhere; the command line sets the level (-v / -q).
-if not any(isinstance(h, ConsoleHandler) for h in LOG.handlers):
-    setup_logging(0)

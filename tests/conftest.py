@@ -23,6 +23,15 @@ def generic_text(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(WORDS, k=rng.randint(4, 12))) for _ in range(n)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def console_logging():
+    """The command line's logging (info on stdout, warnings on stderr), which the package no longer sets up on
+    import: tests of library functions read what a command would print. test_hf checks the import itself."""
+    from cramming_simple.console import setup_logging
+
+    setup_logging(0)
+
+
 # ------------------------------------------------------------------------------------------ pretraining
 
 SMOKE_VOCAB = 8192  # the tiny preset's vocabulary, as budgets/smoke.yaml uses it

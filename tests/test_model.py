@@ -92,8 +92,8 @@ def smha(block: torch.nn.Module, x: torch.Tensor, mask: KeyMask | None) -> torch
     """The shaped-attention sub-block of a block, applied to its (already normed) input x."""
     if isinstance(block, SASP):
         d = x.shape[-1]
-        q, k, _ = project(x, block.w_in.weight, [d, d, block.w_in.out_features - 2 * d], fused=True)
-        return block.attn.mix(q, k, x, mask)
+        q, k, _ = project(x, block.w_in, [d, d, block.w_in.out_features - 2 * d], fused=True)
+        return block.attn(x, mask, qk=(q, k))
     assert isinstance(block, SAS)
     return block.attn(x, mask)
 

@@ -116,10 +116,14 @@ def model_config(plain: nn.Module, tokenizer: Any, extra: dict | None) -> dict:
 
 def portable_tokenizer_config(path: Path) -> None:
     """transformers 5 names a fast tokenizer's class `TokenizersBackend`, which transformers 4 does not know; both
-    load `PreTrainedTokenizerFast` (the same class in 5), so a folder saved here loads under either."""
+    load `PreTrainedTokenizerFast` (the same class in 5), so a folder saved here loads under either. And its
+    inputs are the model's: no token_type_ids (transformers 4's default for the class returns them, with ones on
+    a pair's second segment, which the model refuses: it has no segment embeddings)."""
     config = read_json(path)
     if config.get("tokenizer_class") == "TokenizersBackend":
-        path.write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = ["input_ids", "attention_mask"]
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def model_head(path: str | Path) -> tuple[int, int] | None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import require
+from ..console import setup_logging
 from ..data.tokenizer import load_tokenizer
 from ..errors import CorruptFileError, LockedError, UserError
 from ..runs import GLUE, MODEL, glue_lock, glue_model, glue_predictions, glue_result, glue_result_is_of
@@ -285,9 +286,8 @@ def run_pool(job: Job, todo: list[Item], workers: int, on_result: OnResult) -> l
         slots.put((k, device))
     errors: list[str] = []
     progress = Progress(len(todo), "GLUE", unit="run")
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_start_worker, initargs=(slots, workers, os.getpid(), logs)
-    ) as pool:
+    start = (slots, workers, os.getpid(), logs, log.getEffectiveLevel())
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=start) as pool:
         futures = {pool.submit(_run_in_worker, job, task, seed): (task, seed) for task, seed in todo}
         for done, future in enumerate(as_completed(futures), 1):
             task, seed = futures[future]
@@ -307,8 +307,9 @@ def run_pool(job: Job, todo: list[Item], workers: int, on_result: OnResult) -> l
 _worker: Worker | None = None  # this worker process's Worker (set by _start_worker)
 
 
-def _start_worker(slots, workers: int, parent: int, logs: Path) -> None:
-    """A pool process starts: pin its GPU before torch sees the others, die with the parent, log to a file."""
+def _start_worker(slots, workers: int, parent: int, logs: Path, level: int) -> None:
+    """A pool process starts: pin its GPU before torch sees the others, die with the parent, log to a file at
+    the parent's level (a spawned process imports the package, which configures no logging itself)."""
     global _worker
     # A worker must not outlive its parent: it would go on taking pairs (duplicating a rerun's work) and hold
     # its GPU. Linux kills it with the parent; elsewhere `Worker.run` checks the parent before every pair.
@@ -319,6 +320,7 @@ def _start_worker(slots, workers: int, parent: int, logs: Path) -> None:
     elif not torch.cuda.is_available():  # CPU workers share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     sys.stdout = sys.stderr = open(logs / f"worker{k}.log", "a", buffering=1)
+    setup_logging(-1 if level >= logging.WARNING else 1 if level <= logging.DEBUG else 0)
     _worker = Worker(pick_device("auto"), parent)
 
 

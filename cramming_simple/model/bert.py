@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ArchConfig
-from .layers import Embedding, KeyMask, norm
+from .layers import Embedding, KeyMask, Linear, norm
 from .registry import block_spec
 
 IGNORE = -100  # label of positions that carry no loss
@@ -50,7 +50,7 @@ class MaskedLM(nn.Module):
         """
         h = self.encoder(input_ids, attention_mask)  # (B, T, d)
         h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, M, d)
-        logits = F.linear(h, self.encoder.embedding.tokens.weight)  # (B, M, V)
+        logits = self.encoder.embedding.tokens(h, decode=True)  # (B, M, V), the tied decoder
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -59,7 +59,7 @@ class MaskedLM(nn.Module):
 
     def decode(self, hidden: Tensor) -> Tensor:
         """(B, T, d) encoder output -> (B, T, V) logits through the tied embedding."""
-        return F.linear(hidden, self.encoder.embedding.tokens.weight)
+        return self.encoder.embedding.tokens(hidden, decode=True)
 
 
 class SequenceClassifier(nn.Module):
@@ -75,12 +75,9 @@ class SequenceClassifier(nn.Module):
         self.num_labels = num_labels
         head_width = head_width or cfg.width
         self.encoder = Encoder(cfg, block)
-        self.dense = nn.Linear(cfg.width, head_width)
+        self.dense = Linear(cfg.width, head_width, cfg.init_std, bias=True)  # normal(std) weights, zero biases
         self.dropout = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(head_width, num_labels)
-        for layer in (self.dense, self.out):
-            layer.is_head_layer = True  # what a Hugging Face load initialises when a folder has no head (model.hf)
-            init_head_layer(layer, cfg.init_std)
+        self.out = Linear(head_width, num_labels, cfg.init_std, bias=True)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
@@ -98,11 +95,6 @@ class SequenceClassifier(nn.Module):
         if self.num_labels == 1:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return F.cross_entropy(logits.float(), labels)
-
-
-def init_head_layer(layer: nn.Linear, std: float) -> None:
-    nn.init.normal_(layer.weight, std=std)
-    nn.init.zeros_(layer.bias)
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

@@ -28,13 +28,22 @@ from .layers import (
     norm,
     project,
     split_heads,
-    zero_query,
 )
 
 
-def gain(value: float) -> nn.Parameter:
-    """A trainable scalar gain (no weight decay: the optimiser groups skip every tensor with ndim < 2)."""
-    return nn.Parameter(torch.tensor(float(value)))
+def add_gains(module: nn.Module, **init: float) -> None:
+    """Trainable scalar gains as the module's own parameters, named as given (no weight decay: the optimiser
+    groups skip every tensor with ndim < 2). Their init values stay on the module for `reset_gains`."""
+    module.gain_init = init
+    for name in init:
+        module.register_parameter(name, nn.Parameter(torch.empty(())))
+    reset_gains(module)
+
+
+def reset_gains(module: nn.Module) -> None:
+    with torch.no_grad():
+        for name, value in module.gain_init.items():
+            getattr(module, name).fill_(value)
 
 
 class PreLN(nn.Module):
@@ -77,7 +86,7 @@ class Parallel(nn.Module):
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
         d, normed = x.shape[-1], self.norm(x)
-        q, k, v, h = project(normed, self.w_in.weight, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
+        q, k, v, h = project(normed, self.w_in, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
         a = merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self)))  # (B, T, d)
         if self.probe is not None:  # the attention sub-block's output here is A V, before the shared output GEMM
@@ -101,8 +110,11 @@ class SAS(nn.Module):
         values = values or ("reparam" if layer == 0 else "identity")
         self.norm1, self.attn = norm(cfg), ShapedAttention(cfg, values)
         self.norm2, self.mlp = norm(cfg), GLU(cfg)
-        self.beta_sa, self.alpha_ff, self.beta_ff = gain(1.0), gain(1.0), gain(cfg.beta_ff_init)
+        add_gains(self, beta_sa=1.0, alpha_ff=1.0, beta_ff=cfg.beta_ff_init)
         self.drop = nn.Dropout(cfg.dropout)
+
+    def harness_init(self) -> None:
+        reset_gains(self)
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
         x = self.attn(self.norm1(x), mask, gain=self.beta_sa)
@@ -121,19 +133,21 @@ class SASP(nn.Module):
         d, G = cfg.width, cfg.glu_width
         self.fused = True
         self.norm = norm(cfg) if with_norm or (layer == 0 and cfg.first_layer_norm) else nn.Identity()
-        self.w_in = linear(d, 2 * d + G, cfg.init_std)  # rows: [W^Q; W^K; W_up]
-        zero_query(self.w_in.weight, d)
+        self.w_in = linear(d, 2 * d + G, cfg.init_std, zero_rows=d)  # rows: [W^Q; W^K; W_up], W^Q = 0
         self.attn = ShapedAttention(cfg, "reparam" if layer == 0 else "identity", with_qk=False)
         self.down = linear(G // 2, d, cfg.init_std)
-        self.beta_sa, self.beta_ff = gain(1.0), gain(cfg.beta_ff_init)
+        add_gains(self, beta_sa=1.0, beta_ff=cfg.beta_ff_init)
         self.drop = nn.Dropout(cfg.dropout)
+
+    def harness_init(self) -> None:
+        reset_gains(self)
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
         x = self.norm(x)
         d = x.shape[-1]
-        q, k, h = project(x, self.w_in.weight, [d, d, self.w_in.out_features - 2 * d], self.fused)
+        q, k, h = project(x, self.w_in, [d, d, self.w_in.out_features - 2 * d], self.fused)
         return torch.addcmul(
-            self.attn.mix(q, k, x, mask, gain=self.beta_sa), self.beta_ff, self.drop(self.down(glu(h, self.fused)))
+            self.attn(x, mask, gain=self.beta_sa, qk=(q, k)), self.beta_ff, self.drop(self.down(glu(h, self.fused)))
         )
 
 

@@ -19,12 +19,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, init_head_layer
+from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier
 from .config import MODEL_TYPE, ArchConfig
 from .layers import KeyMask, attention_matrix
 
@@ -82,13 +83,33 @@ class CrammingSimplePreTrainedModel(PreTrainedModel):
     gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """What a folder does not hold, after a load that built the model without data: the unsaved buffers
-        (the position table), and a classification head that is new (a pretrained encoder under a fresh head),
-        which gets the harness's head init. Everything else is in the folder."""
-        if hasattr(module, "init_buffers"):
-            module.init_buffers()
-        if getattr(module, "is_head_layer", False):
-            init_head_layer(module, self.config.arch["init_std"])
+        """The harness's init for whatever a load leaves without values: the unsaved position table, a weight
+        the folder lacks, a new classification head, a resized vocabulary's new rows. transformers calls this
+        per module; tensors that it marks as loaded (`_is_hf_initialized`) keep their values.
+
+        A harness module sets its own parameters with `harness_init()`, exactly as its constructor does (model
+        .layers); a token table or Linear that transformers made itself (resize_token_embeddings) gets the
+        harness's normal(init_std); anything else (LayerNorm, a user's module) its `reset_parameters()`."""
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if module is self or all(getattr(t, "_is_hf_initialized", False) for t in own):
+            return
+        kept = [(t, t.detach().clone()) for t in own if getattr(t, "_is_hf_initialized", False)]
+        std = self.config.arch["init_std"]
+        if hasattr(module, "harness_init"):
+            module.harness_init()
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        with torch.no_grad():
+            for tensor, value in kept:
+                tensor.copy_(value)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """transformers' save, and with the package's own classes (not remote code, which transformers copies
@@ -109,21 +130,47 @@ class CrammingSimplePreTrainedModel(PreTrainedModel):
         self.encoder.embedding.tokens = value
 
 
+def embed(
+    model: CrammingSimplePreTrainedModel,
+    input_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    token_type_ids: Tensor | None,
+) -> Tensor:
+    """The block stack's input (B, T, d) from token ids or from token vectors (`inputs_embeds`: prompt tuning,
+    attribution). token_type_ids are accepted as BERT's classes take them, but only as zeros: the model has no
+    segment embeddings (crammed BERT drops them), so a second segment's ones would be ignored silently."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("give input_ids or inputs_embeds (one of them)")
+    if token_type_ids is not None and bool(token_type_ids.ne(0).any()):
+        raise ValueError(
+            "token_type_ids holds non-zero values, but this model has no segment embeddings (by design, as crammed "
+            "BERT): a pair is one sequence [CLS] a [SEP] b [SEP]; tokenize with return_token_type_ids=False or drop "
+            "the column"
+        )
+    return model.encoder.embedding(input_ids, inputs_embeds)
+
+
+def block_classes(encoder: Encoder) -> list[str]:
+    """`_no_split_modules`: the block classes, which device maps (accelerate, device_map="auto") keep whole on
+    one device, with the residual stream they read and write."""
+    return sorted({type(layer).__name__ for layer in encoder.layers})
+
+
 def encode(
     model: CrammingSimplePreTrainedModel,
-    input_ids: Tensor,
+    x: Tensor,
     attention_mask: Tensor | None,
     output_hidden_states: bool | None,
     output_attentions: bool | None,
 ) -> BaseModelOutput:
-    """The harness's Encoder, run layer by layer as BERT's classes are: hidden states after the embedding and
-    after every block (before the final LayerNorm, which only `last_hidden_state` has), the attention
-    probabilities softmax(q k^T / sqrt(d_k)) of every block's attention (B, H, T, T) where the block has one
-    (a shaped block's A_h, before its identity and centring terms), and gradient checkpointing per block."""
+    """The harness's Encoder on the embedded input x (B, T, d), run layer by layer as BERT's classes are: hidden
+    states after the embedding and after every block (before the final LayerNorm, which only
+    `last_hidden_state` has), the attention probabilities softmax(q k^T / sqrt(d_k)) of every block's attention
+    (B, H, T, T) where the block has one (a shaped block's A_h, before its identity and centring terms), and
+    gradient checkpointing per block."""
     config, encoder = model.config, model.encoder
     hidden_wanted = config.output_hidden_states if output_hidden_states is None else output_hidden_states
     attentions_wanted = config.output_attentions if output_attentions is None else output_attentions
-    x = encoder.embedding(input_ids)  # (B, T, d)
     mask = KeyMask.from_attention_mask(attention_mask, x.dtype)
     hidden = [x] if hidden_wanted else None
     attentions: list[Tensor] = []
@@ -160,19 +207,23 @@ class CrammingSimpleModel(CrammingSimplePreTrainedModel):
     def __init__(self, config: CrammingSimpleConfig):
         super().__init__(config)
         self.encoder = Encoder(config.arch_config(), config.block)
+        self._no_split_modules = block_classes(self.encoder)
         self.post_init()
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
-        output_hidden_states: bool | None = None,
+        token_type_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **unused,
     ) -> BaseModelOutput:
-        # unused: token_type_ids and the like, which BERT tokenizers return and this encoder has no use for
-        out = encode(self, input_ids, attention_mask, output_hidden_states, output_attentions)
+        # No **kwargs: a misspelt keyword is a TypeError, and Trainer does not take the model for one that scales
+        # its loss by num_items_in_batch (it would then skip its own 1/accumulation scaling).
+        x = embed(self, input_ids, inputs_embeds, token_type_ids)
+        out = encode(self, x, attention_mask, output_hidden_states, output_attentions)
         return as_requested(self, out, return_dict)
 
 
@@ -183,19 +234,22 @@ class CrammingSimpleForMaskedLM(CrammingSimplePreTrainedModel):
     def __init__(self, config: CrammingSimpleConfig):
         super().__init__(config)
         self.encoder = Encoder(config.arch_config(), config.block)
+        self._no_split_modules = block_classes(self.encoder)
         self.post_init()
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
-        output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **unused,
     ) -> MaskedLMOutput:
-        encoded = encode(self, input_ids, attention_mask, output_hidden_states, output_attentions)
+        x = embed(self, input_ids, inputs_embeds, token_type_ids)
+        encoded = encode(self, x, attention_mask, output_hidden_states, output_attentions)
         logits = MaskedLM.decode(self, encoded.last_hidden_state)  # the harness's code on the same `encoder`
         loss = None
         if labels is not None:
@@ -216,27 +270,46 @@ class CrammingSimpleForSequenceClassification(CrammingSimplePreTrainedModel):
         model = SequenceClassifier(config.arch_config(), config.block, config.num_labels, config.head_width)
         self.num_labels = model.num_labels
         self.encoder, self.dense, self.dropout, self.out = model.encoder, model.dense, model.dropout, model.out
+        self._no_split_modules = block_classes(self.encoder)
         self.post_init()
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
-        output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **unused,
     ) -> SequenceClassifierOutput:
-        encoded = encode(self, input_ids, attention_mask, output_hidden_states, output_attentions)
+        x = embed(self, input_ids, inputs_embeds, token_type_ids)
+        encoded = encode(self, x, attention_mask, output_hidden_states, output_attentions)
         logits = SequenceClassifier.head(self, encoded.last_hidden_state)  # the harness's head, same attributes
         out = SequenceClassifierOutput(
-            loss=SequenceClassifier.loss(self, logits, labels),
+            loss=classification_loss(self.config.problem_type, self.num_labels, logits, labels),
             logits=logits,
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
         return as_requested(self, out, return_dict)
+
+
+def classification_loss(problem_type: str | None, num_labels: int, logits: Tensor, labels: Tensor | None):
+    """The loss transformers' classifiers take: `problem_type`, or inferred as they infer it (one label:
+    regression, MSE; integer labels: single-label, cross-entropy; else multi-label, BCE with logits). The first
+    two are the harness's GLUE losses (SequenceClassifier.loss)."""
+    if labels is None:
+        return None
+    if problem_type is None:
+        integer = labels.dtype in (torch.long, torch.int)
+        problem_type = "regression" if num_labels == 1 else "single_label_classification" if integer else "multi_label"
+    if problem_type == "regression":
+        return F.mse_loss((logits.squeeze(-1) if num_labels == 1 else logits).float(), labels.float())
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.float().view(-1, num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 AUTO_CLASSES = {

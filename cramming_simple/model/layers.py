@@ -21,26 +21,53 @@ from torch import Tensor, nn
 from .config import ArchConfig
 
 
-def linear(fan_in: int, fan_out: int, std: float) -> nn.Linear:
-    """A bias-free Linear with normal(0, std) init (no bias anywhere in the encoder: docs/blocks.md)."""
-    layer = nn.Linear(fan_in, fan_out, bias=False)
-    nn.init.normal_(layer.weight, std=std)
-    return layer
+class Linear(nn.Linear):
+    """The harness's Linear: normal(0, std) init, no bias unless asked (none anywhere in the encoder:
+    docs/blocks.md; the GLUE head's two keep a zero bias). `zero_rows`: that many leading output rows start at
+    zero (W^Q = 0 of the shaped blocks, the first chunk of a fused projection). `orthogonal`: an orthogonal
+    init instead (V-SkipInit's W^V and W^P).
+
+    Every module with parameters of its own has a `harness_init()` that sets them as the constructor does:
+    a Hugging Face load calls it for what a folder lacks (model.hf), so missing weights get the harness's init.
+    """
+
+    def __init__(
+        self, fan_in: int, fan_out: int, std: float, bias: bool = False, zero_rows: int = 0, orthogonal: bool = False
+    ):
+        super().__init__(fan_in, fan_out, bias=bias)
+        self.std, self.zero_rows, self.orthogonal = std, zero_rows, orthogonal
+        self.harness_init()
+
+    def harness_init(self) -> None:
+        if self.orthogonal:
+            orthogonal_init(self.weight)
+        else:
+            nn.init.normal_(self.weight, std=self.std)
+        with torch.no_grad():
+            self.weight[: self.zero_rows].zero_()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+def linear(fan_in: int, fan_out: int, std: float, zero_rows: int = 0) -> Linear:
+    """A bias-free Linear with normal(0, std) init, its first `zero_rows` rows zero."""
+    return Linear(fan_in, fan_out, std, zero_rows=zero_rows)
 
 
 def norm(cfg: ArchConfig) -> nn.LayerNorm:
     return nn.LayerNorm(cfg.width, eps=cfg.norm_eps)  # weight 1, bias 0 by default
 
 
-def project(x: Tensor, weight: Tensor, sizes: list[int], fused: bool) -> list[Tensor]:
-    """x @ weight^T, split into chunks of `sizes` along the last dim.
+def project(x: Tensor, layer: nn.Linear, sizes: list[int], fused: bool) -> list[Tensor]:
+    """layer(x), split into chunks of `sizes` along the last dim.
 
-    fused: one GEMM for all chunks (QKV, or attention + MLP inputs of the parallel blocks).
-    reference: one GEMM per chunk, on slices of the same weight.
+    fused: one call of the module, one GEMM for all chunks (QKV, or attention + MLP inputs of the parallel
+    blocks). Called as a module, so what wraps or hooks it (LoRA adapters, accelerate's offloading) sees the use.
+    reference: one GEMM per chunk, on slices of the module's weight (the plain path that tests compare against).
     """
     if fused:
-        return list(F.linear(x, weight).split(sizes, dim=-1))
-    return [F.linear(x, w) for w in weight.split(sizes, dim=0)]
+        return list(layer(x).split(sizes, dim=-1))
+    return [F.linear(x, w) for w in layer.weight.split(sizes, dim=0)]
 
 
 def glu(h: Tensor, fused: bool) -> Tensor:
@@ -212,7 +239,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
         d = x.shape[-1]
-        q, k, v = (split_heads(t, self.heads) for t in project(x, self.qkv.weight, [d, d, d], self.fused))
+        q, k, v = (split_heads(t, self.heads) for t in project(x, self.qkv, [d, d, d], self.fused))
         out = self.proj(merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self))))
         if self.probe is not None:
             self.probe(q, k, mask, x, out)
@@ -236,22 +263,29 @@ class ShapedAttention(nn.Module):
         self.heads, self.values, self.fused, self.probe = H, values, True, None
         self.attention_dropout = cfg.attention_dropout
         if with_qk:
-            self.qk = linear(d, 2 * d, cfg.init_std)  # rows: [W^Q; W^K]
-            zero_query(self.qk.weight, d)
-        self.alpha = nn.Parameter(torch.ones(H))
-        self.beta = nn.Parameter(torch.ones(H))
-        self.gamma = nn.Parameter(torch.ones(H))
+            self.qk = linear(d, 2 * d, cfg.init_std, zero_rows=d)  # rows: [W^Q; W^K], W^Q = 0
+        self.alpha, self.beta, self.gamma = (nn.Parameter(torch.empty(H)) for _ in range(3))
         if values == "reparam":
-            self.value_alpha = nn.Parameter(torch.tensor(1.0))
-            self.value_beta = nn.Parameter(torch.tensor(1.0))
-            self.value_delta = nn.Parameter(torch.zeros(d, d))
+            self.value_alpha = nn.Parameter(torch.empty(()))
+            self.value_beta = nn.Parameter(torch.empty(()))
+            self.value_delta = nn.Parameter(torch.empty(d, d))
         elif values == "full":
-            self.value = nn.Linear(d, d, bias=False)
-            self.proj = nn.Linear(d, d, bias=False)
-            nn.init.orthogonal_(self.value.weight)
-            nn.init.orthogonal_(self.proj.weight)
+            self.value = Linear(d, d, cfg.init_std, orthogonal=True)
+            self.proj = Linear(d, d, cfg.init_std, orthogonal=True)
         elif values != "identity":
             raise ValueError(f"values must be 'identity', 'reparam' or 'full', got {values!r}")
+        self.harness_init()
+
+    def harness_init(self) -> None:
+        """Its own parameters: every head the identity on V_h (alpha = beta = gamma = 1, with W^Q = 0 making
+        A_h = C); the reparametrised values start at V = X (alpha_V = beta_V = 1, dW = 0)."""
+        with torch.no_grad():
+            for gain in (self.alpha, self.beta, self.gamma):
+                gain.fill_(1.0)
+            if self.values == "reparam":
+                self.value_alpha.fill_(1.0)
+                self.value_beta.fill_(1.0)
+                self.value_delta.zero_()
 
     def value_of(self, x: Tensor) -> Tensor:
         if self.values == "reparam":
@@ -278,15 +312,14 @@ class ShapedAttention(nn.Module):
             self.probe(q, k, mask, x, out)
         return out
 
-    def forward(self, x: Tensor, mask: KeyMask | None, gain: Tensor | None = None) -> Tensor:
-        q, k = project(x, self.qk.weight, [x.shape[-1]] * 2, self.fused)
+    def forward(
+        self, x: Tensor, mask: KeyMask | None, gain: Tensor | None = None, qk: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """qk: queries and keys (B, T, d) the caller projected (SAS-P fuses them with the MLP's input); else
+        this module's own `qk` makes them. Either way the module is called (its forward runs), so hooks on it
+        (accelerate's offloading) see its parameters used."""
+        q, k = qk if qk is not None else project(x, self.qk, [x.shape[-1]] * 2, self.fused)
         return self.mix(q, k, x, mask, gain)
-
-
-def zero_query(weight: Tensor, width: int) -> None:
-    """W^Q = 0 at init: the first `width` rows of a fused projection whose first chunk is Q."""
-    with torch.no_grad():
-        weight[:width].zero_()
 
 
 # ----------------------------------------------------------------------------------------------- embedding
@@ -302,30 +335,60 @@ def sinusoid_table(length: int, width: int) -> Tensor:
     return table
 
 
+def orthogonal_init(weight: Tensor) -> None:
+    """An orthogonal init drawn in fp32 and cast: QR has no bf16/fp16 kernel (a model built in bf16, as
+    `from_config(dtype=torch.bfloat16)` does, would fail), and the fp32 draw is the same numbers as before."""
+    if weight.is_meta:
+        return
+    with torch.no_grad():
+        weight.copy_(nn.init.orthogonal_(torch.empty(weight.shape, dtype=torch.float32, device=weight.device)))
+
+
+class TokenEmbedding(nn.Embedding):
+    """The token table, normal(0, std) with a zero padding row; also the tied decoder (no bias): `decode=True`
+    maps (..., d) hidden states to (..., V) logits with the same weight. Both uses go through this module's
+    forward, so hooks on it (accelerate's offloading, an adapter) see both."""
+
+    def __init__(self, vocab_size: int, width: int, padding_idx: int, std: float):
+        super().__init__(vocab_size, width, padding_idx=padding_idx)
+        self.std = std
+        self.harness_init()
+
+    def harness_init(self) -> None:
+        nn.init.normal_(self.weight, std=self.std)
+        with torch.no_grad():
+            self.weight[self.padding_idx].zero_()
+
+    def forward(self, x: Tensor, decode: bool = False) -> Tensor:
+        """(B, T) token ids -> (B, T, d) rows; decode: (..., d) hidden states -> (..., V) logits."""
+        return F.linear(x, self.weight) if decode else super().forward(x)
+
+
 class Embedding(nn.Module):
     """Token embedding (padding index: the tokenizer's pad id, or row 0: arch.embedding_padding) + scaled sinusoidal
     positions, then LayerNorm."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
-        self.tokens = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=cfg.padding_index)
-        nn.init.normal_(self.tokens.weight, std=cfg.init_std)
-        with torch.no_grad():
-            self.tokens.weight[cfg.padding_index].zero_()
-        self.register_buffer("sinusoid", sinusoid_table(cfg.seq_len, cfg.width), persistent=False)  # not saved
-        self.position_scale = nn.Parameter(torch.tensor(cfg.width**-0.5))  # learnable, init 1/sqrt(d)
+        self.tokens = TokenEmbedding(cfg.vocab_size, cfg.width, cfg.padding_index, cfg.init_std)
+        self.register_buffer("sinusoid", torch.empty(cfg.seq_len, cfg.width), persistent=False)  # not saved
+        self.position_scale = nn.Parameter(torch.empty(()))  # learnable, init 1/sqrt(d)
         self.norm = norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.harness_init()
 
-    def init_buffers(self) -> None:
-        """Fill the unsaved buffers again: after a load that built the module without data (on the meta device,
-        as Hugging Face's from_pretrained does; model.hf)."""
+    def harness_init(self) -> None:
+        """The position table (a buffer no folder holds: a Hugging Face load builds the module without data and
+        fills it through this, model.hf) and the position scale 1/sqrt(d)."""
         with torch.no_grad():
             self.sinusoid.copy_(sinusoid_table(*self.sinusoid.shape))
+            self.position_scale.fill_(self.sinusoid.shape[1] ** -0.5)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        T = input_ids.shape[1]
-        x = self.tokens(input_ids) + self.position_scale * self.sinusoid[:T]  # (B, T, d)
+    def forward(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """(B, T) token ids, or (B, T, d) token vectors in their place (a caller's `inputs_embeds`: prompt
+        tuning, attribution) -> the block stack's input (B, T, d)."""
+        vectors = self.tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        x = vectors + self.position_scale * self.sinusoid[: vectors.shape[1]]  # (B, T, d)
         return self.dropout(self.norm(x))
 
 

@@ -1,0 +1,251 @@
+"""The Hugging Face classes inside transformers' own machinery (issue 35): Trainer's gradient accumulation, the
+forward signature BERT's classes have, inputs_embeds, transformers' classification losses, building in bf16, LoRA
+adapters (peft), missing and resized weights, disk offloading (accelerate), and an import that leaves the process as
+it was. Each against the real library, on tiny CPU models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cramming_simple.model import SequenceClassifier
+from cramming_simple.model.blocks import BLOCKS
+from cramming_simple.model.hf import (
+    CrammingSimpleConfig,
+    CrammingSimpleForMaskedLM,
+    CrammingSimpleForSequenceClassification,
+    CrammingSimpleModel,
+)
+
+ARCH = {"preset": "tiny", "vocab_size": 128, "depth": 2, "width": 32, "heads": 2, "glu_width": 64, "dropout": 0.0}
+CLASSES = (CrammingSimpleModel, CrammingSimpleForMaskedLM, CrammingSimpleForSequenceClassification)
+
+
+def tiny(cls=CrammingSimpleForSequenceClassification, block="sas", seed=0, **config):
+    torch.manual_seed(seed)
+    return cls(CrammingSimpleConfig(block=block, arch=dict(ARCH), **config)).eval()
+
+
+def ids(batch=3, length=10, seed=1) -> torch.Tensor:
+    return torch.randint(5, ARCH["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_trainer_accumulating_4_x_2_takes_the_step_of_1_x_8(tmp_path):
+    """Same 8 examples, SGD, one optimizer step: 4 microbatches of 2 with gradient accumulation against one batch
+    of 8. A forward that swallowed any keyword made Trainer pass num_items_in_batch and skip its own
+    1/accumulation scaling: an update 4 times too large, and a logged loss 4 times too large."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    data = Dataset.from_dict(
+        {"input_ids": ids(8, 12).tolist(), "attention_mask": [[1] * 12] * 8, "labels": [0, 1, 1, 0, 1, 0, 0, 1]}
+    )
+    steps = {}
+    for batch, accumulate in ((8, 1), (2, 4)):
+        model = tiny()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"{batch}x{accumulate}"),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulate,
+            max_steps=1,
+            learning_rate=0.5,
+            optim="sgd",
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=1e9,  # no clipping: the raw update is compared
+            logging_steps=1,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=data)
+        assert not trainer.model_accepts_loss_kwargs  # so Trainer scales by 1/accumulation itself
+        trainer.train()
+        update = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+        logged = next(row["loss"] for row in trainer.state.log_history if "loss" in row)
+        steps[(batch, accumulate)] = (update, logged)
+    (one, loss_one), (four, loss_four) = steps[(8, 1)], steps[(2, 4)]
+    assert max((one[n] - four[n]).abs().max().item() for n in one) < 1e-5
+    assert max(one[n].abs().max().item() for n in one) > 1e-3  # a real step, not two zero updates
+    assert abs(loss_one - loss_four) < 1e-5, (loss_one, loss_four)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_the_forward_takes_berts_arguments_and_refuses_a_misspelt_one(cls):
+    model, x = tiny(cls), ids()
+    mask = torch.ones_like(x)
+    with pytest.raises(TypeError):
+        model(input_ids=x, atention_mask=mask)  # noqa - misspelt on purpose
+    plain = model(input_ids=x, attention_mask=mask)[0]
+    zeros = model(input_ids=x, attention_mask=mask, token_type_ids=torch.zeros_like(x))[0]
+    assert torch.equal(plain, zeros)  # a single segment's type ids: accepted
+    with pytest.raises(ValueError, match="no segment embeddings"):
+        model(input_ids=x, attention_mask=mask, token_type_ids=torch.ones_like(x))
+    vectors = model.get_input_embeddings()(x)
+    assert torch.allclose(model(inputs_embeds=vectors, attention_mask=mask)[0], plain, atol=1e-6)
+    with pytest.raises(ValueError, match="input_ids or inputs_embeds"):
+        model(input_ids=x, inputs_embeds=vectors)
+
+
+def test_inputs_embeds_carry_a_gradient_for_attribution():
+    model, x = tiny(), ids()
+    vectors = model.get_input_embeddings()(x).detach().requires_grad_()
+    model(inputs_embeds=vectors).logits[:, 1].sum().backward()
+    assert vectors.grad is not None and vectors.grad.abs().sum() > 0
+
+
+def test_classification_losses_are_the_ones_transformers_computes():
+    x = ids(4)
+    multi = tiny(num_labels=3, problem_type="multi_label_classification")
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    out = multi(input_ids=x, labels=targets)
+    assert torch.allclose(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets), atol=1e-6)
+    inferred = tiny(num_labels=3)  # float labels, no problem_type: transformers infers multi-label
+    out = inferred(input_ids=x, labels=targets)
+    assert torch.allclose(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets), atol=1e-6)
+    single = tiny(num_labels=3)  # integer labels: cross-entropy, the harness's GLUE loss
+    labels = torch.tensor([0, 2, 1, 2])
+    out = single(input_ids=x, labels=labels)
+    assert torch.allclose(out.loss, SequenceClassifier.loss(single, out.logits, labels), atol=1e-6)
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits, labels), atol=1e-6)
+    regression = tiny(num_labels=1)
+    scores = torch.tensor([0.5, 1.0, 4.0, 2.5])
+    out = regression(input_ids=x, labels=scores)
+    assert regression.config.problem_type == "regression"
+    assert torch.allclose(out.loss, F.mse_loss(out.logits.squeeze(-1), scores), atol=1e-6)
+
+
+def test_vskipinit_builds_in_bf16_with_its_orthogonal_init():
+    config = CrammingSimpleConfig(block="vskipinit", arch=dict(ARCH))
+    model = CrammingSimpleModel._from_config(config, dtype=torch.bfloat16)
+    value = model.encoder.layers[0].attn.value.weight
+    assert value.dtype == torch.bfloat16
+    eye = torch.eye(value.shape[0])
+    assert torch.allclose(value.float() @ value.float().T, eye, atol=0.05)
+
+
+IMPORT_CHECK = """
+import logging, os
+env, root = dict(os.environ), list(logging.getLogger().handlers)
+ours = list(logging.getLogger("cramming_simple").handlers)
+import cramming_simple
+import cramming_simple.model.hf
+assert dict(os.environ) == env, sorted(set(os.environ.items()) ^ set(env.items()))
+assert logging.getLogger().handlers == root and logging.getLogger("cramming_simple").handlers == ours
+assert logging.getLogger("cramming_simple").propagate
+print("unchanged")
+"""
+
+
+def test_importing_the_package_leaves_the_environment_and_logging_alone():
+    """In a fresh process whose stderr is not a terminal (a notebook's kernel, a job): the package used to set
+    the hub's and datasets' progress switches and its own console handler on import."""
+    done = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "unchanged", done.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------ adapters, init, offloading
+
+BLOCK_NAMES = tuple(BLOCKS)
+
+
+def linear_names(model: torch.nn.Module) -> set[str]:
+    """The attribute names of every Linear in the encoder (what a LoRA config targets): docs/huggingface.md."""
+    return {name.rsplit(".", 1)[-1] for name, m in model.encoder.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@pytest.mark.parametrize("block", BLOCK_NAMES)
+def test_lora_on_every_linear_of_every_block_trains_and_merges(block):
+    """peft's LoRA on every Linear: every adapter is used (gets a gradient, changes the output), and merging the
+    adapters into the weights gives the adapted model's outputs. A projection read as `.weight` through
+    F.linear would bypass its adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    model, x = tiny(CrammingSimpleForMaskedLM, block), ids()
+    base = model(input_ids=x).logits.detach()
+    targets, layers = sorted(linear_names(model)), sum(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=targets, init_lora_weights=False))
+    adapters = {n: p for n, p in adapted.named_parameters() if "lora_" in n}
+    assert len(adapters) == 2 * layers  # A and B on every Linear
+    logits = adapted(input_ids=x).logits
+    logits.float().pow(2).mean().backward()
+    assert not (logits.detach() - base).abs().max() < 1e-4  # a nonzero adapter changes the output
+    silent = [n for n, p in adapters.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, f"adapters without a gradient: {silent}"
+    with torch.no_grad():
+        adapted_logits = adapted(input_ids=x).logits
+        merged = adapted.merge_and_unload()
+        assert (merged(input_ids=x).logits - adapted_logits).abs().max() < 1e-5
+
+
+def test_a_weight_missing_from_a_folder_gets_the_harness_init(tmp_path):
+    """from_pretrained on a folder that lacks some weights: each gets what the harness's constructor gives it
+    (W^Q rows zero, a gain at its init value, an orthogonal W^V), not uninitialised memory."""
+    from safetensors.torch import load_file, save_file
+
+    for block, missing in (
+        ("sas", ("encoder.layers.1.attn.qk.weight", "encoder.layers.1.beta_ff")),
+        ("vskipinit", ("encoder.layers.0.attn.value.weight",)),
+    ):
+        folder = tmp_path / block
+        tiny(CrammingSimpleForMaskedLM, block).save_pretrained(folder)
+        weights = load_file(folder / "model.safetensors")
+        save_file({k: v for k, v in weights.items() if k not in missing}, folder / "model.safetensors")
+        loaded = CrammingSimpleForMaskedLM.from_pretrained(folder)
+        state = loaded.state_dict()
+        assert all(torch.isfinite(v).all() for v in state.values())
+        for key in weights:
+            if key not in missing:
+                assert torch.equal(state[key], weights[key]), key  # what the folder holds is kept
+        d, std = ARCH["width"], CrammingSimpleConfig(arch=dict(ARCH)).arch["init_std"]
+        if block == "sas":
+            qk = state["encoder.layers.1.attn.qk.weight"]
+            assert torch.equal(qk[:d], torch.zeros(d, d)) and 0.5 * std < qk[d:].std() < 1.5 * std
+            assert state["encoder.layers.1.beta_ff"].item() == pytest.approx(loaded.config.arch["beta_ff_init"])
+        else:
+            value = state["encoder.layers.0.attn.value.weight"]
+            assert torch.allclose(value @ value.T, torch.eye(d), atol=1e-5)
+
+
+def test_a_resized_vocabulary_gets_initialised_finite_rows(tmp_path):
+    """resize_token_embeddings: with mean_resizing=False the new rows get the harness's init (transformers'
+    default instead starts them at the old rows' mean); ignore_mismatched_sizes on a folder with a smaller
+    vocabulary gives a whole new table with the harness's init."""
+    model = tiny(CrammingSimpleForMaskedLM)
+    old = model.get_input_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(200, mean_resizing=False)
+    table = model.get_input_embeddings().weight.detach()
+    std = model.config.arch["init_std"]
+    assert table.shape == (200, ARCH["width"]) and model.config.vocab_size == 200
+    assert torch.equal(table[:128], old) and torch.isfinite(table).all()
+    assert 0.5 * std < table[128:].std() < 1.5 * std
+    assert model(input_ids=torch.tensor([[150, 199, 3]])).logits.shape == (1, 3, 200)  # the tied decoder follows
+    model.save_pretrained(tmp_path / "small")
+    grown = CrammingSimpleForMaskedLM.from_pretrained(tmp_path / "small", vocab_size=300, ignore_mismatched_sizes=True)
+    table = grown.get_input_embeddings().weight.detach()
+    assert table.shape[0] == 300 and torch.isfinite(table).all() and 0.5 * std < table.std() < 1.5 * std
+
+
+@pytest.mark.parametrize("block", ("sas", "sasp", "parallel", "vskipinit"))
+def test_disk_offloading_gives_the_in_memory_logits(block, tmp_path):
+    """device_map="auto" with a memory cap small enough that blocks go to disk: accelerate's hooks load each
+    module's weights for its forward, so a weight used outside its module's forward (a fused projection read
+    as `.weight`, the tied decoder) would come out wrong or NaN."""
+    model = tiny(CrammingSimpleForMaskedLM, block)
+    model.save_pretrained(tmp_path / "model")
+    x = ids()
+    with torch.no_grad():
+        expected = model(input_ids=x).logits
+        offloaded = CrammingSimpleForMaskedLM.from_pretrained(
+            tmp_path / "model", device_map="auto", max_memory={"cpu": 20_000}, offload_folder=str(tmp_path / "off")
+        )
+        assert "disk" in set(offloaded.hf_device_map.values()), offloaded.hf_device_map
+        assert (offloaded(input_ids=x).logits - expected).abs().max() < 1e-5
+    assert set(offloaded._no_split_modules) == {type(offloaded.encoder.layers[0]).__name__}
