@@ -55,12 +55,13 @@ else
 LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m cramming_simple
 endif
 
-.PHONY: help setup test test-all format demo data pretrain glue report bench calibrate check-block export all params \
+.PHONY: help setup test test-all test-hf format demo data pretrain glue report bench calibrate check-block export all params \
 	clean-venv
 
 help:
 	@echo "make demo | make test                 first two commands on a fresh machine"
 	@echo "make test-all                         the suite with its slow end-to-end tests (CI runs make test)"
+	@echo "make test-hf                          transformers' own common model tests on the HF classes"
 	@echo "make format                           ruff: fix what it can, format the code"
 	@echo "make pretrain BLOCK=sas BUDGET=24h    pretrain one block (resumes if the run exists)"
 	@echo "make glue BLOCK=sas [RUN=runs/..]     fine-tune the latest run of BLOCK on GLUE"
@@ -87,6 +88,13 @@ test: setup
 
 test-all:  # the slow end-to-end tests too (what CI leaves out to stay within 15 minutes)
 	$(MAKE) --no-print-directory test TEST_MARKS=
+
+# transformers' own common model tests (ModelTesterMixin) against the three Hugging Face classes, every block:
+# fetches the installed transformers version's test modules from its source distribution (once, into
+# ~/.cache/cramming-simple; needs the package registry), then runs tests/hf_common (docs/huggingface.md)
+test-hf: setup
+	@dir=$$($(BIN)/python tests/hf_common/fetch.py) && \
+	  CRAMMING_SIMPLE_HF_TESTS=$$dir $(BIN)/python -m pytest -q -p no:cacheprovider tests/hf_common $(PYTEST_ARGS)
 
 format: setup
 	$(BIN)/ruff check --fix cramming_simple tests

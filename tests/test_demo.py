@@ -36,7 +36,7 @@ def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
         f"DEMO_RUNS={runs}",
         f"DEMO_OUT={out}",
         f"GLUE_DIR={glue_fixture(tmp_path / 'glue')}",
-        "DEMO_TASKS=sst2,rte",
+        "DEMO_TASKS=rte",  # one task: the loop over tasks is glue's own, tested there
         f"DEMO_ARGS=hours=0.0015 data.cache_dir={smoke_cache} impl.device=cpu",  # a few seconds per block
         "DEMO_BENCH_ARGS=--arch tiny --batch 8 --steps 2 --warmup 1",
     )
@@ -50,7 +50,7 @@ def test_make_demo_runs_end_to_end_offline(smoke_cache, tmp_path):
         summary = json.loads((runs / f"{block}-smoke" / "summary.json").read_text())
         assert summary["completed"] and summary["block"] == block
         glue = json.loads((runs / f"{block}-smoke" / "glue" / "summary.json").read_text())
-        assert glue["protocol"] == "smoke" and glue["columns"]["SST-2"]["n"] == 1 and glue["columns"]["RTE"]["n"] == 1
+        assert glue["protocol"] == "smoke" and glue["columns"]["RTE"]["n"] == 1
     table1 = (out / "table1.md").read_text()
     assert all(title in table1 for title in ("Pre-LN", "SAS", "SAS-P"))
     for name in ("table1.tex", "table1.csv", "table2.md", "loss_vs_hours.png", "loss_vs_steps.pdf", "glue_tasks.png"):

@@ -83,6 +83,7 @@ def test_a_slowed_rank_stops_at_the_same_microbatch_step(smoke_cache, tmp_path):
     assert all(r["stop_reason"] == "budget" and r["world_size"] == 2 for r in ranks)
 
 
+@pytest.mark.slow  # 31 s in CI; covered by test_pretrain's SIGKILL resume and the two-process equality above
 def test_a_killed_distributed_run_resumes_from_its_checkpoint(smoke_cache, tmp_path):
     runs = tmp_path / "runs"
     args = pretrain_args(

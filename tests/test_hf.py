@@ -505,4 +505,4 @@ def test_a_classifier_saved_by_the_harness_round_trips():
         check_model(Path(tmp) / "m")
         loaded = load_model(Path(tmp) / "m").eval()
     ids = torch.tensor([[2, 40, 41, 3]])
-    assert loaded.dense.out_features == 96 and torch.equal(loaded(ids)[0], model(ids)[0])
+    assert loaded.classifier.dense.out_features == 96 and torch.equal(loaded(ids)[0], model(ids)[0])

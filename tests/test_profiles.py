@@ -252,9 +252,13 @@ def test_shaped_attention_drops_only_its_attention_term(fused):
 def test_the_head_width_is_the_protocols(tmp_path):
     save_model(MaskedLM(arch_config("tiny"), "preln"), tmp_path / "model")
     wide = load_model(tmp_path / "model", num_labels=3, head_width=1024)
-    assert (wide.dense.in_features, wide.dense.out_features, wide.out.in_features) == (128, 1024, 1024)
+    assert (wide.classifier.dense.in_features, wide.classifier.dense.out_features, wide.classifier.out.in_features) == (
+        128,
+        1024,
+        1024,
+    )
     plain = load_model(tmp_path / "model", num_labels=3)
-    assert plain.dense.out_features == 128 and plain.out.in_features == 128
+    assert plain.classifier.dense.out_features == 128 and plain.classifier.out.in_features == 128
     assert load_protocol("published")[1].head_width == 1024 and load_protocol("paper")[1].head_width is None
 
 

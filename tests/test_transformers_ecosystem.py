@@ -125,7 +125,7 @@ def test_classification_losses_are_the_ones_transformers_computes():
 def test_vskipinit_builds_in_bf16_with_its_orthogonal_init():
     config = CrammingSimpleConfig(block="vskipinit", arch=dict(ARCH))
     model = CrammingSimpleModel._from_config(config, dtype=torch.bfloat16)
-    value = model.encoder.layers[0].attn.value.weight
+    value = model.layers[0].attn.value.weight
     assert value.dtype == torch.bfloat16
     eye = torch.eye(value.shape[0])
     assert torch.allclose(value.float() @ value.float().T, eye, atol=0.05)
@@ -249,3 +249,126 @@ def test_disk_offloading_gives_the_in_memory_logits(block, tmp_path):
         assert "disk" in set(offloaded.hf_device_map.values()), offloaded.hf_device_map
         assert (offloaded(input_ids=x).logits - expected).abs().max() < 1e-5
     assert set(offloaded._no_split_modules) == {type(offloaded.encoder.layers[0]).__name__}
+
+
+@pytest.mark.parametrize("block", BLOCK_NAMES)
+def test_sdpa_and_eager_agree_and_eager_attentions_carry_their_gradient(block, tmp_path):
+    """attn_implementation "sdpa" (the default) and "eager" give the same outputs on padded input; the attentions
+    returned are the probabilities the forward used, so the loss has a gradient with respect to them."""
+    tiny(CrammingSimpleForMaskedLM, block).save_pretrained(tmp_path)
+    x, mask = ids(), torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    models = {
+        impl: CrammingSimpleForMaskedLM.from_pretrained(tmp_path, attn_implementation=impl).eval()
+        for impl in ("sdpa", "eager")
+    }
+    assert models["sdpa"].config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        sdpa, eager = (models[i](input_ids=x, attention_mask=mask).logits for i in ("sdpa", "eager"))
+    assert (sdpa - eager).abs().max() < 1e-5
+    out = models["sdpa"](input_ids=x, attention_mask=mask, output_attentions=True)
+    assert len(out.attentions) == ARCH["depth"] and out.attentions[0].shape == (3, ARCH["heads"], 10, 10)
+    for a in out.attentions:
+        a.retain_grad()
+    out.logits.float().pow(2).mean().backward()
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in out.attentions)
+    assert torch.allclose(out.attentions[0][1, :, :, 6:], torch.zeros(()))  # padded keys get no attention
+
+
+def test_an_attention_implementation_the_model_does_not_have_is_refused(tmp_path):
+    tiny(CrammingSimpleModel).save_pretrained(tmp_path)
+    with pytest.raises((ValueError, ImportError), match="(?i)flash"):
+        CrammingSimpleModel.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_onnx_exports_of_the_three_heads_give_the_models_outputs_under_onnxruntime(cls, tmp_path):
+    """Exported at one shape, run at other batch sizes and lengths with padding: within 1e-4 of the model."""
+    import onnxruntime
+
+    from cramming_simple.model.onnx import export_onnx
+
+    model = tiny(cls, "sasp", num_labels=3)
+    session = onnxruntime.InferenceSession(str(export_onnx(model, tmp_path / "model.onnx")))
+    assert [o.name for o in session.get_outputs()] == ["last_hidden_state" if cls is CrammingSimpleModel else "logits"]
+    for batch, length in ((1, 5), (4, 23)):
+        x, mask = ids(batch, length), torch.ones(batch, length, dtype=torch.long)
+        mask[0, length - 2 :] = 0
+        with torch.no_grad():
+            expected = model(input_ids=x, attention_mask=mask)[0].numpy()
+        (got,) = session.run(None, {"input_ids": x.numpy(), "attention_mask": mask.numpy()})
+        assert got.shape == expected.shape and abs(got - expected).max() < 1e-4
+
+
+def test_peft_seq_cls_trains_the_classifier_head():
+    """peft's SEQ_CLS task type saves and trains the module named `classifier` (or `score`): our head."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny(CrammingSimpleForSequenceClassification, "sas", num_labels=3)
+    adapted = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["qk", "up", "down"]))
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert any(".classifier.modules_to_save." in n and n.endswith("out.weight") for n in trainable), trainable
+    assert any(".classifier.modules_to_save." in n and n.endswith("dense.weight") for n in trainable)
+    assert not any("lora_" not in n and "classifier" not in n for n in trainable)  # the encoder itself is frozen
+    out = adapted(input_ids=ids(), labels=torch.tensor([0, 2, 1]))
+    out.loss.backward()
+    head = [p for n, p in adapted.named_parameters() if ".classifier.modules_to_save." in n]
+    assert head and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
+
+
+def test_folders_with_the_old_head_names_load_in_transformers_and_in_the_harness(tmp_path):
+    """Before the head was `classifier`, its weights were `dense.*` and `out.*`: such folders still load."""
+    from safetensors.torch import load_file, save_file
+
+    from cramming_simple.folders.io import load_model
+
+    model = tiny(CrammingSimpleForSequenceClassification, "sasp", num_labels=2)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert {k.split(".")[0] for k in weights} == {"encoder", "classifier"}
+    save_file({k.removeprefix("classifier."): v for k, v in weights.items()}, tmp_path / "model.safetensors")
+    x = ids()
+    with torch.no_grad():
+        expected = model(input_ids=x).logits
+        loaded = CrammingSimpleForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert torch.equal(loaded(input_ids=x).logits, expected)
+        harness = load_model(tmp_path).eval()
+        assert torch.equal(harness(x)[0], expected)
+
+
+def test_every_heads_base_model_is_the_encoder_model(tmp_path):
+    """base_model is a CrammingSimpleModel (a PreTrainedModel), and weights move between the classes by the
+    `encoder` prefix, as BERT's do between BertModel and its heads."""
+    mlm = tiny(CrammingSimpleForMaskedLM)
+    clf = tiny(CrammingSimpleForSequenceClassification)
+    assert all(type(m.base_model) is CrammingSimpleModel for m in (mlm, clf, tiny(CrammingSimpleModel)))
+    mlm.save_pretrained(tmp_path / "mlm")
+    base = CrammingSimpleModel.from_pretrained(tmp_path / "mlm")
+    assert all(torch.equal(v, mlm.encoder.state_dict()[k]) for k, v in base.state_dict().items())
+    base.save_pretrained(tmp_path / "base")
+    again = CrammingSimpleForMaskedLM.from_pretrained(tmp_path / "base")
+    assert all(torch.equal(v, mlm.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+@pytest.mark.parametrize("use_reentrant", (False, True))
+def test_gradient_checkpointing_recomputes_every_block_and_gives_the_same_gradients(use_reentrant):
+    """gradient_checkpointing_enable() on a head checkpoints every block of its encoder in training: each block
+    runs again in the backward, and the gradients are those of the plain run."""
+    model, x = tiny(CrammingSimpleForMaskedLM, "sas").train(), ids()
+    calls = []
+    for layer in model.encoder.layers:  # a module inside the block: the recompute runs the block's forward again
+        layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    assert len(calls) == ARCH["depth"]
+    model.gradient_checkpointing_enable({"use_reentrant": use_reentrant})
+    calls.clear()
+    checkpointed = grads()
+    assert len(calls) == 2 * ARCH["depth"]  # each block once forward, once again in the backward
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..errors import CorruptFileError, DiskFullError, is_disk_full
-from ..model.bert import MaskedLM, SequenceClassifier, clean_state_dict, unwrap, unwrapped_key
+from ..model.bert import MaskedLM, SequenceClassifier, clean_state_dict, current_key, unwrap, unwrapped_key
 from ..model.config import MODEL_TYPE, ArchConfig, special_ids
 from ..model.registry import EMBEDDED_SOURCE, block_spec, check_protocol, recorded_block
 from ..runtime import FILE_MODE, fsync_folder, read_json, writer_tag
@@ -48,7 +48,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
 
     The folder is also a Hugging Face model folder: config.json has a `model_type`, `architectures` and an
     `auto_map` to the `modeling_cramming_simple.py` written beside it (model.remote). A MaskedLM saves its encoder
-    (weights `encoder.*`), a SequenceClassifier its head as well (`dense.*`, `out.*`) with `num_labels` and
+    (weights `encoder.*`), a SequenceClassifier its head as well (`classifier.*`) with `num_labels` and
     `head_width`; `extra` adds config keys (a GLUE task's `id2label`, ...). A user's block that cannot travel as
     remote code is saved all the same, without `auto_map`, with a warning.
 
@@ -107,7 +107,7 @@ def model_config(plain: nn.Module, tokenizer: Any, extra: dict | None) -> dict:
         "architectures": [ARCHITECTURES["classifier" if isinstance(plain, SequenceClassifier) else "mlm"]],
     }
     if isinstance(plain, SequenceClassifier):
-        config |= {"num_labels": plain.num_labels, "head_width": plain.dense.out_features}
+        config |= {"num_labels": plain.num_labels, "head_width": plain.classifier.dense.out_features}
         config |= {"problem_type": "regression"} if plain.num_labels == 1 else {}
     # the special tokens' ids (transformers reads pad_token_id); without a tokenizer, the padding index alone
     config |= special_ids(tokenizer) if tokenizer is not None else {"pad_token_id": encoder.cfg.pad_token_id}
@@ -179,7 +179,7 @@ def check_model(path: str | Path) -> tuple[ArchConfig, str]:
     with torch.device("meta"):
         described = MaskedLM(arch, block) if head is None else SequenceClassifier(arch, block, *head)
         expected = {_encoder_key(k): tuple(v.shape) for k, v in described.state_dict().items()}
-    shapes = {_encoder_key(k): v for k, v in shapes.items()}
+    shapes = {current_key(_encoder_key(k)): v for k, v in shapes.items()}
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
     if missing or unexpected or wrong:
@@ -221,13 +221,14 @@ def load_model(
     return model
 
 
-HEAD_MODULES = ("dense", "out")  # SequenceClassifier's modules beside its encoder
+HEAD_MODULES = ("classifier",)  # SequenceClassifier's modules beside its encoder
 
 
 def load_encoder_state(model: nn.Module, state: dict[str, torch.Tensor], with_head: bool = False) -> None:
     """Load encoder weights (any wrapper prefixes, with or without an 'encoder.' prefix), and with_head a
-    classifier's head too (else a saved head is left out: a fresh one stays); strict on keys."""
-    state = {_encoder_key(k): v for k, v in state.items()}
+    classifier's head too (else a saved head is left out: a fresh one stays), under its old names as well
+    (`dense.*`, `out.*`: model.bert.LEGACY_HEAD); strict on keys."""
+    state = {current_key(_encoder_key(k)): v for k, v in state.items()}
     head = {k: state.pop(k) for k in list(state) if k.split(".")[0] in HEAD_MODULES}
     missing, unexpected = unwrap(model).encoder.load_state_dict(state, strict=False)
     if with_head:

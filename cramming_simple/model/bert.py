@@ -62,22 +62,45 @@ class MaskedLM(nn.Module):
         return self.encoder.embedding.tokens(hidden, decode=True)
 
 
-class SequenceClassifier(nn.Module):
-    """GLUE head: first token -> dense -> tanh -> dropout -> linear. num_labels=1 is regression (MSE).
+class ClassificationHead(nn.Module):
+    """(B, T, d) encoder output -> (B, num_labels): the first token through dense, tanh, dropout, out.
 
     head_width: the dense layer's output width (None: the encoder's width; cramming's head: 1024).
-    The head's two Linears keep their biases, as in cramming's pooler and classifier; the no-bias rule is
-    the encoder's.
+    The head's two Linears keep their biases (zero at init), as in cramming's pooler and classifier; the no-bias
+    rule is the encoder's. Named `classifier` in its models, the name peft's SEQ_CLS trains (weights
+    `classifier.dense.*`, `classifier.out.*`; folders from before it have `dense.*`, `out.*`: LEGACY_HEAD).
     """
+
+    def __init__(self, cfg: ArchConfig, num_labels: int, head_width: int | None = None):
+        super().__init__()
+        head_width = head_width or cfg.width
+        self.dense = Linear(cfg.width, head_width, cfg.init_std, bias=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = Linear(head_width, num_labels, cfg.init_std, bias=True)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.out(self.dropout(torch.tanh(self.dense(hidden[:, 0]))))
+
+
+LEGACY_HEAD = {"dense.": "classifier.dense.", "out.": "classifier.out."}  # weight-name prefixes, old -> new
+
+
+def current_key(key: str) -> str:
+    """A weight name of a folder saved before the head was `classifier`, in today's name (others unchanged)."""
+    for old, new in LEGACY_HEAD.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+class SequenceClassifier(nn.Module):
+    """GLUE model: the encoder and a ClassificationHead. num_labels=1 is regression (MSE)."""
 
     def __init__(self, cfg: ArchConfig, block: str, num_labels: int, head_width: int | None = None):
         super().__init__()
         self.num_labels = num_labels
-        head_width = head_width or cfg.width
         self.encoder = Encoder(cfg, block)
-        self.dense = Linear(cfg.width, head_width, cfg.init_std, bias=True)  # normal(std) weights, zero biases
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.out = Linear(head_width, num_labels, cfg.init_std, bias=True)
+        self.classifier = ClassificationHead(cfg, num_labels, head_width)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
@@ -86,8 +109,8 @@ class SequenceClassifier(nn.Module):
         return logits, SequenceClassifier.loss(self, logits, labels)
 
     def head(self, hidden: Tensor) -> Tensor:
-        """(B, T, d) encoder output -> (B, num_labels): the first token through dense, tanh, dropout, out."""
-        return self.out(self.dropout(torch.tanh(self.dense(hidden[:, 0]))))
+        """(B, T, d) encoder output -> (B, num_labels)."""
+        return self.classifier(hidden)
 
     def loss(self, logits: Tensor, labels: Tensor | None) -> Tensor | None:
         if labels is None:

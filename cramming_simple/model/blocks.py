@@ -22,6 +22,7 @@ from .layers import (
     ShapedAttention,
     attend,
     attention_dropout,
+    eager_probs,
     glu,
     linear,
     merge_heads,
@@ -77,7 +78,7 @@ class Parallel(nn.Module):
     def __init__(self, cfg: ArchConfig, layer: int):
         super().__init__()
         d, G = cfg.width, cfg.glu_width
-        self.heads, self.fused, self.probe = cfg.heads, True, None
+        self.heads, self.fused, self.probe, self.eager = cfg.heads, True, None, False
         self.attention_dropout = cfg.attention_dropout
         self.norm = norm(cfg)
         self.w_in = linear(d, 3 * d + G, cfg.init_std)  # rows: [W^Q; W^K; W^V; W_up]
@@ -88,9 +89,10 @@ class Parallel(nn.Module):
         d, normed = x.shape[-1], self.norm(x)
         q, k, v, h = project(normed, self.w_in, [d, d, d, self.w_in.out_features - 3 * d], self.fused)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
-        a = merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self)))  # (B, T, d)
+        probs = eager_probs(self, q, k, mask)
+        a = merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self), probs))  # (B, T, d)
         if self.probe is not None:  # the attention sub-block's output here is A V, before the shared output GEMM
-            self.probe(q, k, mask, normed, a)
+            self.probe(q, k, mask, normed, a, probs)
         if self.fused:
             out = self.w_out(torch.cat([a, glu(h, self.fused)], dim=-1))
         else:

@@ -84,7 +84,7 @@ def measure(encoder: nn.Module, input_ids: Tensor) -> dict:
         return hook
 
     def on_attention(i: int):
-        def probe(q, k, mask, x, out):
+        def probe(q, k, mask, x, out, probs):
             if "entropy" not in records[i]:  # the first attention of a block (every shipped block has one)
                 records[i].update(
                     entropy=attention_entropy(q, k, mask), attn_in_cos=token_cosine(x), attn_out_cos=token_cosine(out)

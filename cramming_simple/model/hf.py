@@ -14,6 +14,7 @@ from the rest of the package stay relative (model.remote drops them when it join
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from dataclasses import asdict
@@ -25,9 +26,14 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier
+try:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # transformers before 4.52: encode checkpoints the blocks itself
+    GradientCheckpointingLayer = None
+
+from .bert import IGNORE, LEGACY_HEAD, ClassificationHead, Encoder, MaskedLM
 from .config import MODEL_TYPE, ArchConfig
-from .layers import KeyMask, attention_matrix
+from .layers import KeyMask
 
 
 class ArchField:
@@ -77,9 +83,10 @@ class CrammingSimpleConfig(PretrainedConfig):
 
 class CrammingSimplePreTrainedModel(PreTrainedModel):
     config_class = CrammingSimpleConfig
-    base_model_prefix = "encoder"  # every class keeps the Encoder here: weight names encoder.* in all of them
+    base_model_prefix = "encoder"  # every head keeps its CrammingSimpleModel here: weight names encoder.*
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True  # per block (encode); gradient_checkpointing_enable() turns it on
+    _supports_sdpa = True  # the attention modules run SDPA; "eager" builds the matrices (encode)
     gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -119,19 +126,19 @@ class CrammingSimplePreTrainedModel(PreTrainedModel):
             remote = importlib.import_module("cramming_simple.folders.remote")  # not in the generated file
             self.config.auto_map = remote.auto_map()
         super().save_pretrained(save_directory, *args, **kwargs)
-        if own and not remote.write_modeling_file(self.encoder.spec, save_directory):
+        if own and not remote.write_modeling_file(self.base_model.spec, save_directory):
             config = Path(save_directory) / "config.json"
             config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "auto_map"}))
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.encoder.embedding.tokens
+        return self.base_model.embedding.tokens
 
     def set_input_embeddings(self, value: nn.Module) -> None:
-        self.encoder.embedding.tokens = value
+        self.base_model.embedding.tokens = value
 
 
 def embed(
-    model: CrammingSimplePreTrainedModel,
+    model: CrammingSimpleModel,
     input_ids: Tensor | None,
     inputs_embeds: Tensor | None,
     token_type_ids: Tensor | None,
@@ -147,17 +154,36 @@ def embed(
             "BERT): a pair is one sequence [CLS] a [SEP] b [SEP]; tokenize with return_token_type_ids=False or drop "
             "the column"
         )
-    return model.encoder.embedding(input_ids, inputs_embeds)
+    return model.embedding(input_ids, inputs_embeds)
 
 
-def block_classes(encoder: Encoder) -> list[str]:
+@functools.cache
+def checkpointing_class(block: type) -> type:
+    """The block class as a transformers GradientCheckpointingLayer as well: the layer that
+    gradient_checkpointing_enable() switches, that checkpoints its own forward in training, and that
+    transformers' tests and tools look for. A subclass made here, because the harness's blocks (model.blocks,
+    a user's block) are plain torch modules that pretraining uses without transformers; it keeps the block's
+    name, forward and weights."""
+    return type(block.__name__, (GradientCheckpointingLayer, block), {"__module__": block.__module__})
+
+
+def checkpointing(layers: nn.ModuleList) -> nn.ModuleList:
+    """Every block in `layers` as its checkpointing_class (a no-op before transformers 4.52)."""
+    if GradientCheckpointingLayer is not None:
+        for layer in layers:
+            if not isinstance(layer, GradientCheckpointingLayer):
+                layer.__class__ = checkpointing_class(type(layer))
+    return layers
+
+
+def block_classes(encoder: nn.Module) -> list[str]:
     """`_no_split_modules`: the block classes, which device maps (accelerate, device_map="auto") keep whole on
     one device, with the residual stream they read and write."""
     return sorted({type(layer).__name__ for layer in encoder.layers})
 
 
 def encode(
-    model: CrammingSimplePreTrainedModel,
+    model: CrammingSimpleModel,
     x: Tensor,
     attention_mask: Tensor | None,
     output_hidden_states: bool | None,
@@ -167,29 +193,36 @@ def encode(
     states after the embedding and after every block (before the final LayerNorm, which only
     `last_hidden_state` has), the attention probabilities softmax(q k^T / sqrt(d_k)) of every block's attention
     (B, H, T, T) where the block has one (a shaped block's A_h, before its identity and centring terms), and
-    gradient checkpointing per block."""
-    config, encoder = model.config, model.encoder
+    gradient checkpointing per block.
+
+    Attention runs through SDPA (`attn_implementation="sdpa"`, the default) unless the config asks for "eager"
+    or the attentions are wanted: then every attention module builds its probabilities as a matrix and uses
+    that very tensor, which is what is returned (with its gradient, for attribution)."""
+    config = model.config
     hidden_wanted = config.output_hidden_states if output_hidden_states is None else output_hidden_states
     attentions_wanted = config.output_attentions if output_attentions is None else output_attentions
     mask = KeyMask.from_attention_mask(attention_mask, x.dtype)
     hidden = [x] if hidden_wanted else None
     attentions: list[Tensor] = []
-    probes = [m for m in encoder.modules() if hasattr(m, "probe")] if attentions_wanted else []
-    for module in probes:  # every attention sub-block reports its q and k (model.layers); the first per call
-        module.probe = lambda q, k, m, x_in, out: attentions.append(attention_matrix(q, k, m))
+    modules = [m for m in model.layers.modules() if hasattr(m, "probe")]  # every attention sub-block (model.layers)
+    eager = bool(attentions_wanted) or getattr(config, "_attn_implementation", None) == "eager"
+    for module in modules:  # set at every call, not restored: a checkpointed block recomputes as it ran
+        module.eager = eager
+        if attentions_wanted:  # the first per block and call
+            module.probe = lambda q, k, m, x_in, out, probs: attentions.append(probs)
     try:
-        for layer in encoder.layers:
-            if model.gradient_checkpointing and model.training:
+        for layer in model.layers:  # a GradientCheckpointingLayer checkpoints itself where enabled (checkpointing)
+            if GradientCheckpointingLayer is None and model.gradient_checkpointing and model.training:
                 x = model._gradient_checkpointing_func(layer.__call__, x, mask)
             else:
                 x = layer(x, mask)
             if hidden is not None:
                 hidden.append(x)
     finally:
-        for module in probes:
+        for module in modules:
             module.probe = None
     return BaseModelOutput(
-        last_hidden_state=encoder.final_norm(x),
+        last_hidden_state=model.final_norm(x),
         hidden_states=tuple(hidden) if hidden is not None else None,
         attentions=tuple(attentions) if attentions_wanted and attentions else None,
     )
@@ -202,12 +235,18 @@ def as_requested(model: CrammingSimplePreTrainedModel, output, return_dict: bool
 
 
 class CrammingSimpleModel(CrammingSimplePreTrainedModel):
-    """The encoder: last_hidden_state (B, T, d), after the final LayerNorm."""
+    """The encoder, and every head's `base_model`: last_hidden_state (B, T, d), after the final LayerNorm.
+
+    It holds the harness Encoder's modules under the Encoder's names (`embedding`, `layers`, `final_norm`), so
+    its weights are the Encoder's state dict, and `encoder.*` in the heads that hold it as `encoder`."""
 
     def __init__(self, config: CrammingSimpleConfig):
         super().__init__(config)
-        self.encoder = Encoder(config.arch_config(), config.block)
-        self._no_split_modules = block_classes(self.encoder)
+        encoder = Encoder(config.arch_config(), config.block)
+        self.cfg, self.block, self.spec = encoder.cfg, encoder.block, encoder.spec
+        self.embedding, self.final_norm = encoder.embedding, encoder.final_norm
+        self.layers = checkpointing(encoder.layers)
+        self._no_split_modules = block_classes(self)
         self.post_init()
 
     def forward(
@@ -233,8 +272,8 @@ class CrammingSimpleForMaskedLM(CrammingSimplePreTrainedModel):
 
     def __init__(self, config: CrammingSimpleConfig):
         super().__init__(config)
-        self.encoder = Encoder(config.arch_config(), config.block)
-        self._no_split_modules = block_classes(self.encoder)
+        self.encoder = CrammingSimpleModel(config)
+        self._no_split_modules = self.encoder._no_split_modules
         self.post_init()
 
     def forward(
@@ -248,8 +287,9 @@ class CrammingSimpleForMaskedLM(CrammingSimplePreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> MaskedLMOutput:
-        x = embed(self, input_ids, inputs_embeds, token_type_ids)
-        encoded = encode(self, x, attention_mask, output_hidden_states, output_attentions)
+        encoded = self.encoder(
+            input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions, output_hidden_states, True
+        )
         logits = MaskedLM.decode(self, encoded.last_hidden_state)  # the harness's code on the same `encoder`
         loss = None
         if labels is not None:
@@ -261,17 +301,25 @@ class CrammingSimpleForMaskedLM(CrammingSimplePreTrainedModel):
 
 
 class CrammingSimpleForSequenceClassification(CrammingSimplePreTrainedModel):
-    """The GLUE head (SequenceClassifier): num_labels=1 is regression (MSE)."""
+    """The GLUE model (SequenceClassifier): the encoder and its `classifier` head (ClassificationHead, the name
+    peft's SEQ_CLS trains); num_labels=1 is regression (MSE). Folders from before the head had that name
+    (`dense.*`, `out.*`) load through from_pretrained's key mapping (model.bert.LEGACY_HEAD)."""
 
     def __init__(self, config: CrammingSimpleConfig):
         if config.num_labels == 1:  # the harness's rule (MSE); tells the text-classification pipeline not to squash
             config.problem_type = "regression"
         super().__init__(config)
-        model = SequenceClassifier(config.arch_config(), config.block, config.num_labels, config.head_width)
-        self.num_labels = model.num_labels
-        self.encoder, self.dense, self.dropout, self.out = model.encoder, model.dense, model.dropout, model.out
-        self._no_split_modules = block_classes(self.encoder)
+        self.num_labels = config.num_labels
+        self.encoder = CrammingSimpleModel(config)
+        self.classifier = ClassificationHead(config.arch_config(), config.num_labels, config.head_width)
+        self._no_split_modules = self.encoder._no_split_modules
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' from_pretrained, reading the head's old weight names too (unless given a key_mapping)."""
+        kwargs.setdefault("key_mapping", {f"^{old}".replace(".", r"\."): new for old, new in LEGACY_HEAD.items()})
+        return super().from_pretrained(*args, **kwargs)
 
     def forward(
         self,
@@ -284,9 +332,10 @@ class CrammingSimpleForSequenceClassification(CrammingSimplePreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> SequenceClassifierOutput:
-        x = embed(self, input_ids, inputs_embeds, token_type_ids)
-        encoded = encode(self, x, attention_mask, output_hidden_states, output_attentions)
-        logits = SequenceClassifier.head(self, encoded.last_hidden_state)  # the harness's head, same attributes
+        encoded = self.encoder(
+            input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions, output_hidden_states, True
+        )
+        logits = self.classifier(encoded.last_hidden_state)
         out = SequenceClassifierOutput(
             loss=classification_loss(self.config.problem_type, self.num_labels, logits, labels),
             logits=logits,

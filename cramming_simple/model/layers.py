@@ -5,8 +5,11 @@ the whole model to the plain reference path (one GEMM per weight, explicit T x T
 tests compare against the fast path.
 
 Every module that computes attention has a `probe` attribute (None by default): `model.diagnostics` sets it
-to a function called with (q, k, mask, x, out) - queries and keys split into heads (B, H, T, dk), the
-sub-block's input (B, T, d) and its output (B, T, d) - to measure attention without changing the forward.
+to a function called with (q, k, mask, x, out, probs) - queries and keys split into heads (B, H, T, dk), the
+sub-block's input (B, T, d), its output (B, T, d), and the attention probabilities (B, H, T, T) it used where
+it built them (None on the SDPA path) - to measure attention without changing the forward. Its `eager`
+attribute (False by default) makes it build those probabilities as an explicit matrix and use them (model.hf:
+`attn_implementation="eager"`, `output_attentions`).
 """
 
 from __future__ import annotations
@@ -172,14 +175,24 @@ def uniform_matrix(v: Tensor, mask: KeyMask | None) -> Tensor:
     return (mask.valid / mask.count).transpose(-2, -1).expand(-1, -1, T, -1)  # (B, 1, T, T)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: KeyMask | None, fused: bool, dropout: float = 0.0) -> Tensor:
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: KeyMask | None,
+    fused: bool,
+    dropout: float = 0.0,
+    probs: Tensor | None = None,
+) -> Tensor:
     """A_h V_h for every head, with dropout on the attention probabilities A_h (pass 0 outside training).
-    q, k, v: (B, H, T, dk) -> (B, H, T, dk).
+    q, k, v: (B, H, T, dk) -> (B, H, T, dk). probs: A_h (B, H, T, T), already built by the caller (eager).
 
     fused: SDPA, except on a CPU in bf16 / fp16, where two batched matmuls around an fp32 softmax are faster:
     measured on a 2-core AVX-512 BF16 CPU (forward + backward, 12 heads of 64), 4 ms against SDPA's 20 ms at
     batch 8 x 128 tokens, 17 ms against 31 ms at 2 x 512 (docs/speed.md). In fp32 the two are even there.
     """
+    if probs is not None:
+        return F.dropout(probs, dropout) @ v
     if fused and not (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=None if mask is None else mask.allow, dropout_p=dropout
@@ -204,8 +217,10 @@ def shaped_attend(
     mask: KeyMask | None,
     fused: bool,
     dropout: float = 0.0,
+    probs: Tensor | None = None,
 ) -> Tensor:
-    """(alpha_h I + beta_h A_h - gamma_h C) V_h for every head. q, k, v: (B, H, T, dk); gains: (H,).
+    """(alpha_h I + beta_h A_h - gamma_h C) V_h for every head. q, k, v: (B, H, T, dk); gains: (H,); probs: A_h
+    (B, H, T, T) where the caller built it (eager).
     dropout acts on the attention probabilities A_h only: the identity and centring terms are not attention.
 
     fused: A_h V_h through fused SDPA plus two cheap terms (alpha_h V_h, gamma_h * mean of V_h), combined
@@ -215,11 +230,17 @@ def shaped_attend(
     alpha, beta, gamma = (g.view(1, -1, 1, 1) for g in (alpha, beta, gamma))  # (1, H, 1, 1)
     if fused:
         centred = torch.addcmul(-gamma * key_mean(v, mask), alpha, v)  # alpha_h V_h - gamma_h C V_h
-        return torch.addcmul(centred, beta, attend(q, k, v, mask, fused=True, dropout=dropout))
+        return torch.addcmul(centred, beta, attend(q, k, v, mask, fused=True, dropout=dropout, probs=probs))
     T = v.shape[-2]
     eye = torch.eye(T, dtype=v.dtype, device=v.device)
-    shaped = alpha * eye + beta * F.dropout(attention_matrix(q, k, mask), dropout) - gamma * uniform_matrix(v, mask)
+    probs = attention_matrix(q, k, mask) if probs is None else probs
+    shaped = alpha * eye + beta * F.dropout(probs, dropout) - gamma * uniform_matrix(v, mask)
     return shaped @ v
+
+
+def eager_probs(module: nn.Module, q: Tensor, k: Tensor, mask: KeyMask | None) -> Tensor | None:
+    """The attention probabilities (B, H, T, T) as an explicit matrix where the module runs eager, else None."""
+    return attention_matrix(q, k, mask) if module.eager else None
 
 
 def attention_dropout(module: nn.Module) -> float:
@@ -232,7 +253,7 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
-        self.heads, self.fused, self.probe = cfg.heads, True, None
+        self.heads, self.fused, self.probe, self.eager = cfg.heads, True, None, False
         self.attention_dropout = cfg.attention_dropout
         self.qkv = linear(cfg.width, 3 * cfg.width, cfg.init_std)  # rows: [W^Q; W^K; W^V]
         self.proj = linear(cfg.width, cfg.width, cfg.init_std)
@@ -240,9 +261,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, mask: KeyMask | None) -> Tensor:
         d = x.shape[-1]
         q, k, v = (split_heads(t, self.heads) for t in project(x, self.qkv, [d, d, d], self.fused))
-        out = self.proj(merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self))))
+        probs = eager_probs(self, q, k, mask)
+        out = self.proj(merge_heads(attend(q, k, v, mask, self.fused, attention_dropout(self), probs)))
         if self.probe is not None:
-            self.probe(q, k, mask, x, out)
+            self.probe(q, k, mask, x, out, probs)
         return out
 
 
@@ -260,7 +282,7 @@ class ShapedAttention(nn.Module):
     def __init__(self, cfg: ArchConfig, values: str, with_qk: bool = True):
         super().__init__()
         d, H = cfg.width, cfg.heads
-        self.heads, self.values, self.fused, self.probe = H, values, True, None
+        self.heads, self.values, self.fused, self.probe, self.eager = H, values, True, None, False
         self.attention_dropout = cfg.attention_dropout
         if with_qk:
             self.qk = linear(d, 2 * d, cfg.init_std, zero_rows=d)  # rows: [W^Q; W^K], W^Q = 0
@@ -306,10 +328,12 @@ class ShapedAttention(nn.Module):
             else (g * gain for g in (self.alpha, self.beta, self.gamma))
         )
         q, k, v = (split_heads(t, self.heads) for t in (q, k, self.value_of(x)))
-        out = merge_heads(shaped_attend(q, k, v, alpha, beta, gamma, mask, self.fused, attention_dropout(self)))
+        probs = eager_probs(self, q, k, mask)
+        out = shaped_attend(q, k, v, alpha, beta, gamma, mask, self.fused, attention_dropout(self), probs)
+        out = merge_heads(out)
         out = self.proj(out) if self.values == "full" else out
         if self.probe is not None:
-            self.probe(q, k, mask, x, out)
+            self.probe(q, k, mask, x, out, probs)
         return out
 
     def forward(
