@@ -356,8 +356,9 @@ def test_the_hugging_face_classes_honour_berts_options(pretrained_run, tmp_path)
     enable = getattr(classifier, "activation_checkpointing_enable", None) or classifier.gradient_checkpointing_enable
     enable()  # transformers 5 renamed it; 4 has only the old name
     calls = []
-    checkpointed = classifier._gradient_checkpointing_func
-    classifier._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or checkpointed(*a, **k)
+    for layer in classifier.encoder.layers:  # each block checkpoints itself (a GradientCheckpointingLayer: model.hf)
+        checkpointed = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, f=checkpointed, **k: calls.append(1) or f(*a, **k)
     torch.manual_seed(0)
     again = classifier(input_ids=ids, attention_mask=mask, labels=labels).loss
     again.backward()
