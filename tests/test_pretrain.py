@@ -20,7 +20,7 @@ from cramming_simple.folders import load_model
 from cramming_simple.model import BLOCKS, MaskedLM
 from cramming_simple.presets import list_presets
 from cramming_simple.train.checkpoint import load_checkpoint
-from cramming_simple.train.config import BLOCK_RECIPES, PretrainConfig
+from cramming_simple.train.config import PretrainConfig, block_recipe
 from cramming_simple.train.loop import pretrain
 
 SUMMARY_FIELDS = {
@@ -53,7 +53,7 @@ def metrics(run: Path, kind: str = "train") -> list[dict]:
 def test_every_shipped_budget_parses_and_validates(budget):
     for block in BLOCKS:
         cfg = PretrainConfig.from_budget(budget, block)
-        assert cfg.train.lr == BLOCK_RECIPES[block].lr and cfg.train.weight_decay == BLOCK_RECIPES[block].weight_decay
+        assert cfg.train.lr == block_recipe(block).lr and cfg.train.weight_decay == block_recipe(block).weight_decay
         assert cfg.name == f"{block}-{budget}"
     assert set(list_presets("budgets")) >= {"24h", "1h", "smoke"}
 

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from cramming_simple import runtime
 from cramming_simple.cli import main
 from cramming_simple.config import ConfigError
 from cramming_simple.data import prepared_path
@@ -101,7 +103,9 @@ def test_calibrate_measures_pre_ln_with_its_interval_and_saves_it_as_a_reference
     fields = {"name", "device", "preln_microbatches_per_s", "arch", "microbatch", "seq_len", "precision", "compiled"}
     assert fields | {"source", "date", "rate_low", "rate_high"} <= set(entry)
     assert entry["rate_low"] <= entry["preln_microbatches_per_s"] <= entry["rate_high"]
-    assert (saved.name, saved.arch, saved.microbatch, saved.precision) == ("here", "tiny", 32, "fp32")
+    # auto precision: bf16 where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), else fp32
+    here = runtime.precision_name(runtime.autocast_dtype(torch.device("cpu"), "auto"))
+    assert (saved.name, saved.arch, saved.microbatch, saved.precision) == ("here", "tiny", 32, here)
     assert saved.preln_microbatches_per_s == entry["preln_microbatches_per_s"]
     monkeypatch.setenv(USER_ENV, str(double["folder"]))
     with pytest.raises(ConfigError, match="a shipped reference has that name"):

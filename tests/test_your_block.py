@@ -22,7 +22,8 @@ from cramming_simple.cli import main
 from cramming_simple.data.tokenizer import load_tokenizer
 from cramming_simple.folders import load_model
 from cramming_simple.model import ENTRY_POINT_GROUP, MaskedLM, arch_config, block_spec
-from cramming_simple.train.config import BLOCK_RECIPES, PretrainConfig
+from cramming_simple.model.blocks import BLOCKS
+from cramming_simple.train.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "blocks"
@@ -112,7 +113,7 @@ def test_a_file_block_resolves_with_its_title_recipe_and_source(block_file, monk
     assert spec.source_text == BLOCK_SOURCE and len(spec.source["sha256"]) == 64
     cfg = PretrainConfig.from_budget("smoke", "my_blocks.py:Scaled")
     assert cfg.name == "scaled-smoke" and cfg.block == spec.ref and cfg.block_source == spec.source
-    assert cfg.train.lr == 2e-3 and cfg.train.weight_decay == BLOCK_RECIPES["preln"].weight_decay
+    assert cfg.train.lr == 2e-3 and cfg.train.weight_decay == BLOCKS["preln"].recipe.weight_decay
     no_title = block_spec("my_blocks.py:NoSkip")
     assert no_title.title == "NoSkip" and no_title.lr is None
 

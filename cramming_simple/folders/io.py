@@ -47,7 +47,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Any = None, extra:
     """Write `path/model.safetensors` + `path/config.json` (+ the tokenizer when given), all or nothing.
 
     The folder is also a Hugging Face model folder: config.json has a `model_type`, `architectures` and an
-    `auto_map` to the `modeling_cramming_simple.py` written beside it (model.remote). A MaskedLM saves its encoder
+    `auto_map` to the `modeling_cramming_simple.py` written beside it (folders.remote). A MaskedLM saves its encoder
     (weights `encoder.*`), a SequenceClassifier its head as well (`classifier.*`) with `num_labels` and
     `head_width`; `extra` adds config keys (a GLUE task's `id2label`, ...). A user's block that cannot travel as
     remote code is saved all the same, without `auto_map`, with a warning.

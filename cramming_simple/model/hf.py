@@ -4,12 +4,12 @@ sequence classification) around the harness's own `Encoder`, `MaskedLM` and `Seq
 There is one implementation of the model. These classes hold the harness modules under the same attribute
 names (so a saved folder's weight names fit both), and call the harness's forward code. Saved folders carry
 this file's text, with the model package it uses, as one self-contained `modeling_cramming_simple.py`
-(`model.remote`): a machine without cramming-simple loads them with `trust_remote_code=True`. Where
+(`folders.remote`): a machine without cramming-simple loads them with `trust_remote_code=True`. Where
 cramming-simple is installed the classes are registered with the Auto classes (`cramming_simple.autoregister`)
 and no remote code is needed.
 
 This module imports `transformers` and the generated file needs only `torch` and `transformers`, so imports
-from the rest of the package stay relative (model.remote drops them when it joins the sources).
+from the rest of the package stay relative (folders.remote drops them when it joins the sources).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class CrammingSimplePreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """transformers' save, and with the package's own classes (not remote code, which transformers copies
-        itself) also the self-contained modeling file that the folder's auto_map names (model.remote)."""
+        itself) also the self-contained modeling file that the folder's auto_map names (folders.remote)."""
         own = type(self).__module__.startswith("cramming_simple.")
         if own:
             remote = importlib.import_module("cramming_simple.folders.remote")  # not in the generated file

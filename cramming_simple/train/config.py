@@ -18,7 +18,7 @@ from ..data.loader import MASKINGS
 from ..data.packing import cache_root
 from ..data.sources import DataConfig
 from ..hardware import DATA_MARGIN, ReferenceBudget, find_reference
-from ..model import BLOCKS, ArchConfig, BlockRecipe, arch_config, block_spec, check_protocol, recorded_block
+from ..model import ArchConfig, BlockRecipe, arch_config, block_spec, check_protocol, recorded_block
 from ..optim import DECAY_RULES
 from ..presets import find_preset
 from ..runs import CONFIG
@@ -33,10 +33,6 @@ def block_recipe(block: str) -> BlockRecipe:
     return block_spec(block).recipe
 
 
-# What a budget uses when neither it nor an override sets train.lr / train.weight_decay (read from the specs).
-BLOCK_RECIPES = {name: spec.recipe for name, spec in BLOCKS.items()}
-
-
 @dataclass
 class TrainConfig:
     microbatch: int = 128  # sequences per microbatch (per GPU)
@@ -44,7 +40,7 @@ class TrainConfig:
     ramp_end: float = 0.6
     ramp: str = "linear"  # linear (batch rounded down to microbatches, LR set once per optimiser step) | cramming
     # (its stepwise formula, and the LR set before every microbatch, as its per-microbatch LambdaLR did)
-    lr: Optional[float] = None  # peak of the budget triangle; None: the block's recipe (BLOCK_RECIPES)
+    lr: Optional[float] = None  # peak of the budget triangle; None: the block's recipe (block_recipe)
     weight_decay: Optional[float] = None  # None: the block's default
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-12
