@@ -141,7 +141,7 @@ def test_glue_runs_from_python_through_its_typed_config(pretrained_run, glue_dir
 
     folder = copy_run(pretrained_run, tmp_path)
     config = GlueRun.from_options(
-        folder, "smoke", [*FAST, "impl.tracker=none"], tasks="rte", seeds="3", data_dir=str(glue_dir)
+        folder, protocol="smoke", overrides=[*FAST, "impl.tracker=none"], tasks="rte", seeds="3", data_dir=str(glue_dir)
     )
     assert config.trackers == [] and config.overrides == tuple(FAST) and config.protocol.seeds == [3]
     assert config.tasks == ["rte"] and config.model_dir == folder / "model" and config.glue_name == GLUE
@@ -150,9 +150,11 @@ def test_glue_runs_from_python_through_its_typed_config(pretrained_run, glue_dir
     assert record["status"] == "ok" and record["invocation"]["overrides"] == FAST
     assert glue_predictions(glue_result(folder / GLUE, "rte", 3)).exists()
     with pytest.raises(ConfigError, match="impl.tracker"):
-        GlueRun.from_options(folder, "smoke", ["impl.threads=2"])
+        GlueRun.from_options(folder, protocol="smoke", overrides=["impl.threads=2"])
     with pytest.raises(ConfigError, match="lrr"):
-        GlueRun.from_options(folder, "smoke", ["lrr=1e-4"])
+        GlueRun.from_options(folder, protocol="smoke", overrides=["lrr=1e-4"])
+    with pytest.raises(TypeError):  # options by name only: no positional bools
+        GlueRun.from_options(folder, "smoke")
 
 
 # ----------------------------------------------------------------------------------------------- one output path

@@ -1,5 +1,5 @@
-"""The house kept in shape: rooms of a readable size, one training step everywhere, components that own their
-timing, and facts with one home."""
+"""The house kept in shape: components that own their state and timing, one training step everywhere, and facts
+with one home."""
 
 from __future__ import annotations
 
@@ -14,27 +14,46 @@ import torch
 import cramming_simple
 from cramming_simple.config import ConfigError
 from cramming_simple.train.clock import BudgetClock
+from cramming_simple.train.config import PretrainConfig
 
 PACKAGE = Path(cramming_simple.__file__).parent
-MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 450
 
 
 def package_files() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-def test_no_function_over_60_lines_and_no_module_over_450():
-    long_functions, large_modules = [], []
-    for path in package_files():
-        text = path.read_text()
-        if len(text.splitlines()) > MAX_MODULE_LINES:
-            large_modules.append(f"{path.relative_to(PACKAGE)}: {len(text.splitlines())} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > MAX_FUNCTION_LINES:
-                    long_functions.append(f"{path.relative_to(PACKAGE)}:{node.name} {lines} lines")
-    assert not long_functions and not large_modules, long_functions + large_modules
+def attribute_writes(path: Path) -> list[tuple[str, int, str]]:
+    """(function, line, target) for every assignment to an attribute of `state`/`st` or of a config (`cfg.x.y`)."""
+    writes = []
+    for func in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in (t for t in targets if isinstance(t, ast.Attribute)):
+                for element in target.elts if isinstance(target, ast.Tuple) else [target]:
+                    root = element
+                    while isinstance(root, ast.Attribute):
+                        root = root.value
+                    if isinstance(root, ast.Name) and root.id in ("state", "st", "cfg", "config"):
+                        writes.append((func.name, node.lineno, ast.unparse(element)))
+    return writes
+
+
+def test_each_training_component_writes_only_its_own_state():
+    """The trainer records what its components return (the evaluator's loss, the projection's steps, the data's
+    pad id for the arch); only the clock's `stamp` writes the state's timers. The config is written only by its
+    own constructors (config.py); everything else makes a new one (`dataclasses.replace`)."""
+    others = {}
+    for path in sorted((PACKAGE / "train").glob("*.py")):
+        for func, line, target in attribute_writes(path):
+            config = target.startswith(("cfg.", "config."))
+            allowed = {"loop.py": not config, "state.py": not config, "config.py": config}.get(path.name, False)
+            stamp = path.name == "clock.py" and func == "stamp" and not config
+            if not (allowed or stamp):
+                others[f"{path.name}:{line} {func}"] = target
+    assert others == {}
 
 
 def test_no_parameter_shadows_a_builtin():
@@ -123,10 +142,18 @@ def test_train_step_accumulates_like_one_big_batch():
 # ----------------------------------------------------------------------------------------------- the budget clock
 
 
-def test_the_budget_clock_owns_its_points_and_pauses():
-    clock = BudgetClock(
-        budget_s=100.0, spent=10.0, log_s=5.0, checkpoint_s=30.0, eval_every_s=25.0, keep_at=[0.05, 0.5]
+def clock_config(budget_s: float, *overrides: str) -> PretrainConfig:
+    """A run's typed config with a budget of `budget_s` seconds, logging every 5 s, checkpointing every 30 s."""
+    hours = f"hours={budget_s / 3600!r}"
+    return PretrainConfig.from_budget(
+        "smoke", "preln", [hours, "impl.log_seconds=5", "impl.checkpoint_minutes=0.5", *overrides]
     )
+
+
+def test_the_budget_clock_owns_its_points_and_pauses():
+    cfg = clock_config(100.0, "impl.eval_minutes=0.4166666666666667", "impl.keep_at=[0.05,0.5]")
+    assert (cfg.budget_s, cfg.eval_every_s) == (100.0, 25.0)
+    clock = BudgetClock(cfg, spent=10.0)
     assert clock.keep == [0.5]  # 5 % of the budget was behind a resumed run already
     assert clock.next_log == 15.0 and clock.next_checkpoint == 40.0 and clock.next_eval == 25.0
     clock.agree(26.0)
@@ -144,11 +171,11 @@ def test_the_budget_clock_owns_its_points_and_pauses():
         inside = clock.elapsed()
     time.sleep(0.02)
     assert inside - 10.0 < 0.04 and clock.elapsed() - 10.0 >= 0.02  # paused time is not budget time
-    assert BudgetClock(100.0, 0.0, 5.0, 30.0, None, []).next_eval == math.inf  # eval only at start and end
+    assert BudgetClock(clock_config(100.0, "impl.eval_minutes=0")).next_eval == math.inf  # only at start and end
 
 
 def test_the_step_time_is_an_ema_of_the_ticks():
-    clock = BudgetClock(100.0, 0.0, 5.0, 30.0, None, [])
+    clock = BudgetClock(clock_config(100.0))
     clock.start()
     assert clock.tick(0.0) == 0.0  # the first tick has nothing to measure
     time.sleep(0.02)

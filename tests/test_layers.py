@@ -72,6 +72,19 @@ def test_layers_point_down(path):
         assert not domain, f"{path.name} is a bottom layer but imports {sorted(domain)}"
 
 
+DOMAIN = ["data", "model", "train", "glue", "report", "folders", "bench", "check", "hub", "sweep"]
+
+
+@pytest.mark.parametrize("package", DOMAIN)
+def test_each_domain_package_says_what_it_owns_takes_and_gives_in_two_lines(package):
+    doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text()))
+    assert doc is not None and len(doc.splitlines()) == 2, doc
+    assert "Takes" in doc.splitlines()[1] and "gives" in doc.splitlines()[1]
+    design = (PACKAGE.parent / "docs" / "design.md").read_text()
+    the_map = design[design.index("## The map") : design.index("## Layers point down")]
+    assert f"{package}/" in the_map  # and docs/design.md's map places it
+
+
 def test_the_walker_sees_function_level_and_relative_imports(tmp_path):
     assert "cramming_simple.train.config" in imports(PACKAGE / "commands" / "data.py")
     assert "cramming_simple.model" in imports(PACKAGE / "train" / "loop.py")

@@ -291,10 +291,11 @@ def test_the_projection_warns_of_a_cap_once_and_says_how_often_the_data_will_be_
     cfg = PretrainConfig.from_budget("smoke", "preln", ["train.max_microbatches=500"])
     warned, said = [], []
     projection = Projection(cfg.train, 1_000, 1, warned.append, said.append)
-    clock, state = BudgetClock(40.0, 0.0, 1.0, 60.0, None, []), TrainState(microbatch_steps=100)
+    clock_cfg = PretrainConfig.from_budget("smoke", "preln", [f"hours={40 / 3600!r}", "impl.log_seconds=1"])
+    clock, state = BudgetClock(clock_cfg), TrainState(microbatch_steps=100)
     clock.agree(3.125)  # 100 steps of 1/32 s: 36.875 s more make 1,180 steps more by p = 1
-    projection(state, clock, 1 / 32, "a test rate")
-    projection(state, clock, 1 / 32, "a test rate")
+    state.projected_steps = projection(state, clock, 1 / 32, "a test rate")
+    assert projection(state, clock, 1 / 32, "a test rate") == state.projected_steps  # the trainer records it
     assert state.projected_steps == 1_280 and len(warned) == 1
     # 400 steps more stop it at p = (3.125 + 12.5) / 40 = 0.39, its LR at 0.25 + p = 0.64 of its peak
     assert "will stop this run at about p = 0.39" in warned[0] and "0.64 of its peak" in warned[0]
@@ -309,7 +310,8 @@ def test_the_own_rate_projection_waits_for_the_steps_after_compile():
     log points after the compiled steps."""
     cfg = PretrainConfig.from_budget("smoke", "preln", [])
     projection = Projection(cfg.train, 10**6, 1, [].append, [].append)
-    clock, state = BudgetClock(21.6, 0.0, 4.0, 60.0, None, []), TrainState()
+    clock_cfg = PretrainConfig.from_budget("smoke", "preln", [f"hours={21.6 / 3600!r}", "impl.log_seconds=4"])
+    clock, state = BudgetClock(clock_cfg), TrainState()
     now = 0.0
 
     def train_until(log_at: float, step_s: float) -> None:
@@ -319,7 +321,7 @@ def test_the_own_rate_projection_waits_for_the_steps_after_compile():
             state.step_time_s = clock.tick(state.step_time_s, now)
             state.microbatch_steps += 1
             clock.agree(now)
-        projection.after_log(state, clock, now)
+        state.projected_steps = projection.after_log(state, clock, now) or state.projected_steps
 
     train_until(4.2, 2.1)  # compile: two steps, a log point past a tenth of the budget
     assert state.projected_steps is None

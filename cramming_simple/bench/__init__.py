@@ -1,4 +1,6 @@
-"""Speed: the training-step bench (every block side by side, `step`) and the data-path bench (`data`)."""
+"""Speed: the training-step bench of every block side by side, the calibration of Pre-LN's rate, FLOPs, the data bench.
+Takes `model` and `train`'s `TrainStep`; gives bench.json / bench.md and hardware references to `report` and budgets.
+"""
 
 from .flops import peak_tflops
 from .results import render, result_row

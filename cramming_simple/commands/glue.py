@@ -83,18 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.run_dir and "=" in args.run_dir and not Path(args.run_dir).exists():  # `glue --block sas lr=1e-4`
         args.overrides, args.run_dir = [args.run_dir, *args.overrides], None
-    config = GlueRun.from_options(
-        resolve_run(args),
-        args.protocol,
-        args.overrides,
-        args.tasks,
-        args.seeds,
-        args.data_dir,
-        args.at,
-        args.gpus,
-        args.force,
-        args.save_models,
-    )
+    config = GlueRun.from_args(resolve_run(args), args)
     return run_glue(config, show_inputs=args.show_inputs)
 
 

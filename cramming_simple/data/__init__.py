@@ -1,4 +1,6 @@
-"""Pretraining data: sources, tokenizer, packing into shards, and the MLM microbatch stream."""
+"""Pretraining data: sources, the tokenizer, packing into shards (the cache), the MLM microbatch stream.
+Takes a `DataConfig` from `train`; gives shards, the tokenizer and its special ids, and microbatches to `train`.
+"""
 
 from .loader import EVAL_SEED, MicrobatchStream, MLMCollator, PackedData, Prefetcher, Split, heldout_batches, permute
 from .packing import CACHE_ENV, Prepared, cache_root, data_mismatch, prepare, prepared_path

@@ -1,19 +1,30 @@
-"""GLUE fine-tuning protocols (`glue/<protocol>.yaml`), typed. The task table is `glue.tasks`.
+"""GLUE's typed configs: the fine-tuning protocols (`glue/<protocol>.yaml`) and `GlueRun`, one glue invocation.
+The task table is `glue.tasks`.
 
 A protocol preset lists what it changes from the paper's protocol (the `Protocol` defaults, docs/recipe.md);
 `key=value` overrides from the command line go on top. Unknown keys fail with the list of valid ones.
+`GlueRun.from_options` (`from_args`: a parsed command line) is where a `glue` invocation is decided and checked:
+the run folder and which of its models, the protocol with its overrides, tasks, seeds, the data source and the
+trackers. Overrides are routed here, in one place: `impl.tracker=` (spelled as pretraining spells it) picks
+trackers, every other key is the protocol's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
-from ..config import config_hash, load_yaml, merge_typed, require
+from omegaconf import OmegaConf
+
+from ..config import config_hash, dotlist, load_yaml, merge_typed, require
 from ..presets import find_preset
 from ..profiles import ADDED_LATER as PROFILE_ADDED_LATER
+from ..runs import GLUE, MODEL, glue_name, snapshot_name
 from ..runtime import PRECISIONS
+from ..tracking import check_trackers
+from .tasks import TaskTable, load_tasks
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # transformers.get_scheduler names
 WARMUP_FROM = ("each_task", "first_task")
@@ -114,3 +125,105 @@ def protocol_values(protocol: Protocol) -> dict:
 
 def protocol_hash(protocol: Protocol) -> str:
     return config_hash(protocol_values(protocol))
+
+
+ROUTED = ("impl.tracker",)  # the non-protocol keys a glue command line may set
+# the options of a `glue` command line that make its GlueRun (GlueRun.from_args)
+OPTIONS = ("protocol", "overrides", "tasks", "seeds", "data_dir", "at", "gpus", "force", "save_models")
+
+
+@dataclass(frozen=True)
+class GlueRun:
+    """One `glue` run of one pretraining run: what to fine-tune, under which protocol, on which tasks and data.
+    Its paths (`model_dir`, `glue_dir`) are defined here once; the runner's `Job` is a GlueRun with what
+    `run(config)` found out (the data source, the hashes)."""
+
+    run_dir: Path
+    protocol_name: str
+    protocol: Protocol
+    tasks: list[str]
+    table: TaskTable
+    data_dir: str | None = None
+    trackers: list[str] = field(default_factory=list)
+    at: float | None = None  # a snapshot's budget fraction (model@0.50/), None: the final model
+    workers: int = 1  # processes, one per GPU
+    force: bool = False  # redo pairs that already have a result
+    save_models: bool = False  # keep every fine-tuned model
+    overrides: tuple[str, ...] = ()  # the protocol's key=value overrides as given (recorded, for the model card)
+
+    @classmethod
+    def from_args(cls, run_dir: str | Path, args: object) -> GlueRun:
+        """The config a parsed `glue` command line describes (its options by name, see OPTIONS)."""
+        return cls.from_options(run_dir, **{name: getattr(args, name) for name in OPTIONS})
+
+    @classmethod
+    def from_options(
+        cls,
+        run_dir: str | Path,
+        *,
+        protocol: str = "paper",
+        overrides: list[str] = (),
+        tasks: str = "all",
+        seeds: str | None = None,
+        data_dir: str | None = None,
+        at: float | None = None,
+        gpus: int = 1,
+        force: bool = False,
+        save_models: bool = False,
+    ) -> GlueRun:
+        """The config a command line describes; a typo in a protocol key or a task fails here."""
+        protocol_overrides, trackers = route_overrides(list(overrides))
+        with_seeds = [*protocol_overrides, *([f"seeds=[{seeds}]"] if seeds else [])]
+        name, checked = load_protocol(protocol, with_seeds)
+        table = load_tasks()
+        require(gpus >= 1, f"--gpus must be at least 1, got {gpus}")
+        first = checked.warmup_task if checked.warmup_from == "first_task" else None
+        require(
+            first is None or first in table.tasks,
+            f"warmup_task must be a GLUE task ({', '.join(table.tasks)}), got {first!r}",
+        )
+        return cls(
+            Path(run_dir),
+            name,
+            checked,
+            table.select(tasks),
+            table,
+            data_dir=data_dir,
+            trackers=trackers,
+            at=at,
+            workers=gpus,
+            force=force,
+            save_models=save_models,
+            overrides=tuple(protocol_overrides),
+        )
+
+    @property
+    def model_name(self) -> str:
+        return MODEL if self.at is None else snapshot_name(self.at)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / self.model_name
+
+    @property
+    def glue_name(self) -> str:
+        return GLUE if self.at is None else glue_name(self.at)
+
+    @property
+    def glue_dir(self) -> Path:
+        return self.run_dir / self.glue_name
+
+    @property
+    def first_task(self) -> str | None:
+        """warmup_from=first_task: the task whose size sets every task's warmup (the published schedule)."""
+        return self.protocol.warmup_task if self.protocol.warmup_from == "first_task" else None
+
+
+def route_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(the protocol's overrides, the trackers): `impl.tracker=` picks trackers, any other `impl.` key is refused,
+    the rest belong to the protocol (whose typed config refuses unknown keys)."""
+    impl = [o for o in overrides if o.startswith("impl.")]
+    unknown = [o for o in impl if o.split("=", 1)[0] not in ROUTED]
+    require(not unknown, f"glue takes {', '.join(ROUTED)} and protocol keys; not {', '.join(unknown)}")
+    chosen = OmegaConf.to_container(dotlist(impl)).get("impl", {}).get("tracker", "none")
+    return [o for o in overrides if o not in impl], check_trackers(chosen)

@@ -1,9 +1,6 @@
-"""GLUE's domain entry point, like `pretrain(cfg)`: a typed run config (`GlueRun`) and `run(config)`.
+"""GLUE's domain entry point, like `pretrain(cfg)`: `run(config)` of a typed `GlueRun` (glue.config).
 
-`GlueRun.from_options` is where a `glue` invocation is decided and checked: the run folder and which of its
-models (the final one or a snapshot), the protocol with its overrides, tasks, seeds, the data source and the
-trackers. Overrides are routed here, in one place: `impl.tracker=` (spelled as pretraining spells it) picks
-trackers, every other key is the protocol's. `run(config)` checks everything that can be wrong (model,
+`run(config)` checks everything that can be wrong (model,
 tokenizer, every task's data, pairs in use by another process) before the first step of any task, then runs the
 task/seed pairs that are not done (glue.runner) and writes glue/summary.json.
 """
@@ -12,102 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from ..config import ConfigError, dotlist, require
+from ..config import ConfigError, require
 from ..data.tokenizer import check_tokenizer, load_tokenizer, tokenizer_sha256
 from ..folders import check_model
 from ..profiles import profile_of
-from ..runs import GLUE, MODEL, SUMMARY, glue_name, model_hash, read_summary, snapshot_name
+from ..runs import MODEL, SUMMARY, model_hash, read_summary
 from ..runtime import remove_stale_temporaries
-from ..tracking import Trackers, check_trackers
-from .config import Protocol, load_protocol, protocol_hash
+from ..tracking import Trackers
+from .config import GlueRun, protocol_hash
 from .data import Source, check_counts, load_task, open_source, shown_inputs
 from .runner import Job, check_not_in_use, result_line, run_here, run_pool, write_summary
 from .score import results_table
-from .tasks import TaskTable, load_tasks
 
 log = logging.getLogger(__name__)
-
-ROUTED = ("impl.tracker",)  # the non-protocol keys a glue command line may set
-
-
-@dataclass
-class GlueRun:
-    """One `glue` run of one pretraining run: what to fine-tune, under which protocol, on which tasks and data."""
-
-    run_dir: Path
-    protocol_name: str
-    protocol: Protocol
-    tasks: list[str]
-    table: TaskTable
-    data_dir: str | None = None
-    trackers: list[str] = field(default_factory=list)
-    at: float | None = None  # a snapshot's budget fraction (model@0.50/), None: the final model
-    workers: int = 1  # processes, one per GPU
-    force: bool = False  # redo pairs that already have a result
-    save_models: bool = False  # keep every fine-tuned model
-    overrides: tuple[str, ...] = ()  # the protocol's key=value overrides as given (recorded, for the model card)
-
-    @classmethod
-    def from_options(
-        cls,
-        run_dir: str | Path,
-        protocol: str = "paper",
-        overrides: list[str] = (),
-        tasks: str = "all",
-        seeds: str | None = None,
-        data_dir: str | None = None,
-        at: float | None = None,
-        gpus: int = 1,
-        force: bool = False,
-        save_models: bool = False,
-    ) -> GlueRun:
-        """The config a command line describes; a typo in a protocol key or a task fails here."""
-        protocol_overrides, trackers = route_overrides(list(overrides))
-        with_seeds = [*protocol_overrides, *([f"seeds=[{seeds}]"] if seeds else [])]
-        name, checked = load_protocol(protocol, with_seeds)
-        table = load_tasks()
-        require(gpus >= 1, f"--gpus must be at least 1, got {gpus}")
-        first = checked.warmup_task if checked.warmup_from == "first_task" else None
-        require(
-            first is None or first in table.tasks,
-            f"warmup_task must be a GLUE task ({', '.join(table.tasks)}), got {first!r}",
-        )
-        return cls(
-            Path(run_dir), name, checked, table.select(tasks), table, data_dir, trackers, at, gpus, force, save_models,
-            tuple(protocol_overrides),
-        )  # fmt: skip
-
-    @property
-    def model_name(self) -> str:
-        return MODEL if self.at is None else snapshot_name(self.at)
-
-    @property
-    def model_dir(self) -> Path:
-        return self.run_dir / self.model_name
-
-    @property
-    def glue_name(self) -> str:
-        return GLUE if self.at is None else glue_name(self.at)
-
-    @property
-    def first_task(self) -> str | None:
-        """warmup_from=first_task: the task whose size sets every task's warmup (the published schedule)."""
-        return self.protocol.warmup_task if self.protocol.warmup_from == "first_task" else None
-
-
-def route_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """(the protocol's overrides, the trackers): `impl.tracker=` picks trackers, any other `impl.` key is refused,
-    the rest belong to the protocol (whose typed config refuses unknown keys)."""
-    impl = [o for o in overrides if o.startswith("impl.")]
-    unknown = [o for o in impl if o.split("=", 1)[0] not in ROUTED]
-    require(not unknown, f"glue takes {', '.join(ROUTED)} and protocol keys; not {', '.join(unknown)}")
-    chosen = OmegaConf.to_container(dotlist(impl)).get("impl", {}).get("tracker", "none")
-    return [o for o in overrides if o not in impl], check_trackers(chosen)
 
 
 def run(config: GlueRun, show_inputs: int | None = None) -> int:
@@ -184,21 +100,7 @@ def make_job(config: GlueRun, source: Source) -> Job:
     if first is not None:  # every task's warmup is this task's (the published runs' schedule)
         available = len(load_task(source, first, config.table.tasks[first])["train"])
         examples = min(available, config.protocol.max_train_examples or available)
-    return Job(
-        config.run_dir,
-        config.protocol_name,
-        config.protocol,
-        protocol_hash(config.protocol),
-        model_hash(config.model_dir) or "",
-        config.table,
-        source,
-        config.force,
-        config.model_name,
-        config.glue_name,
-        examples,
-        config.save_models,
-        overrides=config.overrides,
-    )
+    return Job.of(config, source, protocol_hash(config.protocol), model_hash(config.model_dir) or "", examples)
 
 
 def run_pairs(config: GlueRun, job: Job, todo: list) -> list[str]:

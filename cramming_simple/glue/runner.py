@@ -19,7 +19,7 @@ import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,7 @@ from ..config import require
 from ..console import setup_logging
 from ..data.tokenizer import load_tokenizer
 from ..errors import CorruptFileError, LockedError, UserError
-from ..runs import GLUE, MODEL, glue_lock, glue_model, glue_predictions, glue_result, glue_result_is_of
+from ..runs import GLUE, glue_lock, glue_model, glue_predictions, glue_result, glue_result_is_of
 from ..runtime import (
     FileLock,
     Progress,
@@ -42,11 +42,10 @@ from ..runtime import (
     read_json,
     write_json,
 )
-from .config import Protocol, protocol_values
+from .config import GlueRun, protocol_values
 from .data import Source, TaskData, load_task, prepare
 from .finetune import finetune
 from .score import run_summary
-from .tasks import TaskTable
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +53,21 @@ Item = tuple[str, int]  # (task, seed)
 
 
 @dataclass(frozen=True)
-class Job:
-    """Everything needed to run task/seed pairs of one run under one protocol; picklable for spawned workers."""
+class Job(GlueRun):
+    """A GlueRun with what `run(config)` found out before any training: everything needed to run task/seed pairs;
+    picklable for spawned workers."""
 
-    run_dir: Path
-    protocol_name: str
-    protocol: Protocol
-    protocol_hash: str
-    model_hash: str
-    table: TaskTable
-    source: Source
-    force: bool = False  # redo pairs that already have a result
-    model_name: str = MODEL  # model@0.50 for a snapshot
-    glue_name: str = GLUE  # where its results go: glue@0.50 for a snapshot
+    source: Source | None = None
+    protocol_hash: str = ""
+    model_hash: str = ""
     first_task_examples: int | None = None  # warmup_from=first_task: training examples of the protocol's warmup_task
-    save_models: bool = False  # keep each fine-tuned model (glue <run> --save-models)
-    overrides: tuple[str, ...] = ()  # the protocol's key=value overrides on the command line (recorded, for the card)
 
-    @property
-    def model_dir(self) -> Path:
-        return self.run_dir / self.model_name
-
-    @property
-    def glue_dir(self) -> Path:
-        return self.run_dir / self.glue_name
+    @classmethod
+    def of(cls, config: GlueRun, source: Source, protocol_hash: str, model_hash: str, examples: int | None) -> Job:
+        given = {f.name: getattr(config, f.name) for f in fields(GlueRun)}
+        return cls(
+            **given, source=source, protocol_hash=protocol_hash, model_hash=model_hash, first_task_examples=examples
+        )
 
     def result_path(self, task: str, seed: int) -> Path:
         return glue_result(self.glue_dir, task, seed)

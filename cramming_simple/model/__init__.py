@@ -1,5 +1,6 @@
-"""The model zoo: the crammed-BERT encoder with seven interchangeable blocks (docs/blocks.md), and a user's own
-(model.registry, docs/your-block.md)."""
+"""The model: the crammed-BERT encoder, its seven blocks and a user's own (registry), and its transformers classes.
+Takes an `ArchConfig` and a block name from `train`/`glue`; gives `nn.Module`s to `train`, `glue`, `bench`, `folders`.
+"""
 
 from .bert import IGNORE, Encoder, MaskedLM, SequenceClassifier, clean_state_dict, count_params, unwrap
 from .blocks import BLOCKS, BlockRecipe, BlockSpec

@@ -1,5 +1,6 @@
-"""Sweeps of (block x seed) on one machine or a Slurm cluster: the plan (`plan`), its launchers (`launch`) and
-where every job stands (`status`)."""
+"""Sweeps of (block x seed) here or on Slurm: the plan of what is still to do, its launchers, where every job stands.
+Takes run folders and launch records; gives command lines of this program (pretrain, glue, report) as jobs.
+"""
 
 from .launch import launch
 from .plan import SweepConfig, plan

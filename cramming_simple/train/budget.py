@@ -40,7 +40,7 @@ def calibrated(cfg: PretrainConfig, device: torch.device, folder: Path | None = 
     else:
         measured, file = shared(cfg, device, settings, Path(folder))
     local_hours = ref.hours_here(cfg.hours, measured["rate"])
-    cfg.reference = replace(
+    reference = replace(
         ref,
         local_device=measured["device"],
         local_rate=measured["rate"],
@@ -53,7 +53,7 @@ def calibrated(cfg: PretrainConfig, device: torch.device, folder: Path | None = 
         }
         | {"file": str(file) if file else None},
     )
-    return cfg  # (the trainer says what the budget became)
+    return replace(cfg, reference=reference)  # (the trainer says what the budget became)
 
 
 def check_one_gpu(cfg: PretrainConfig) -> None:

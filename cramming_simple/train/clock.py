@@ -27,41 +27,41 @@ EVAL, CHECKPOINT = "eval", "checkpoint"  # kinds of time outside the budget (eva
 
 
 class BudgetClock:
-    def __init__(
-        self,
-        budget_s: float,
-        spent: float,
-        log_s: float,
-        checkpoint_s: float,
-        eval_every_s: float | None,
-        keep_at: list[float],
-        outside: dict[str, float] | None = None,
-    ):
-        self.budget_s, self.spent, self.since = budget_s, spent, None
-        self.outside = {EVAL: 0.0, CHECKPOINT: 0.0, **(outside or {})}  # seconds paused, by kind
-        self.log_s, self.checkpoint_s, self.eval_every_s = log_s, checkpoint_s, eval_every_s
+    def __init__(self, cfg: PretrainConfig, spent: float = 0.0, eval_s: float = 0.0):
+        """A run's clock, from its typed config: the budget here (`cfg.budget_s`, the one place hours become
+        seconds) and the points (`impl.log_seconds`, `checkpoint_minutes`, `eval_minutes`, `keep_at`); `spent` and
+        `eval_s`: the training and evaluation seconds earlier sessions carried over."""
+        impl = cfg.impl
+        self.budget_s, self.spent, self.since = cfg.budget_s, spent, None
+        self.outside = {EVAL: eval_s, CHECKPOINT: 0.0}  # seconds paused, by kind
+        self.log_s, self.checkpoint_s, self.eval_every_s = (
+            impl.log_seconds,
+            impl.checkpoint_minutes * 60,
+            cfg.eval_every_s,
+        )
         self.agreed = spent  # the elapsed time every rank agreed on (from the checkpoint, then by each vote)
-        self.next_log = spent + log_s
-        self.next_checkpoint = spent + checkpoint_s
+        self.next_log = spent + self.log_s
+        self.next_checkpoint = spent + self.checkpoint_s
         self.next_eval = self.eval_point_after(spent)
-        self.keep = [f for f in keep_at if f * budget_s > spent]  # snapshot fractions still ahead
+        self.keep = [f for f in impl.keep_at if f * self.budget_s > spent]  # snapshot fractions still ahead
         self.last_tick: float | None = None
         self.ticks = 0  # microbatches timed in this session (its first ones compile)
 
     @classmethod
     def for_run(cls, cfg: PretrainConfig, state: TrainState) -> BudgetClock:
-        """A run's clock: its budget here (`cfg.budget_s`, the one place hours become seconds) and what its state
-        carries over from earlier sessions."""
-        impl = cfg.impl
-        return cls(
-            cfg.budget_s,
-            state.elapsed_s,
-            impl.log_seconds,
-            impl.checkpoint_minutes * 60,
-            cfg.eval_every_s,
-            impl.keep_at,
-            outside={EVAL: state.eval_s},
-        )
+        """A run's clock, with what its state carries over from earlier sessions."""
+        return cls(cfg, state.elapsed_s, state.eval_s)
+
+    def position(self, state: TrainState, now: float | None = None) -> dict:
+        """Where the run stands, as its metrics rows record it (now: this rank's elapsed seconds by default)."""
+        now = self.elapsed() if now is None else now
+        return {
+            "microbatch_steps": state.microbatch_steps,
+            "optimizer_steps": state.optimizer_steps,
+            "tokens": state.tokens,
+            "elapsed_s": round(now, 3),
+            "p": round(self.fraction(now), 6),
+        }
 
     # ------------------------------------------------------------------------------------------ the clock
 

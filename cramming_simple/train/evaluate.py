@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,7 +20,6 @@ from ..data import EVAL_SEED, MLMCollator, PackedData, Split, heldout_batches
 from ..model import IGNORE
 from ..model.diagnostics import measure
 from ..runtime import autocast
-from .clock import EVAL
 from .distributed import Dist
 
 
@@ -64,32 +64,37 @@ class HeldOut:
             return measure(model, self.batches[0]["input_ids"].to(self.device))
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What an eval point measured: the held-out loss (None when not finite) at a position of the run
+    (`BudgetClock.position`), how long it took, and on rank 0 the diagnostics."""
+
+    loss: float | None
+    at: dict
+    seconds: float
+    diagnostics: dict | None = None
+
+    @property
+    def step(self) -> int:
+        return self.at["optimizer_steps"]
+
+    def row(self) -> dict:
+        """Its `eval` row of metrics.jsonl."""
+        return {"kind": "eval", **self.at, "eval_loss": self.loss, "eval_s": round(self.seconds, 3)}
+
+
 class Evaluator:
     """An eval point of the trainer: the held-out loss (every rank scores its share) and, on rank 0, the
-    diagnostics, written as an `eval` row of metrics.jsonl and a row of diagnostics.jsonl. The budget clock is
-    paused; it counts the time (`state.eval_s`). Without a held-out slice it does nothing."""
+    diagnostics. It measures and returns; the trainer records (state, rows) and pauses the clock. Without a
+    held-out slice there is nothing to measure."""
 
-    def __init__(self, heldout: HeldOut | None, metrics, dist: Dist):
-        self.heldout, self.metrics, self.dist = heldout, metrics, dist
+    def __init__(self, heldout: HeldOut | None, dist: Dist):
+        self.heldout, self.dist = heldout, dist
 
-    def __call__(self, model: nn.Module, state, clock) -> None:
-        if self.heldout is None:
-            return
-        with clock.paused(EVAL):  # the clock counts this time (state.eval_s)
-            started = time.perf_counter()
-            loss = self.heldout.loss(model)
-            state.eval_loss, state.eval_step = (loss if math.isfinite(loss) else None), state.optimizer_steps
-            at = {
-                "microbatch_steps": state.microbatch_steps,
-                "optimizer_steps": state.optimizer_steps,
-                "tokens": state.tokens,
-                "elapsed_s": round(clock.elapsed(), 3),
-                "p": round(clock.fraction(clock.elapsed()), 6),
-            }
-            if self.dist.main:
-                diagnostics = self.heldout.diagnostics(model)
-                seconds = time.perf_counter() - started
-                row = {"kind": "eval", **at, "eval_loss": state.eval_loss, "eval_s": round(seconds, 3)}
-                tracked = {"eval_loss": state.eval_loss, "eval_s": seconds}
-                self.metrics.write(row, tracked, kind="eval", diagnostics={**at, **diagnostics})
-        clock.evaluated()
+    def __call__(self, model: nn.Module, at: dict) -> Evaluation:
+        assert self.heldout is not None, "no held-out slice: nothing to evaluate"
+        started = time.perf_counter()
+        loss = self.heldout.loss(model)
+        diagnostics = self.heldout.diagnostics(model) if self.dist.main else None
+        seconds = time.perf_counter() - started
+        return Evaluation(loss if math.isfinite(loss) else None, at, seconds, diagnostics)

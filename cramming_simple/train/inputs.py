@@ -48,7 +48,7 @@ class RunData:
             self.prepared = prepare(cfg.data, cfg.arch.vocab_size, cfg.arch.seq_len, show_progress=False)
         self.tokenizer = load_tokenizer(self.prepared.tokenizer_dir)
         check_tokenizer(self.tokenizer, cfg.arch.vocab_size)
-        cfg.arch.pad_token_id = self.tokenizer.pad_token_id  # the embedding's padding index: the tokenizer's pad
+        self.pad_token_id = self.tokenizer.pad_token_id  # the trainer builds the arch with it (the padding index)
         self.identity = self.prepared.identity(self.tokenizer)  # recorded in summaries and checkpoints
         data = PackedData(self.prepared.path, verify=cfg.data.verify)
         t = cfg.train

@@ -10,9 +10,9 @@ is redone, and its time is not charged twice. A damaged `checkpoint.pt` falls ba
 The trainer delegates (torchtitan's shape): `TrainStep` runs forward, backward, clipping and the optimiser step;
 `BudgetClock` owns p, the run's timers and the points where the loop logs, evaluates, keeps snapshots and
 checkpoints; `Checkpointer` what a checkpoint holds, saving, restoring and the fallback; `MetricsLog` the rows,
-trackers and progress; `Evaluator` the held-out loss and diagnostics (an `eval` row in metrics.jsonl, a row in
-diagnostics.jsonl); `Projection` the steps at p = 1 and the caps; `folder` the run folder and its lock; `budget` a
-reference budget's calibration, before the clock starts.
+trackers and progress; `Evaluator` measures the held-out loss and diagnostics (the trainer records them: an
+`eval` row in metrics.jsonl, a row in diagnostics.jsonl); `Projection` the steps at p = 1 and the caps;
+`folder` the run folder and its lock; `budget` a reference budget's calibration, before the clock starts.
 
 One process owns a run folder: rank 0 holds `runs/<name>/.lock` (flock) for the whole run, and a second start on
 the same folder exits with code 2 naming the holder. A full disk stops the run with exit code 5 and
@@ -27,7 +27,7 @@ import math
 import os
 import platform
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -130,6 +130,8 @@ class Trainer:
         self.log = log.info if dist.main else (lambda *a, **k: None)
         self.warn = log.warning if dist.main else (lambda *a, **k: None)
         self.data = RunData(cfg, run_dir, dist, device)  # first: preparation is not budget time
+        # the embedding's padding index is the prepared tokenizer's pad: the arch is built with it
+        cfg = self.cfg = replace(cfg, arch=replace(cfg.arch, pad_token_id=self.data.pad_token_id))
         self.tokenizer, self.data_identity = self.data.tokenizer, self.data.identity
         seed_everything(cfg.train.seed)
         self.model = MaskedLM(cfg.arch, cfg.block).to(device)
@@ -227,7 +229,7 @@ class Trainer:
     def between_updates(self) -> None:
         """What the budget clock says is due between two optimiser steps: eval, a snapshot, a checkpoint."""
         if self.clock.eval_due():
-            self.evaluate(self.model, self.state, self.clock)
+            self.evaluate()
         while (fraction := self.clock.snapshot_due()) is not None:  # one step can pass several fractions
             self.keep_snapshot(fraction)
         if self.clock.checkpoint_due():
@@ -239,7 +241,7 @@ class Trainer:
             atomic_write_bytes(self.run_dir / CONFIG, to_yaml(cfg).encode())
         self.prefetch = Prefetcher(self.data.stream, st.microbatch_steps, self.device, cfg.impl.prefetch)
         self.metrics = MetricsLog(self.run_dir, self.dist, cfg, st.microbatch_steps, spec.name)
-        self.evaluate = Evaluator(self.data.heldout, self.metrics, self.dist)
+        self.evaluator, self.disk_full = Evaluator(self.data.heldout, self.dist), None
         self.log(
             f"pretraining {spec.title} [{cfg.block}] ({count_params(self.model)['params'] / 1e6:.1f}M params) for "
             f"{cfg.local_hours:.4g} h on {environment(self.device)['device']} x{self.dist.world}, "
@@ -254,12 +256,13 @@ class Trainer:
         self.projection = Projection(cfg.train, self.data.split.train_size, self.dist.world, self.warn, self.log)
         if cfg.reference is not None:  # what the budget became; the calibration's rate projects before any step
             self.log(f"budget: {cfg.reference.line(cfg.hours)}")
-            self.projection(st, self.clock, 1.0 / cfg.reference.local_rate, "the calibration's Pre-LN rate")
+            rate = 1.0 / cfg.reference.local_rate
+            st.projected_steps = self.projection(st, self.clock, rate, "the calibration's Pre-LN rate")
         self.clock.start()
         if st.microbatch_steps == 0:  # the model at init: the first point of every eval curve and diagnostics plot
             with self.clock.paused():  # and a checkpoint: a kill before the first interval resumes, not restarts
                 self.checkpoint()
-            self.evaluate(self.model, st, self.clock)
+            self.evaluate()
         self.window.start = self.clock.elapsed()
 
     def decide_stop(self) -> str | None:
@@ -274,13 +277,13 @@ class Trainer:
             st.step_time_s,
             self.signals.requested,
             self.nonfinite,
-            self.metrics.disk_full is not None,
+            self.disk_full is not None,
         )
         self.clock.agree(elapsed)
         if self.accumulated == 0:
             self.boundary_at = elapsed
         if no_space:
-            raise self.metrics.disk_full or RankFailed(EXIT_DISK_FULL)
+            raise self.disk_full or RankFailed(EXIT_DISK_FULL)
         if bad:
             return "nonfinite_loss"
         if self.clock.spent_with(step_s):
@@ -348,23 +351,38 @@ class Trainer:
         now = self.clock.elapsed()
         seconds = max(now - window.start, 1e-9)
         row = {
-            "microbatch_steps": st.microbatch_steps,
-            "optimizer_steps": st.optimizer_steps,
-            "tokens": st.tokens,
-            "elapsed_s": round(now, 3),
-            "p": round(self.clock.fraction(now), 6),
+            **self.clock.position(st, now),
             "lr": self.lr,
             "batch_size": self.n_acc * cfg.train.microbatch * self.dist.world,
             "loss": mean_loss,
             "grad_norm": norm_total / window.updates if window.updates else None,
             "tokens_per_s": window.tokens / seconds,
         }
-        self.metrics.write(row)
+        self.record(row)
         steps_s, tok_s = round(window.steps / seconds, 2), round(row["tokens_per_s"])
         self.metrics.show(now, loss=mean_loss, step=st.microbatch_steps, steps_s=steps_s, tok_s=tok_s)
         window.reset(now)
         self.clock.logged()
-        self.projection.after_log(st, self.clock, now)
+        st.projected_steps = self.projection.after_log(st, self.clock, now) or st.projected_steps
+
+    def evaluate(self) -> None:
+        """An eval point, the clock paused (it counts the time): the evaluator measures, the trainer records."""
+        if self.evaluator.heldout is None:
+            return
+        with self.clock.paused(EVAL):
+            result = self.evaluator(self.model, self.clock.position(self.state))
+            self.state.eval_loss, self.state.eval_step = result.loss, result.step
+            if result.diagnostics is not None:  # rank 0
+                tracked = {"eval_loss": result.loss, "eval_s": result.seconds}
+                self.record(result.row(), tracked, kind="eval", diagnostics={**result.at, **result.diagnostics})
+        self.clock.evaluated()
+
+    def record(self, row: dict, tracked: dict | None = None, **kwargs) -> None:
+        """A metrics row (rank 0). A full disk is held for the next stop vote: every rank stops together."""
+        try:
+            self.metrics.write(row, tracked, **kwargs)
+        except DiskFullError as err:
+            self.disk_full = err
 
     def maybe_checkpoint(self) -> None:
         """Never a checkpoint with a non-finite loss or gradient behind it: a sync every few minutes, averaged
@@ -401,7 +419,7 @@ class Trainer:
             stop = self.close_window(stop)
         completed = stop in COMPLETE
         if completed and st.eval_step != st.optimizer_steps:
-            self.evaluate(self.model, st, self.clock)  # the final model's held-out loss (clock paused, as always)
+            self.evaluate()  # the final model's held-out loss (clock paused, as always)
             self.clock.stamp(st)
         if stop == "nonfinite_loss":
             self.warn(

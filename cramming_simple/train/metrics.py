@@ -1,8 +1,8 @@
 """Where a run's numbers go: the log window kept on the device, and the rows of metrics.jsonl and
 diagnostics.jsonl, the trackers and the progress line (rank 0 writes; the others only take part in the syncs).
 
-A full disk while appending a row is remembered (`disk_full`), not raised: every rank stops together at the
-next stop vote, rank 0 alone must not leave the others waiting in an all-reduce.
+A full disk while appending a row raises `DiskFullError` here, where it happens; the trainer holds it for the
+next stop vote, so that every rank stops together (rank 0 alone must not leave the others in an all-reduce).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from ..config import to_dict
-from ..errors import DiskFullError
 from ..runs import DIAGNOSTICS, METRICS
 from ..runtime import Progress, append_jsonl, atomic_write_bytes
 from ..tracking import Trackers, tracker_names
@@ -62,7 +61,6 @@ class MetricsLog:
         """`cfg`: the PretrainConfig (its name, trackers, budget and log interval); `resume_step`: where a resumed
         run's tracker curves continue (rank 0 only: the other ranks get no trackers and no progress line)."""
         self.run_dir, self.dist, self.budget_s = run_dir, dist, cfg.budget_s
-        self.disk_full: DiskFullError | None = None
         names = tracker_names(cfg.impl.tracker) if dist.main else []
         self.trackers = Trackers(names, run_dir, cfg.name, to_dict(cfg), resume_step=resume_step)
         self.progress = (
@@ -74,13 +72,10 @@ class MetricsLog:
         trackers under `kind`."""
         if not self.dist.main:
             return
-        try:
-            append_jsonl(self.run_dir / METRICS, row)
-            if diagnostics is not None:
-                append_jsonl(self.run_dir / DIAGNOSTICS, diagnostics)
-        except DiskFullError as err:  # every rank stops at the next vote
-            self.disk_full = err
         self.trackers.log(row if tracked is None else tracked, row["microbatch_steps"], kind)
+        append_jsonl(self.run_dir / METRICS, row)  # a full disk raises DiskFullError
+        if diagnostics is not None:
+            append_jsonl(self.run_dir / DIAGNOSTICS, diagnostics)
 
     def show(self, position: float, **stats) -> None:
         if self.progress is not None:

@@ -44,27 +44,29 @@ class Projection:
         self.own_rate_seen = self.cap_warned = self.wrap_said = False
         self.settled: tuple[float, int] | None = None  # (seconds, steps) at the first log point after compile
 
-    def after_log(self, state: TrainState, clock: BudgetClock, now: float) -> None:
+    def after_log(self, state: TrainState, clock: BudgetClock, now: float) -> int | None:
         """At a log point: mark the first one after this session's compile; at the first after that and after the
-        first minute, project the run at its rate between the two."""
+        first minute, project the run at its rate between the two (the steps by p = 1; None: no projection yet)."""
         if self.own_rate_seen or clock.ticks < SETTLED_STEPS:
-            return
+            return None
         if self.settled is None:
             self.settled = (now, state.microbatch_steps)
-            return
+            return None
         since, steps = self.settled
         if now >= min(FIRST_MINUTE_S, clock.budget_s / 10) and state.microbatch_steps > steps:
             self.own_rate_seen = True
             step_s = (now - since) / (state.microbatch_steps - steps)
-            self(state, clock, step_s, f"its own rate from {since:.0f} s to {now:.0f} s of training")
+            return self(state, clock, step_s, f"its own rate from {since:.0f} s to {now:.0f} s of training")
+        return None
 
-    def __call__(self, state: TrainState, clock: BudgetClock, step_s: float, rate_from: str) -> None:
-        """Project at `step_s` seconds per microbatch step (recorded as `state.projected_steps`); warn of a cap."""
+    def __call__(self, state: TrainState, clock: BudgetClock, step_s: float, rate_from: str) -> int | None:
+        """The microbatch steps by p = 1 at `step_s` seconds per step (the trainer records them as
+        `state.projected_steps`); warns of a cap once, says how often the data will be read."""
         if not step_s > 0:  # no step timed yet
-            return
-        state.projected_steps = clock.steps_by_end(state.microbatch_steps, step_s)
+            return None
+        projected = clock.steps_by_end(state.microbatch_steps, step_s)
         caps = sorted((getattr(self.train, c), c) for c in CAPS if getattr(self.train, c) is not None)
-        if caps and caps[0][0] < state.projected_steps and not self.cap_warned:
+        if caps and caps[0][0] < projected and not self.cap_warned:
             self.cap_warned = True
             limit, cap = caps[0]
             p = clock.p_after(limit - state.microbatch_steps, step_s)
@@ -72,15 +74,16 @@ class Projection:
             ramp = "done" if p >= end else f"unfinished (it ends at p = {end:g})"
             self.warn(
                 f"train.{cap}={limit:,} will stop this run at about p = {p:.2f}: it would make about "
-                f"{state.projected_steps:,} microbatch steps by p = 1 ({rate_from}, {1 / step_s:.3g} steps/s), and at "
+                f"{projected:,} microbatch steps by p = 1 ({rate_from}, {1 / step_s:.3g} steps/s), and at "
                 f"the stop its learning rate will still be {lr_at(p, 1.0):.2f} of its peak, never annealed, and the "
                 f"batch ramp {ramp}. To train the whole budget: a reference budget (--reference NAME, docs/recipe.md) "
                 f"or train.{cap}=null"
             )
-        sequences = state.projected_steps * self.train.microbatch * self.world
+        sequences = projected * self.train.microbatch * self.world
         if sequences > self.train_rows and not self.wrap_said:
             self.wrap_said = True
             self.say(
                 f"data: at this rate the run reads about {sequences:,} sequences, about "
                 f"{sequences / self.train_rows:.1f} passes over its {self.train_rows:,} training sequences"
             )
+        return projected
