@@ -332,8 +332,17 @@ def test_runs_that_differ_only_in_the_training_seed_are_one_row(tmp_path):
     groups, pooled = load.replicates(loaded.runs, loaded.glue)
     assert list(groups.replicates) == [2, 2, 1]
     sas = groups.iloc[1]
-    assert sas.members == ["sas-s0", "sas-s1"] and sas.train_seeds == "0,1"
+    assert sas.members == ["sas-s0", "sas-s1"] and sas.train_seeds == (0, 1)
     assert len(sas.glue_values) == 6 and sas.glue_n == 6  # 2 pretraining x 3 fine-tuning seeds
+    # seeds and hashes travel as tuples, never as joined strings to be split again
+    assert (
+        isinstance(sas.glue_seeds, tuple)
+        and len(sas.glue_seeds) == 6
+        and all(isinstance(s, int) for s in sas.glue_seeds)
+    )
+    assert all(
+        isinstance(r.glue_protocol_hash, tuple) and isinstance(r.glue_models, tuple) for _, r in loaded.runs.iterrows()
+    )
     assert sas.glue_mean == pytest.approx(np.mean(sas.glue_values)) and sas.eval_loss == pytest.approx(2.05)
     mnli = pooled[(pooled.run == sas.name) & (pooled.column == "MNLI-m")].iloc[0]
     assert mnli.n == 6 and mnli["mean"] == pytest.approx(79 + 2)

@@ -79,14 +79,16 @@ def run_summary(
     tasks: Iterable[str] = (),
     seeds: Iterable[int] = (),
     results: list[dict] | None = None,
+    unreadable_pairs: Iterable[tuple[str, int]] = (),
 ) -> dict:
     """A run's GLUE summary (the content of `glue/summary.json`) from every per-seed result on disk: what the
     report, the model card and the glue command all show. `tasks` / `seeds`: expected besides those on disk (a
-    pair that has no result then counts as missing). `results`: the run's results, when already read."""
+    pair that has no result then counts as missing). `results`: the run's results, when already read;
+    `unreadable_pairs`: (task, seed) whose files are damaged, reported as such rather than as missing."""
     results = load_results(run_dir, unreadable, glue) if results is None else results
     present = {r["task"] for r in results} | set(tasks)
     ordered = [t for t in TASKS if t in present] + sorted(present - set(TASKS))
-    return summarize(results, ordered, {r["seed"] for r in results} | set(seeds))
+    return summarize(results, ordered, {r["seed"] for r in results} | set(seeds), unreadable_pairs)
 
 
 def column_scores(result: dict) -> dict[str, float]:
@@ -100,11 +102,18 @@ def column_scores(result: dict) -> dict[str, float]:
     return out
 
 
-def summarize(results: list[dict], tasks: Iterable[str] = TASKS, seeds: Iterable[int] | None = None) -> dict:
+def summarize(
+    results: list[dict],
+    tasks: Iterable[str] = TASKS,
+    seeds: Iterable[int] | None = None,
+    unreadable_pairs: Iterable[tuple[str, int]] = (),
+) -> dict:
     """The content of `glue/summary.json` from per-seed results.
 
     The GLUE average is computed per seed and then reduced to mean +- std over seeds. It is missing (None,
-    with the reason) whenever any expected task/seed failed or did not run: never taken over fewer tasks.
+    with the reason) whenever any expected task/seed failed or did not run: never taken over fewer tasks. A pair
+    whose file is unreadable counts as not run for the average, and is left out of `missing` (its reader reports
+    it as unreadable).
     """
     tasks = list(tasks)
     seeds = sorted(set(seeds) if seeds is not None else {r["seed"] for r in results})
@@ -112,7 +121,9 @@ def summarize(results: list[dict], tasks: Iterable[str] = TASKS, seeds: Iterable
     failed = [
         {"task": r["task"], "seed": r["seed"], "reason": r.get("reason")} for r in results if r.get("status") != "ok"
     ]
-    missing = [{"task": t, "seed": s} for t in tasks for s in seeds if (t, s) not in by_key]
+    not_there = [{"task": t, "seed": s} for t in tasks for s in seeds if (t, s) not in by_key]
+    unreadable_pairs = set(unreadable_pairs)
+    missing = [m for m in not_there if (m["task"], m["seed"]) not in unreadable_pairs]
 
     per_seed: dict[int, dict[str, float]] = {s: {} for s in seeds}
     for (_, seed), r in by_key.items():
@@ -129,8 +140,8 @@ def summarize(results: list[dict], tasks: Iterable[str] = TASKS, seeds: Iterable
         reason = "no GLUE results"
     elif failed:
         reason = "failed: " + ", ".join(f"{f['task']} seed {f['seed']}" for f in failed)
-    elif missing or set(tasks) != set(TASKS):
-        not_run = sorted({m["task"] for m in missing} | (set(TASKS) - set(tasks)))
+    elif not_there or set(tasks) != set(TASKS):
+        not_run = sorted({m["task"] for m in not_there} | (set(TASKS) - set(tasks)))
         reason = "not run: " + ", ".join(not_run)
     elif any(a is None for a in averages.values()):
         reason = "incomplete metrics"

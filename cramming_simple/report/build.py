@@ -71,7 +71,7 @@ def comparison_warnings(runs) -> list[str]:
     for columns, what, consequence in COMPARED:
         # runs that do not record a fact (no GLUE run yet, an older summary) cannot disagree on it
         values = {
-            name: " / ".join(str(r[c]) for c in columns)
+            name: " / ".join(tables.joined(r[c], " + ") if isinstance(r[c], tuple) else str(r[c]) for c in columns)
             for name, r in runs.iterrows()
             if not all(tables.missing(r[c]) for c in columns)
         }
@@ -90,11 +90,12 @@ def comparison_warnings(runs) -> list[str]:
         if len({h.get("device") for h in moved}) > 1:
             where = ", ".join(f"{h.get('device')} from step {h.get('from_step')}" for h in moved)
             out.append(f"run {name} changed hardware mid-budget ({where}): its speed and budget mix devices")
-        if " + " in str(r.glue_protocol_hash):
+        if len(r.glue_protocol_hash or ()) > 1:
             out.append(f"run {name} mixes GLUE protocols ({r.glue_protocol}): its GLUE scores are not one protocol's")
-        if " + " in r.glue_models:
+        if len(r.glue_models) > 1:
             out.append(
-                f"run {name} has GLUE results of different models (model hashes {r.glue_models}): re-run GLUE on "
+                f"run {name} has GLUE results of different models (model hashes {' + '.join(r.glue_models)}): re-run "
+                "GLUE on "
                 "its current model"
             )
     return out
@@ -102,7 +103,8 @@ def comparison_warnings(runs) -> list[str]:
 
 def run_line(r) -> str:
     glue = (
-        f"{r.glue_protocol} (hash {r.glue_protocol_hash}, profile {r.glue_profile}), seeds {r.glue_seeds}"
+        f"{r.glue_protocol} (hash {tables.joined(r.glue_protocol_hash, ' + ')}, profile {r.glue_profile}), seeds "
+        f"{tables.joined(r.glue_seeds)}"
         if r.glue_seeds
         else "not run"
     )

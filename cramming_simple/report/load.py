@@ -80,13 +80,13 @@ def load_runs(run_dirs: list[Path]) -> Runs:
             raise ConfigError(f"two run folders are both named '{row['name']}': compare runs with distinct names")
         unreadable: list[CorruptFileError] = []
         results = load_results(run_dir, unreadable)
-        glue_summary = run_summary(run_dir, tasks=TASKS, results=results)  # every task expected: one not run shows
-        damaged = {contract.task_seed(err.path): err for err in unreadable}
+        damaged = {contract.task_seed(err.path): err for err in unreadable}  # reported as unreadable, not not run
+        # every task expected: one not run shows
+        glue_summary = run_summary(run_dir, tasks=TASKS, results=results, unreadable_pairs=damaged)
         for err in unreadable:
             warnings.append(f"{err}: left out of run {row['name']}'s GLUE scores")
-        glue_summary["missing"] = [m for m in glue_summary["missing"] if (m["task"], m["seed"]) not in damaged]
         row.update(glue_fields(glue_summary))
-        row["glue_models"] = " + ".join(sorted({r["model_hash"] for r in results if r.get("model_hash")}))
+        row["glue_models"] = tuple(sorted({r["model_hash"] for r in results if r.get("model_hash")}))
 
         m = read_metrics(run_dir / contract.METRICS)
         metrics.append(m.assign(run=row["name"]))
@@ -286,15 +286,18 @@ def glue_fields(summary: dict) -> dict:
     def as_text(value):  # several protocols mixed in one run: "paper + smoke"
         return " + ".join(map(str, value)) if isinstance(value, list) else value
 
+    def as_tuple(value):  # the protocol hashes of the run's results, one or several
+        return tuple(value) if isinstance(value, list) else (value,)
+
     return {
         "glue_values": list((avg.get("per_seed") or {}).values()),  # per fine-tuning seed: the Welch sample
         "glue_mean": avg.get("mean"),
         "glue_std": avg.get("std"),
         "glue_n": avg.get("n", 0),
         "glue_missing": summary["average_missing_reason"],
-        "glue_seeds": ",".join(map(str, summary["seeds"])),
+        "glue_seeds": tuple(summary["seeds"]),
         "glue_protocol": as_text(summary["protocol"]) if summary["seeds"] else None,
-        "glue_protocol_hash": as_text(summary["protocol_hash"]) if summary["seeds"] else None,
+        "glue_protocol_hash": as_tuple(summary["protocol_hash"]) if summary["seeds"] else None,
         "glue_profile": as_text(summary["profile"]) if summary["seeds"] else None,
     }
 
@@ -336,7 +339,7 @@ def replicates(
             "name": " + ".join(names),
             "members": names,
             "replicates": len(members),
-            "train_seeds": ",".join(str(s) for s in members.train_seed if s is not None and not pd.isna(s)),
+            "train_seeds": tuple(int(s) for s in members.train_seed if s is not None and not pd.isna(s)),
             "steps_values": [v for v in members.microbatch_steps if not pd.isna(v)],
             "rate_step_values": [v for v in members.step_rate if v is not None and not pd.isna(v)],
             "rate_values": [v for v in members.rate_median if v is not None and not pd.isna(v)],
@@ -383,7 +386,7 @@ def folded(members: pd.DataFrame, values: list[float]) -> dict:
         "glue_std": None if not missing.empty or len(values) < 2 else float(np.std(values, ddof=1)),
         "glue_n": 0 if not missing.empty else len(values),
         "glue_missing": None if missing.empty else f"{missing.iloc[0]['name']}: {missing.iloc[0].glue_missing}",
-        "glue_seeds": ",".join(members.glue_seeds) if missing.empty else "",
+        "glue_seeds": tuple(s for seeds in members.glue_seeds for s in seeds) if missing.empty else (),
     }
 
 

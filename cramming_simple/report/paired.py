@@ -26,13 +26,15 @@ REPLICATES = 1000
 BOOTSTRAP_NOTE = "95 % interval contains 0: within noise (paired bootstrap over validation examples)"
 
 
-def prediction_sets(results: dict[Path, list[dict]], task: str, split: str, protocol_hash) -> list:
+def prediction_sets(results: dict[Path, list[dict]], task: str, split: str, protocol_hashes: tuple | None) -> list:
     """[(predictions, labels)] of every ok seed result of `task` (of this protocol) in the given run folders'
-    results (`glue.score.load_results`, damaged files already left out and warned about)."""
+    results (`glue.score.load_results`, damaged files already left out and warned about). A run of several
+    protocols (`protocol_hashes` has more than one) has none: its seeds are not one protocol's sample."""
     out = []
     for run_dir, records in results.items():
         for r in records:
-            if r["task"] != task or r.get("status") != "ok" or r.get("protocol_hash") != protocol_hash:
+            ours = protocol_hashes == (r.get("protocol_hash"),)
+            if r["task"] != task or r.get("status") != "ok" or not ours:
                 continue
             try:
                 arrays = (read_predictions(glue_result(Path(run_dir, GLUE), task, r["seed"])) or {}).get(split)

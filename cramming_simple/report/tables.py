@@ -49,6 +49,11 @@ def fmt(value, spec: str) -> str:
     return "" if missing(value) else format(value, spec)
 
 
+def joined(values, sep: str = ",") -> str | None:
+    """Seeds or hashes (a tuple) as one cell of a table or a line: "0,1"; None stays None."""
+    return None if values is None or missing(values) else sep.join(map(str, values))
+
+
 def same(a, b) -> bool:
     return (missing(a) and missing(b)) or a == b
 
@@ -227,7 +232,7 @@ def table1_run(name: str, r: pd.Series, runs: pd.DataFrame, problems, notes: Not
         "title": r.title,
         "run": name,
         "replicates": r.get("replicates", 1),
-        "train_seeds": r.get("train_seeds"),
+        "train_seeds": joined(r.get("train_seeds")),
         "glue_mean": r.glue_mean,
         "glue_std": r.glue_std,
         "glue_n": r.glue_n,
@@ -279,8 +284,8 @@ def run_marks(name: str, r: pd.Series, notes: Notes, row_notes: list) -> str:
     members = members_of(r)
     if len(members) > 1:
         marks += notes.mark(
-            f"{name}: {len(members)} pretraining seeds ({r.train_seeds}); GLUE over all {r.glue_n} pretraining x "
-            f"fine-tuning seeds, speed and MLM loss mean ± std over the {len(members)} runs",
+            f"{name}: {len(members)} pretraining seeds ({joined(r.train_seeds)}); GLUE over all {r.glue_n} "
+            "pretraining x fine-tuning seeds, speed and MLM loss mean ± std over the {len(members)} runs",
             row_notes,
         )
     return marks
@@ -382,7 +387,7 @@ def table2_run(name: str, r: pd.Series, scores: pd.DataFrame, problems: pd.DataF
     row_notes: list[str] = []
     d = {"kind": "run", "block": r.block, "title": r.title, "run": name}
     s = {"Block": r.title, "Run": name}
-    seeds = len(r.glue_seeds.split(",")) if r.glue_seeds else 0  # pretraining x fine-tuning seeds in a group
+    seeds = len(r.glue_seeds)  # pretraining x fine-tuning seeds in a group
     for c in COLUMNS:
         mean, std, n = scores.loc[c.label, ["mean", "std", "n"]]
         n = int(n)
