@@ -849,3 +849,33 @@ def test_per_epoch_metrics_go_to_the_tracker(pretrained_run, glue_dir, tmp_path)
     epochs = results(run)[("rte", 1)]["epochs"]
     assert logged == pytest.approx({e["epoch"]: e["metrics"]["validation"]["accuracy"] for e in epochs}, rel=1e-6)
     assert "glue/rte/seed1/train_loss" in events.Tags()["scalars"]
+
+
+def _worker_that_dies_on_its_pair(k: int, results) -> None:
+    results.put((k, "start", "rte", 1, None))
+    os._exit(1)  # as a segfault or an OOM kill would
+
+
+def _worker_that_finishes_its_pair(k: int, results) -> None:
+    results.put((k, "start", "mrpc", 1, None))
+    results.put((k, "result", "mrpc", 1, {"task": "mrpc", "seed": 1}))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks two real worker processes")
+def test_a_worker_that_dies_costs_its_own_pair_and_the_others_go_on(tmp_path):
+    import multiprocessing as mp
+
+    from cramming_simple.glue.runner import collect
+
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    targets = (_worker_that_dies_on_its_pair, _worker_that_finishes_its_pair)
+    processes = [ctx.Process(target=target, args=(k, results)) for k, target in enumerate(targets)]
+    for process in processes:
+        process.start()
+    done = []
+    errors = collect([("rte", 1), ("mrpc", 1)], processes, results, done.append, tmp_path)
+    for process in processes:
+        process.join()
+    assert done == [{"task": "mrpc", "seed": 1}]
+    assert errors == [f"rte seed 1: not run, its worker died (see {tmp_path})"]

@@ -257,8 +257,8 @@ def test_glue_keeps_fine_tuned_models_that_load_as_their_classifier(fine_tuned):
     from cramming_simple.glue.runner import Job
 
     job_result = json.loads((fine_tuned / "glue" / "rte" / "seed1.json").read_text())
-    job = Job(fine_tuned, "smoke", None, job_result["protocol_hash"], job_result["model_hash"], None, None,
-              save_models=True)  # fmt: skip
+    hashes = {"protocol_hash": job_result["protocol_hash"], "model_hash": job_result["model_hash"]}
+    job = Job(fine_tuned, "smoke", None, [], None, save_models=True, **hashes)
     assert job.is_done("rte", 1) and not job.is_done("rte", 2)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -209,3 +210,72 @@ def test_what_the_generated_modeling_file_needs_is_declared_and_defined(monkeypa
     )  # a model source that started to import from the runtime: refused at save time
     with pytest.raises(ConfigError, match="cramming_simple.runtime"):
         remote.modeling_source(block_spec("sas"), "test")
+
+
+# ----------------------------------------------------------------------------------------------- no global state
+
+MUTATORS = {"append", "add", "update", "setdefault", "pop", "clear", "remove", "insert", "extend", "discard", "popitem"}
+
+
+def module_level_mutations(tree: ast.Module) -> list[str]:
+    """Module-level containers that a function changes, and `global` statements: state that outlives a call."""
+    containers = set()
+    for node in tree.body:
+        value = getattr(node, "value", None)
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        mutable = isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)) or (
+            isinstance(value, ast.Call) and getattr(value.func, "id", None) in ("dict", "list", "set")
+        )
+        if mutable:
+            containers |= {t.id for t in targets if isinstance(t, ast.Name)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            found += [f"global {name}" for name in node.names]
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            for target in getattr(node, "targets", None) or [node.target]:
+                if isinstance(target, ast.Subscript) and getattr(target.value, "id", None) in containers:
+                    found.append(f"{target.value.id}[...] changed")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
+            owner = node.func.value
+            if getattr(owner, "id", None) in containers:
+                found.append(f"{owner.id}.{node.func.attr}()")
+            if ast.unparse(owner) == "sys.path":
+                found.append(f"{ast.unparse(owner)}.{node.func.attr}()")
+    return found
+
+
+def test_no_module_level_mutable_state():
+    """The block registry is an object (its loads and checks), the GLUE worker's state lives in the worker, and
+    nothing changes sys.path for the whole process."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        problems = module_level_mutations(ast.parse(path.read_text()))
+        if problems:
+            found[str(path.relative_to(PACKAGE))] = problems
+    assert found == {}
+
+
+def test_the_state_walker_sees_a_cache_a_global_and_sys_path():
+    source = "import sys\n_CACHE = {}\n_W = None\n"
+    source += "def f(k, v):\n    global _W\n    _CACHE[k] = v\n    sys.path.insert(0, k)\n"
+    assert module_level_mutations(ast.parse(source)) == ["global _W", "_CACHE[...] changed", "sys.path.insert()"]
+
+
+def test_a_user_block_is_imported_on_its_own_into_a_registry_object(tmp_path):
+    """Its folder is never on sys.path (not even while it imports), and two registries share nothing."""
+    from cramming_simple.model.registry import BlockRegistry
+
+    folder = tmp_path / "blocks"
+    folder.mkdir()
+    (folder / "mine.py").write_text(
+        "import sys\nfrom torch import nn\nSEEN = list(sys.path)\n\n"
+        "class Mine(nn.Module):\n    def __init__(self, cfg, layer):\n        super().__init__()\n\n"
+        "    def forward(self, x, mask):\n        return x\n"
+    )
+    before = list(sys.path)
+    one, two = BlockRegistry(), BlockRegistry()
+    spec = one.spec(f"{folder / 'mine.py'}:Mine")
+    assert str(folder) not in sys.modules[spec.build.__module__].SEEN and sys.path == before
+    assert list(one.loaded) == [spec.ref] and two.loaded == {}
+    assert one.spec(spec.ref) is spec  # loaded once per registry

@@ -14,11 +14,10 @@ import io
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -144,6 +143,21 @@ class Worker:
     def __init__(self, device: torch.device, parent: int | None = None):
         self.device, self.parent = device, parent
         self.loaded: tuple[str | None, TaskData | None] = (None, None)
+
+    @classmethod
+    def in_process(cls, k: int, device: str | None, workers: int, parent: int, logs: Path, level: int) -> Worker:
+        """A pool process starts: pin its GPU before torch sees the others, die with the parent, log to a file at
+        the parent's level (a spawned process imports the package, which configures no logging itself)."""
+        # A worker must not outlive its parent: it would go on taking pairs (duplicating a rerun's work) and hold
+        # its GPU. Linux kills it with the parent; elsewhere `Worker.run` checks the parent before every pair.
+        die_with_parent(signal.SIGKILL, parent)
+        if device is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = device
+        elif not torch.cuda.is_available():  # CPU workers share the cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        sys.stdout = sys.stderr = open(logs / f"worker{k}.log", "a", buffering=1)
+        setup_logging(-1 if level >= logging.WARNING else 1 if level <= logging.DEBUG else 0)
+        return cls(pick_device("auto"), parent)
 
     def run(self, job: Job, task: str, seed: int) -> tuple[str, dict | str]:
         """("result", record) or ("error", message). A non-finite loss is a result (status "failed"); an
@@ -271,51 +285,68 @@ def run_pool(job: Job, todo: list[Item], workers: int, on_result: OnResult) -> l
     logs = job.glue_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    slots = ctx.Queue()
-    for k, device in enumerate(devices):
-        slots.put((k, device))
+    pairs, results = ctx.Queue(), ctx.Queue()
+    for item in [*todo, *[None] * workers]:  # the pairs, then one stop for each worker
+        pairs.put(item)
+    level = log.getEffectiveLevel()
+    processes = [
+        ctx.Process(target=serve, args=(k, device, workers, os.getpid(), logs, level, job, pairs, results))
+        for k, device in enumerate(devices)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        return collect(todo, processes, results, on_result, logs)
+    finally:
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+
+
+def collect(todo: list[Item], processes: list, results, on_result: OnResult, logs: Path) -> list[str]:
+    """The workers' messages until every pair is accounted for: a result, an error, or a worker that died on it
+    (the other workers go on with the rest; when none is left, the rest is not run)."""
     errors: list[str] = []
+    on: dict[int, Item] = {}  # worker -> the pair it is working on
+    left = set(todo)
     progress = Progress(len(todo), "GLUE", unit="run")
-    start = (slots, workers, os.getpid(), logs, log.getEffectiveLevel())
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=start) as pool:
-        futures = {pool.submit(_run_in_worker, job, task, seed): (task, seed) for task, seed in todo}
-        for done, future in enumerate(as_completed(futures), 1):
-            task, seed = futures[future]
-            try:
-                kind, payload = future.result()
-            except BrokenProcessPool:
-                kind, payload = "error", f"not run, its worker died (see {logs})"
-            if kind == "result":
-                on_result(payload)
-            else:
-                errors.append(f"{task} seed {seed}: {payload}")
-            progress.update(done)
+    while left:
+        try:
+            k, kind, task, seed, payload = results.get(timeout=1.0)
+        except queue.Empty:
+            died = [k for k, process in enumerate(processes) if not process.is_alive()]
+            lost = [on.pop(k) for k in died if k in on]
+            if len(died) == len(processes):
+                lost = sorted(left, key=todo.index)  # nobody is left to take them
+            for task, seed in lost:
+                errors.append(f"{task} seed {seed}: not run, its worker died (see {logs})")
+                left.discard((task, seed))
+            progress.update(len(todo) - len(left))
+            continue
+        if kind == "start":
+            on[k] = (task, seed)
+            continue
+        on.pop(k, None)
+        left.discard((task, seed))
+        if kind == "result":
+            on_result(payload)
+        else:
+            errors.append(f"{task} seed {seed}: {payload}")
+        progress.update(len(todo) - len(left))
     progress.close()
     return errors
 
 
-_worker: Worker | None = None  # this worker process's Worker (set by _start_worker)
-
-
-def _start_worker(slots, workers: int, parent: int, logs: Path, level: int) -> None:
-    """A pool process starts: pin its GPU before torch sees the others, die with the parent, log to a file at
-    the parent's level (a spawned process imports the package, which configures no logging itself)."""
-    global _worker
-    # A worker must not outlive its parent: it would go on taking pairs (duplicating a rerun's work) and hold
-    # its GPU. Linux kills it with the parent; elsewhere `Worker.run` checks the parent before every pair.
-    die_with_parent(signal.SIGKILL, parent)
-    k, device = slots.get()
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-    elif not torch.cuda.is_available():  # CPU workers share the cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    sys.stdout = sys.stderr = open(logs / f"worker{k}.log", "a", buffering=1)
-    setup_logging(-1 if level >= logging.WARNING else 1 if level <= logging.DEBUG else 0)
-    _worker = Worker(pick_device("auto"), parent)
-
-
-def _run_in_worker(job: Job, task: str, seed: int) -> tuple[str, dict | str]:
-    return _worker.run(job, task, seed)
+def serve(k: int, device: str | None, workers: int, parent: int, logs: Path, level: int, job: Job, pairs, results):
+    """A worker process: its `Worker` lives here, for the process's life; it takes pairs until told to stop and
+    says which pair it starts (so that a worker that dies on one is known) and how each ended."""
+    worker = Worker.in_process(k, device, workers, parent, logs, level)
+    while (item := pairs.get()) is not None:
+        task, seed = item
+        results.put((k, "start", task, seed, None))
+        kind, payload = worker.run(job, task, seed)
+        results.put((k, kind, task, seed, payload))
 
 
 # ----------------------------------------------------------------------------------------------- results
