@@ -25,7 +25,7 @@ from cramming_simple.runs import GLUE, MODEL, glue_result, model_hash
 from cramming_simple.runtime import remove_stale_temporaries, write_json, write_temporary, writer_tag
 from cramming_simple.runtime.files import HOST
 from cramming_simple.sweep.job import Job
-from cramming_simple.sweep.options import SlurmOptions
+from cramming_simple.sweep.options import JobOptions, SlurmOptions
 from cramming_simple.sweep.plan import SweepConfig, plan, run_name
 from cramming_simple.sweep.status import queued
 
@@ -72,6 +72,10 @@ def test_slurm_options_are_typed_and_go_to_their_kind_of_job_with_defaults_by_ki
     assert options.executor("glue")["slurm_max_num_timeout"] == 3  # a GLUE job that times out 3 times is stuck
     assert "slurm_exclusive" not in SlurmOptions.parse(["exclusive=false"]).parameters("pretrain", 1)
     assert SlurmOptions.parse(["exclusive=user"]).parameters("pretrain", 1)["slurm_exclusive"] == "user"
+    # each kind's options are a typed dataclass: values converted by their field's type
+    typed = options.by_kind["pretrain"]
+    assert isinstance(typed, JobOptions) and typed.exclusive is True and options.by_kind[""].nodes == 2
+    assert options.by_kind["glue"].time == 120 and options.by_kind[""].srun_args == ["--cpu-bind=none", "--mpi=pmix"]
     for bad, said in (
         (["time=abc"], "time=abc: an integer (minutes)"),
         (["gpus_per_node=0"], "must be positive"),

@@ -315,7 +315,7 @@ def check_slurm(option: str) -> list[str]:
     kind, _, bare = name.partition(".")
     if kind not in slurm_options.KINDS:
         bare = name
-    known = slurm_options.KNOWN | slurm_options.BOOLEANS | slurm_options.REPEATED | {"additional_parameters"}
+    known = slurm_options.KNOWN | {"additional_parameters"}
     return [] if bare.split(".")[0] in known else [f"no Slurm option {name}"]
 
 

@@ -19,24 +19,15 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Union, get_type_hints
 
 from ..errors import ConfigError
 
 KINDS = ("pretrain", "glue", "report")
 GENERIC = ("mem_gb", "nodes", "gpus_per_node", "cpus_per_task", "tasks_per_node")  # AutoExecutor's own names
-INTEGERS = {"time", "mem_gb", "nodes", "gpus_per_node", "cpus_per_task", "tasks_per_node", "cpus_per_gpu"}
-INTEGERS |= {"gpus_per_task", "array_parallelism", "signal_delay_s", "max_num_timeout", "ntasks_per_node"}
-BOOLEANS = {"exclusive", "use_srun", "stderr_to_stdout"}
-REPEATED = {"setup", "teardown", "srun_args"}  # each occurrence adds lines (setup, teardown) or shell words
 EXECUTOR = {"python", "max_num_timeout"}  # the executor's constructor, not a job parameter
-OURS = {"dependency", "job_name", "array_parallelism"}  # the sweep sets these (array_parallelism: per sweep)
-SUBMITIT = {  # submitit's SlurmExecutor parameters (its _valid_parameters), as of submitit 1.5
-    "account", "additional_parameters", "comment", "constraint", "cpus_per_gpu", "exclude", "exclusive", "gres",
-    "gpus_per_task", "mail_type", "mail_user", "mem", "mem_per_cpu", "mem_per_gpu", "nodelist", "ntasks_per_node",
-    "partition", "qos", "setup", "signal_delay_s", "srun_args", "stderr_to_stdout", "teardown", "use_srun", "wckey",
-}  # fmt: skip
-KNOWN = SUBMITIT | set(GENERIC) | EXECUTOR | {"time", "array_parallelism"}
+OURS = {"dependency", "job_name"}  # the sweep sets these itself
 TRUE, FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 CPUS_PER_GPU = 8  # cpus_per_task per GPU when not given: data loading and the launcher never share a core
@@ -46,10 +37,91 @@ MAX_TIMEOUTS = {"pretrain": 30, "glue": 3, "report": 3}  # requeues after a time
 
 
 @dataclass
-class SlurmOptions:
-    """`--slurm` options by kind ("" for the plain ones), typed."""
+class JobOptions:
+    """One kind of job's `--slurm` options, typed: each value is converted by its field's type (None or empty:
+    not given). The names are submitit's (its SlurmExecutor parameters as of submitit 1.5, sbatch's long options
+    with underscores) and AutoExecutor's generic ones; `time` is in minutes."""
 
-    by_kind: dict[str, dict] = field(default_factory=lambda: {kind: {} for kind in ("", *KINDS)})
+    time: Optional[int] = None
+    mem_gb: Optional[int] = None
+    nodes: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    tasks_per_node: Optional[int] = None
+    cpus_per_gpu: Optional[int] = None
+    gpus_per_task: Optional[int] = None
+    ntasks_per_node: Optional[int] = None
+    array_parallelism: Optional[int] = None
+    signal_delay_s: Optional[int] = None  # may be 0
+    max_num_timeout: Optional[int] = None  # may be 0
+    exclusive: Union[bool, str, None] = None  # true: #SBATCH --exclusive; a word (user, mcs) stays a word
+    use_srun: Optional[bool] = None
+    stderr_to_stdout: Optional[bool] = None
+    setup: List[str] = field(default_factory=list)  # shell lines, in order (repeat the option)
+    teardown: List[str] = field(default_factory=list)
+    srun_args: List[str] = field(default_factory=list)  # shell words
+    python: Optional[str] = None  # the command that runs Python in the job (a container's)
+    account: Optional[str] = None
+    comment: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    gres: Optional[str] = None
+    mail_type: Optional[str] = None
+    mail_user: Optional[str] = None
+    mem: Optional[str] = None
+    mem_per_cpu: Optional[str] = None
+    mem_per_gpu: Optional[str] = None
+    nodelist: Optional[str] = None
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    wckey: Optional[str] = None
+    additional_parameters: Dict[str, Union[str, bool]] = field(default_factory=dict)  # any other #SBATCH --NAME
+
+    def set(self, name: str, value: str) -> None:
+        """One `name=value`, converted by the field's type (a list field appends)."""
+        kind = FIELD_TYPES[name]
+        current = getattr(self, name)
+        if kind == List[str]:
+            setattr(self, name, [*current, *(shlex.split(value) if name == "srun_args" else [value])])
+        elif kind == Optional[int]:
+            setattr(self, name, as_int(name, value))
+        elif kind == Optional[bool] or kind == Union[bool, str, None]:
+            setattr(self, name, as_bool(name, value, words=kind != Optional[bool]))
+        else:
+            setattr(self, name, value)
+
+    def given(self) -> dict:
+        """The options that were given, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, [], {})}
+
+
+FIELD_TYPES = get_type_hints(JobOptions)
+KNOWN = set(FIELD_TYPES) - {"additional_parameters"}
+
+
+def as_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"--slurm {name}={value}: an integer{' (minutes)' if name == 'time' else ''}") from None
+    if number < (0 if name in ("signal_delay_s", "max_num_timeout") else 1):
+        raise ConfigError(f"--slurm {name}={value}: must be positive")
+    return number
+
+
+def as_bool(name: str, value: str, words: bool) -> bool | str:
+    if value.lower() in TRUE | FALSE:
+        return value.lower() in TRUE
+    if not words:
+        raise ConfigError(f"--slurm {name}={value}: true or false")
+    return value
+
+
+@dataclass
+class SlurmOptions:
+    """`--slurm` options by kind ("" for the plain ones), each kind's typed."""
+
+    by_kind: Dict[str, JobOptions] = field(default_factory=lambda: {kind: JobOptions() for kind in ("", *KINDS)})
 
     @classmethod
     def parse(cls, items: list[str]) -> SlurmOptions:
@@ -69,7 +141,7 @@ class SlurmOptions:
             extra = name.split(".", 1)[1]
             if extra.replace("_", "-") in ("dependency", "kill-on-invalid-dep", "job-name", "array"):
                 raise ConfigError(f"--slurm {name}: the sweep sets --{extra} itself")
-            options.setdefault("additional_parameters", {})[extra] = True if value.lower() == "true" else value
+            options.additional_parameters[extra] = True if value.lower() == "true" else value
             return
         if "." in name:
             raise ConfigError(
@@ -77,16 +149,12 @@ class SlurmOptions:
             )
         if name == "timeout_min":
             name = "time"
-        if name not in KNOWN or name in OURS - {"array_parallelism"}:
+        if name not in KNOWN:
             raise ConfigError(
                 f"--slurm {name}: not an option here (the sweep sets dependency and job names itself); one of "
                 f"{', '.join(sorted(KNOWN))}, or additional_parameters.NAME for any other #SBATCH --NAME"
             )
-        if name in REPEATED:
-            words = shlex.split(value) if name == "srun_args" else [value]
-            options[name] = [*options.get(name, []), *words]
-        else:
-            options[name] = typed(name, value)
+        options.set(name, value)
 
     def check(self) -> None:
         pretrain = self.merged("pretrain")
@@ -98,17 +166,17 @@ class SlurmOptions:
 
     def has(self, name: str) -> bool:
         """Whether `name` was given, for any kind of job."""
-        return any(name in options for options in self.by_kind.values())
+        return any(name in options.given() for options in self.by_kind.values())
 
     def merged(self, kind: str) -> dict:
         """The options of one kind of job: the plain ones (nodes and GPUs only for pretraining), then its own."""
-        plain = dict(self.by_kind[""])
+        plain = self.by_kind[""].given()
         if kind != "pretrain":
             plain.pop("nodes", None)
             gpus = plain.pop("gpus_per_node", 0)
             if kind == "glue" and gpus:
                 plain["gpus_per_node"] = 1  # one task on one GPU: a GLUE element never needs a whole node
-        own = self.by_kind[kind]
+        own = self.by_kind[kind].given()
         extra = {**plain.get("additional_parameters", {}), **own.get("additional_parameters", {})}
         out = {**plain, **own}
         if extra:
@@ -139,19 +207,3 @@ class SlurmOptions:
         for key, value in options.items():
             out[key if key in GENERIC else f"slurm_{key}"] = value
         return out
-
-
-def typed(name: str, value: str):
-    if name in INTEGERS:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"--slurm {name}={value}: an integer{' (minutes)' if name == 'time' else ''}") from None
-        if number < (0 if name in ("signal_delay_s", "max_num_timeout") else 1):
-            raise ConfigError(f"--slurm {name}={value}: must be positive")
-        return number
-    if name in BOOLEANS and value.lower() in TRUE | FALSE:
-        return value.lower() in TRUE
-    if name in BOOLEANS - {"exclusive"}:
-        raise ConfigError(f"--slurm {name}={value}: true or false")
-    return value
