@@ -8,7 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from helpers.glue_data import make_glue, sentiment_words, write_parquet
+from helpers.runs import OFFSET, make_run
+
+from cramming_simple.data.tokenizer import load_tokenizer
+from cramming_simple.glue.tasks import COLUMNS
 
 # transformers' own common model tests run through `make test-hf`, which fetches their modules first and names
 # them in CRAMMING_SIMPLE_HF_TESTS; without it there is nothing to import them from.
@@ -123,3 +130,50 @@ def hold_lock(path: Path, purpose: str) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, str(script), str(path), purpose], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
+
+
+@pytest.fixture(scope="module")
+def glue_dir(pretrained_run, tmp_path_factory):
+    """Hub-layout parquet data for every task, learnable SST-2 in the run's own words; small sets elsewhere."""
+    words = sentiment_words(load_tokenizer(pretrained_run / "model"))
+    glue = make_glue({"sst2": 320, "default": 48}, n_eval=64, words=words)
+    return write_parquet(glue, tmp_path_factory.mktemp("glue-parquet"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and CI's two cores are shared with the spawned workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_glue(pretrained_run):
+    return make_glue({"default": 24}, n_eval=8, words=sentiment_words(load_tokenizer(pretrained_run / "model")))
+
+
+@pytest.fixture(scope="module")
+def two_blocks_with_predictions(tmp_path_factory):
+    """preln and sas run folders whose seed results come with per-example predictions (sas a bit better)."""
+    from cramming_simple.glue.runner import predictions_path
+
+    root = tmp_path_factory.mktemp("paired")
+    rng = np.random.default_rng(0)
+    runs = {b: make_run(root, f"{b}-24h", b) for b in ("preln", "sas")}
+    truth, files = {}, {}
+    for c in COLUMNS:
+        n = 40
+        truth[c.label] = y = rng.random(n) * 5 if c.metric == "pearson" else rng.integers(0, 2, n)
+        for block, run in runs.items():
+            for seed in OFFSET:
+                if c.metric == "pearson":
+                    p = y + rng.normal(0, 2 if block == "preln" else 1, n)
+                else:
+                    p = np.where(rng.random(n) < (0.85 if block == "sas" else 0.7), y, 1 - y)
+                arrays = files.setdefault(predictions_path(run / "glue" / c.task / f"seed{seed}.json"), {})
+                arrays |= {f"{c.split}.index": np.arange(n), f"{c.split}.prediction": p, f"{c.split}.label": y}
+    for path, arrays in files.items():  # MNLI: both splits in one file
+        np.savez(path, **arrays)
+    return root, runs, truth

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_glue import make_glue, sentiment_words, write_tsv
-from test_sweep import slurm_job_state, slurm_missing, sweep_args
+from helpers.glue_data import make_glue, sentiment_words, write_tsv
+from helpers.slurm import slurm_job_state, slurm_missing, sweep_args
 
 from cramming_simple.cli import main
 from cramming_simple.config import ConfigError
@@ -264,7 +264,7 @@ def test_sigterm_stops_at_the_next_microbatch_and_checkpoints_the_last_boundary(
     mid-step stops at the next microbatch: the checkpoint is the last boundary's state, the dropped microbatches
     are read again after the resume, and the clock is rewound so that they are charged once."""
     from conftest import pretrain_args
-    from test_pretrain import run_cli, wait_for
+    from helpers.runs import run_cli, wait_for
 
     from cramming_simple.train.checkpoint import load_checkpoint
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_glue import FAST, copy_run, glue_dir, one_thread  # noqa: F401 - fixtures
+from helpers.glue_data import FAST, copy_run
 
 from cramming_simple.bench.intervals import estimates, paired_ratios, precise_enough, ratio_interval
 from cramming_simple.bench.step import Rounds, time_rounds
@@ -22,6 +22,9 @@ from cramming_simple.runs import GLUE, glue_predictions, glue_result
 from cramming_simple.train.checkpoint import Checkpointer
 from cramming_simple.train.distributed import Dist
 from cramming_simple.train.state import TrainState
+
+# tiny models run fastest on one thread, and CI's two cores are shared with the spawned GLUE workers
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------------------------------- checkpointer
 
@@ -136,7 +139,7 @@ def test_bench_reports_intervals_and_report_cites_them(tmp_path, capsys, pretrai
 # ----------------------------------------------------------------------------------------------- GLUE from Python
 
 
-def test_glue_runs_from_python_through_its_typed_config(pretrained_run, glue_dir, tmp_path):  # noqa: F811
+def test_glue_runs_from_python_through_its_typed_config(pretrained_run, glue_dir, tmp_path):
     from cramming_simple.glue.run import GlueRun, run
 
     folder = copy_run(pretrained_run, tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import WORDS
-from test_glue import make_glue, write_tsv
+from helpers.glue_data import make_glue, write_tsv
 
 from cramming_simple.presets import CHECKOUT as REPO_ROOT
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SMOKE_VOCAB, smoke_config
+from helpers.runs import OFFSET, make_run, md_rows, report, tex_rows
 from scipy import stats as scipy_stats
-from test_report import OFFSET, make_run, md_rows, report, tex_rows
 
 from cramming_simple.cli import main
 from cramming_simple.data import MLMCollator, PackedData, Split, load_tokenizer, prepared_path
@@ -213,31 +213,6 @@ def test_resampled_metrics_equal_the_metric_on_each_resample():
         assert stats.resampled_metric(metric, scores, gold, index) == pytest.approx(expected)
 
 
-@pytest.fixture(scope="module")
-def two_blocks_with_predictions(tmp_path_factory):
-    """preln and sas run folders whose seed results come with per-example predictions (sas a bit better)."""
-    from cramming_simple.glue.runner import predictions_path
-
-    root = tmp_path_factory.mktemp("paired")
-    rng = np.random.default_rng(0)
-    runs = {b: make_run(root, f"{b}-24h", b) for b in ("preln", "sas")}
-    truth, files = {}, {}
-    for c in COLUMNS:
-        n = 40
-        truth[c.label] = y = rng.random(n) * 5 if c.metric == "pearson" else rng.integers(0, 2, n)
-        for block, run in runs.items():
-            for seed in OFFSET:
-                if c.metric == "pearson":
-                    p = y + rng.normal(0, 2 if block == "preln" else 1, n)
-                else:
-                    p = np.where(rng.random(n) < (0.85 if block == "sas" else 0.7), y, 1 - y)
-                arrays = files.setdefault(predictions_path(run / "glue" / c.task / f"seed{seed}.json"), {})
-                arrays |= {f"{c.split}.index": np.arange(n), f"{c.split}.prediction": p, f"{c.split}.label": y}
-    for path, arrays in files.items():  # MNLI: both splits in one file
-        np.savez(path, **arrays)
-    return root, runs, truth
-
-
 def test_paired_bootstrap_matches_a_seeded_hand_loop(two_blocks_with_predictions):
     root, runs, truth = two_blocks_with_predictions
     from cramming_simple.report.load import load_runs, replicates
@@ -388,7 +363,7 @@ def test_unsteady_throughput_gets_a_footnote_pointing_to_bench(tmp_path):
 
 
 def test_snapshots_are_fine_tuned_with_glue_at_and_drawn_against_the_budget(smoke_cache, tmp_path):
-    from test_glue import make_glue, write_tsv
+    from helpers.glue_data import make_glue, write_tsv
 
     cfg = smoke_config(smoke_cache, "preln", 4.0, "impl.keep_at=[0.25,0.5]", "impl.eval_minutes=0", name="snap")
     pretrain(cfg, tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import hold_lock, pretrain_args, smoke_config
-from test_pretrain import metrics, run_cli, wait_for
+from helpers.runs import metrics, run_cli, wait_for
 
 from cramming_simple.data.tokenizer import load_tokenizer
 from cramming_simple.errors import DiskFullError, LockedError, is_disk_full

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import torch
 from conftest import smoke_config
+from helpers.commands import cli
+from helpers.glue_data import make_glue, sentiment_words, write_parquet
 from safetensors.torch import load_file, save_file
-from test_glue import make_glue, sentiment_words, write_parquet
-from test_your_block import cli
 
 from cramming_simple.data.tokenizer import load_tokenizer
 from cramming_simple.folders import load_model, save_model

@@ -190,7 +190,7 @@ def test_the_step_time_is_an_ema_of_the_ticks():
 
 
 def test_the_model_package_holds_the_model_and_the_folder_machinery_lives_beside_it():
-    from test_layers import imports
+    from helpers.imports import imports
 
     model_files = sorted((PACKAGE / "model").glob("*.py"))
     assert {p.name for p in model_files} >= {"config.py", "layers.py", "blocks.py", "bert.py"}

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers.imports import imports, module_name
 
 import cramming_simple
 from cramming_simple.presets import find_preset, list_presets, shipped
@@ -26,28 +27,6 @@ BOTTOM = (
     "optim",
     "tracking",
 )
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports(path: Path) -> set[str]:
-    """Every module `path` imports, at the top or inside a function, as absolute names."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(
-                    [*package.split(".")[: len(package.split(".")) - node.level + 1], *([base] if base else [])]
-                )
-            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
-    return {name for name in found if name.startswith("cramming_simple")}
 
 
 def layer_of(name: str) -> str:

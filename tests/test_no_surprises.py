@@ -20,9 +20,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import hold_lock, pretrain_args
-from test_evidence import two_blocks_with_predictions  # noqa: F401 - a fixture
-from test_glue import copy_run, make_glue, sentiment_words, small_glue, write_parquet, write_tsv  # noqa: F401
-from test_report import latex_missing, make_run, md_rows, report
+from helpers.glue_data import copy_run, make_glue, sentiment_words, write_parquet, write_tsv
+from helpers.runs import latex_missing, make_run, md_rows, report
 
 from cramming_simple.cli import main
 from cramming_simple.data.tokenizer import load_tokenizer
@@ -142,7 +141,7 @@ def edit_line(path: Path, line: int, edit) -> None:
     path.write_text("\n".join(lines))
 
 
-def test_glue_data_fails_before_training_naming_file_and_line(small_glue, pretrained_run, tmp_path, capsys):  # noqa: F811
+def test_glue_data_fails_before_training_naming_file_and_line(small_glue, pretrained_run, tmp_path, capsys):
     cases = {
         "STS-B/dev.tsv": (lambda c: "\t".join([*c.split("\t")[:-1], "5.5"]), "a score in [0, 5]"),
         "RTE/dev.tsv": (lambda c: c.split("\t")[0], "too few"),  # a row cut short: never dropped
@@ -379,7 +378,7 @@ Text.
 
 
 @pytest.mark.skipif(latex_missing() is not None, reason=latex_missing() or "")
-def test_compact_table3_fits_a_two_column_paper(two_blocks_with_predictions, tmp_path):  # noqa: F811
+def test_compact_table3_fits_a_two_column_paper(two_blocks_with_predictions, tmp_path):
     _, runs, _ = two_blocks_with_predictions
     overfull = {}
     for style in ("full", "compact"):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import pretrain_args, smoke_config
+from helpers.runs import metrics, run_cli, wait_for
 
 from cramming_simple.cli import main
 from cramming_simple.config import ConfigError
@@ -38,12 +36,6 @@ SUMMARY_FIELDS = {
     "completed",
     "stop_reason",
 }
-
-
-def metrics(run: Path, kind: str = "train") -> list[dict]:
-    """metrics.jsonl rows of one kind: training log windows (no "kind" key) or held-out evals ("kind": "eval")."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r.get("kind", "train") == kind]
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -162,30 +154,10 @@ def test_nan_loss_stops_with_nonfinite_reason_and_keeps_the_last_good_checkpoint
     assert not (run / "model").exists()  # no model is published from a diverged run
 
 
-def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "cramming_simple", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        **kwargs,
-    )
-
-
 def rows(path: Path) -> list[dict]:
     """The complete rows of a JSON-lines file being written (a last line cut short is left out)."""
     text = path.read_text() if path.exists() else ""
     return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 def test_sigkill_after_a_checkpoint_then_resume_continues_within_budget(smoke_cache, tmp_path):

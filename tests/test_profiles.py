@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import generic_text
+from helpers.glue_data import make_glue, sentiment_words, write_parquet
 from omegaconf import OmegaConf
-from test_glue import make_glue, sentiment_words, write_parquet
 
 from cramming_simple.cli import main
 from cramming_simple.data import MicrobatchStream, MLMCollator, PackedData, Split, load_tokenizer, prepare

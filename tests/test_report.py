@@ -3,8 +3,6 @@
 Run folders are written here with known values; every expected number is worked out by hand from them.
 """
 
-import contextlib
-import io
 import json
 import math
 import re
@@ -14,111 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.runs import BASE, OFFSET, latex_missing, make_run, md_rows, report, tex_rows
 
-from cramming_simple.cli import main
 from cramming_simple.glue.tasks import COLUMNS
 
 LABELS = [c.label for c in COLUMNS]  # MNLI-m, MNLI-mm, SST-2, STS-B, RTE, QNLI, QQP, MRPC, CoLA
-BASE = {  # per-run base scores in percent, in LABELS order; seed k scores base + OFFSET[k]
-    "preln": [80, 81, 90, 86, 60, 88, 87, 88, 50],
-    "sas": [79, 80, 91, 84, 58, 87, 86, 87, 52],
-    "sasp": [78, 79, 92, 85, 61, 86, 85, 86, 51],
-}
-OFFSET = {1: 0.0, 2: 1.0, 3: 5.0}  # mean +2, sample std sqrt(((-2)^2 + (-1)^2 + 3^2) / 2) = sqrt(7)
-STEPS = {"preln": 800, "sas": 900, "sasp": 960}
 PAPER_GLUE = {"preln": 78.9, "sas": 78.4, "sasp": 78.3}
 PAPER_SPEED = {"preln": 1.0, "sas": 1.09, "sasp": 1.16}
 PAPER_T2 = {
     "preln": [81.2, 81.6, 89.9, 87.6, 56.3, 88.9, 87.1, 88.3, 49.4],
     "sas": [79.7, 80.1, 90.3, 84.7, 58.4, 87.5, 86.8, 87.5, 50.6],
 }
-
-
-def make_run(
-    root,
-    name,
-    block,
-    *,
-    device="NVIDIA H100 80GB HBM3",
-    budget="24h",
-    hours=24.0,
-    completed=True,
-    fail=(),
-    skip=(),
-    glue=True,
-    protocol_hash="p1",
-    data_hash="abc",
-    seeds=tuple(OFFSET),
-):
-    """A run folder as pretraining and GLUE write it. fail/skip: (task, seed) pairs that failed / never ran."""
-    run = root / name
-    (run / "glue").mkdir(parents=True)
-    summary = {
-        "name": name,
-        "block": block,
-        "budget": budget,
-        "budget_hours": hours,
-        "params": 120_000_000 if block == "preln" else 101_000_000,
-        "microbatch": 128,
-        "microbatch_steps": STEPS[block],
-        "final_loss": 2.0 + STEPS[block] / 10_000,
-        "device": device,
-        "world_size": 1,
-        "precision": "bf16",
-        "data": {"source": "hub", "name": "pile", "hash": data_hash},
-        "completed": completed,
-        "stop_reason": "budget" if completed else "preempted",
-    }
-    (run / "summary.json").write_text(json.dumps(summary))
-    (run / "config.yaml").write_text(
-        f"name: {name}\nblock: {block}\nbudget: {budget}\nhours: {hours}\ndata:\n  source: hub\n  name: pile\n"
-    )
-    rows = [
-        {
-            "microbatch_steps": 10 * i,
-            "elapsed_s": 60.0 * i,
-            "p": i / 40,
-            "lr": 1e-3 * min(0.25 + i / 40, 4 * (1 - i / 40)),
-            "batch_size": 64 * (1 + i),
-            "loss": 10.0 / (1 + i) + 2 + STEPS[block] / 1000,
-        }
-        for i in range(40)
-    ]
-    (run / "metrics.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows) + '{"microbatch_st'
-    )  # last row cut short
-    if not glue:
-        return run
-    for seed in seeds:
-        shift, per_task = OFFSET[seed], {}
-        for c, base in zip(COLUMNS, BASE[block]):
-            per_task.setdefault(c.task, {}).setdefault(c.split, {})[c.metric] = (base + shift) / 100
-        for task, metrics in per_task.items():
-            if (task, seed) in skip:
-                continue
-            failed = (task, seed) in fail
-            result = {
-                "task": task,
-                "seed": seed,
-                "protocol": "paper",
-                "protocol_hash": protocol_hash,
-                "model_hash": f"m-{name}",
-                "status": "failed" if failed else "ok",
-                "reason": "non-finite loss" if failed else None,
-                "metrics": {} if failed else metrics,
-            }
-            (run / "glue" / task).mkdir(exist_ok=True)
-            (run / "glue" / task / f"seed{seed}.json").write_text(json.dumps(result))
-    # A stale summary from an earlier GLUE job: the report must recompute, not read this.
-    (run / "glue" / "summary.json").write_text(json.dumps({"glue_average": {"mean": 1.0, "std": 0.0, "n": 3}}))
-    return run
-
-
-def report(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["report", *argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -132,28 +36,6 @@ def paper_like(tmp_path_factory):
     code, stdout, stderr = report(["--runs-dir", str(root), "--out", str(out)])
     assert code == 0, stderr
     return out, stdout, stderr
-
-
-def md_rows(text):
-    """Markdown table rows (header first) as lists of cells."""
-    lines = [line for line in text.splitlines() if line.startswith("|") and not set(line) <= set("|-: ")]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-
-
-def tex_rows(text):
-    """LaTeX tabular rows (header first), turned back into the Markdown spelling."""
-    body = text.split(r"\toprule")[1].split(r"\bottomrule")[0]
-    back = {r"$\pm$": "±", r"$\Delta$": "Δ", r"$-$": "-", r"\_": "_", r"\&": "&", r"\%": "%"}
-    rows = []
-    for line in body.strip().splitlines():
-        if line.strip() == r"\midrule":
-            continue
-        assert line.endswith(r" \\")
-        cells = re.split(r"(?<!\\) & ", line[:-3])  # an escaped \& is text, not a column break
-        for k, v in back.items():
-            cells = [c.replace(k, v) for c in cells]
-        rows.append([re.sub(r"\\textsuperscript\{(\d+)\}", r" [\1]", c).strip() for c in cells])
-    return rows
 
 
 def expected_glue(block):
@@ -478,17 +360,6 @@ def overfull(folder: Path, tmp_path: Path) -> list[str]:
     log = (work / "doc.log").read_text(errors="replace")
     assert done.returncode == 0, log[-2000:]
     return [line for line in log.splitlines() if line.startswith("Overfull \\hbox")]
-
-
-def latex_missing() -> str | None:
-    if shutil.which("pdflatex") is None:
-        return "pdflatex is not installed (apt install texlive-latex-base texlive-latex-recommended)"
-    if not shutil.which("kpsewhich") or not all(
-        subprocess.run(["kpsewhich", f], capture_output=True, text=True).stdout.strip()
-        for f in ("booktabs.sty", "geometry.sty", "graphicx.sty")
-    ):
-        return "booktabs, geometry or graphicx is missing from the TeX installation"
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import pretrain_args
-from test_pretrain import metrics, run_cli, wait_for
+from helpers.runs import metrics, run_cli, wait_for
 
 from cramming_simple.cli import main
 from cramming_simple.data import DataConfig, cache_root, prepare

@@ -5,54 +5,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from test_glue import make_glue, sentiment_words, write_tsv
+from helpers.glue_data import make_glue, sentiment_words, write_tsv
+from helpers.slurm import slurm_job_state, slurm_missing, sweep_args
 
 from cramming_simple.cli import main
 from cramming_simple.data.tokenizer import load_tokenizer
 from cramming_simple.runs import GLUE, glue_result
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["hours=0.0008", "impl.log_seconds=1", "impl.eval_minutes=0", "impl.device=cpu"]  # ~3 s of training
 
 
 @pytest.fixture(scope="module")
 def glue_tsv(pretrained_run, tmp_path_factory):
     words = sentiment_words(load_tokenizer(pretrained_run / "model"))
     return write_tsv(make_glue({"default": 24}, n_eval=16, words=words), tmp_path_factory.mktemp("sweep-glue"))
-
-
-def sweep_args(runs: Path, cache: Path, glue: Path, *extra: str, blocks="preln,sasp", later=()) -> list[str]:
-    """A smoke sweep on generated GLUE data; `later`: overrides after the short budget's (they win)."""
-    return [
-        "sweep",
-        "--blocks",
-        blocks,
-        "--seeds",
-        "0",
-        "--budget",
-        "smoke",
-        "--protocol",
-        "smoke",
-        "--tasks",
-        "rte",
-        "--glue",
-        "epochs=1",
-        "--data-dir",
-        str(glue),
-        "--runs-dir",
-        str(runs),
-        *extra,
-        *SHORT,
-        *later,
-        f"data.cache_dir={cache}",
-    ]
 
 
 @pytest.mark.slow  # 45 s: the Slurm test below runs the same plan in make test
@@ -221,24 +193,6 @@ def test_a_run_on_several_nodes_is_torchrun_per_task(tmp_path):
     assert Job("glue", "sas-24h-s0/rte", ["glue"], tmp_path).command(nodes)[1:3] == ["-m", "cramming_simple"]
 
 
-def slurm_missing() -> str | None:
-    """Why no Slurm can take jobs here, or None when one answers (started by `bash .ci/local-slurm`, as CI does;
-    the tests never install or start it themselves)."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return "no Slurm here: `bash .ci/local-slurm` (as root) starts a one-node cluster"
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
-        return "submitit is not installed (pip install cramming-simple[slurm])"
-    try:
-        nodes = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer: is slurmctld running? (bash .ci/local-slurm)"
-    if not any(state.strip().rstrip("*") in ("idle", "mix", "alloc") for state in nodes.splitlines()):
-        return f"no Slurm node takes jobs (sinfo: {nodes.strip() or 'nothing'}); bash .ci/local-slurm starts one"
-    return None
-
-
 NO_SLURM = slurm_missing()
 
 
@@ -294,21 +248,6 @@ def test_a_submission_slurm_refuses_is_one_line_and_recorded_as_far_as_it_went(s
     assert jobs["preln-smoke-s0/rte"]["outcome"] == jobs["report"]["outcome"] == "not submitted"
     assert main(["sweep", "--status", str(runs)]) == 0
     assert "| preln-smoke-s0/rte | glue | missing | not submitted |" in capsys.readouterr().out
-
-
-def slurm_job_state(job_id: str) -> str:
-    """A job's state from Slurm: `scontrol show job` while it remembers it, else the job-completion log."""
-    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
-    for field in out.split():
-        if field.startswith("JobState="):
-            return field.split("=", 1)[1]
-    base, _, element = job_id.partition("_")  # an array's element: ArrayJobId=<base> ArrayTaskId=<element>
-    for line in Path("/var/lib/cramming-simple-slurm/jobcomp.txt").read_text().splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        ours = fields.get("ArrayJobId") == base and fields.get("ArrayTaskId") == element
-        if ours if element else fields.get("JobId") == job_id:
-            return fields["JobState"]
-    return "UNKNOWN"
 
 
 @pytest.mark.slow  # 1-2 min: a pretraining job of 20 s of budget, requeued by Slurm in the middle

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import generic_text
-from test_glue import make_glue, sentiment_words, write_parquet
+from helpers.glue_data import make_glue, sentiment_words, write_parquet
 
 from cramming_simple.cli import main
 from cramming_simple.data import load_tokenizer

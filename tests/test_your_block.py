@@ -3,8 +3,6 @@ source recorded and checked; errors in one line; the examples; check-block's rep
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -16,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import pretrain_args
-from test_glue import make_glue, sentiment_words, write_parquet
+from helpers.commands import cli
+from helpers.glue_data import make_glue, sentiment_words, write_parquet
 
 from cramming_simple.cli import main
 from cramming_simple.data.tokenizer import load_tokenizer
@@ -77,13 +76,6 @@ class WrongSignature(nn.Module):
     def forward(self, x, mask):
         return x
 '''
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
