@@ -6,8 +6,6 @@ BIN := $(VENV)/bin
 CS := $(BIN)/cramming-simple
 # Pin a torch build before the project installs, e.g. TORCH=torch==2.13.0 (CI's local CPU wheel).
 TORCH ?=
-# Extra pip install options, e.g. PIP_ARGS=--no-compile (CI: Python compiles what it imports, not every file)
-PIP_ARGS ?=
 
 BLOCK ?= preln
 BLOCKS ?= preln sas sasp
@@ -79,8 +77,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(if $(TORCH),$(BIN)/python -m pip install -q $(PIP_ARGS) "$(TORCH)")
-	$(BIN)/python -m pip install -q $(PIP_ARGS) -e ".[dev]"
+	$(if $(TORCH),$(BIN)/python -m pip install -q "$(TORCH)")
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $@
 
 test: setup

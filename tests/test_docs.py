@@ -180,6 +180,7 @@ def known_block(ref: str) -> bool:
     return ref in BLOCKS
 
 
+CHECKOUT_FOLDERS = ("cramming_simple", "tests", "examples", ".ci", "docs")  # where a bare file name may live (no .venv)
 SOURCE = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py")) + (ROOT / "Makefile").read_text()
 
 
@@ -201,7 +202,7 @@ def path_exists(token: str) -> bool:
     if token in EXTERNAL or any((base / token).exists() for base in (ROOT, PACKAGE)):
         return True
     if "/" not in token and token.endswith(".py"):
-        return any(".venv" not in p.parts for p in ROOT.rglob(token))
+        return any(any((ROOT / folder).rglob(token)) for folder in CHECKOUT_FOLDERS)
     parts = [p for p in token.split("/") if not p.isupper()]  # RUN_DIR/glue/... : a placeholder, then names
     return not token.endswith(".py") and all(written_by_us(p) for p in parts)
 
