@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import random
 import subprocess
@@ -9,13 +12,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from helpers.glue_data import make_glue, sentiment_words, write_parquet
-from helpers.runs import OFFSET, make_run
+from helpers.blocks import BLOCK_SOURCE
+from helpers.glue_data import make_glue, sentiment_words, write_parquet, write_tsv
+from helpers.references import HOLDOUT, HOURS
+from helpers.runs import OFFSET, make_run, report
+from helpers.tokenizers import UPLOAD_SPECIALS, cramming_tokenizer
+from omegaconf import OmegaConf
 
-from cramming_simple.data.tokenizer import load_tokenizer
+from cramming_simple.cli import main
+from cramming_simple.data import load_tokenizer
 from cramming_simple.glue.tasks import COLUMNS
+from cramming_simple.hardware import USER_ENV, find_reference
+from cramming_simple.sweep import SweepConfig, plan
+from cramming_simple.train.config import PretrainConfig
 
 # transformers' own common model tests run through `make test-hf`, which fetches their modules first and names
 # them in CRAMMING_SIMPLE_HF_TESTS; without it there is nothing to import them from.
@@ -38,7 +50,8 @@ def generic_text(n: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="session", autouse=True)
 def console_logging():
     """The command line's logging (info on stdout, warnings on stderr), which the package no longer sets up on
-    import: tests of library functions read what a command would print. test_hf checks the import itself."""
+    import: tests of library functions read what a command would print. codebase/test_state.py checks the import
+    itself."""
     from cramming_simple.console import setup_logging
 
     setup_logging(0)
@@ -63,7 +76,6 @@ def smoke_cache(tmp_path_factory):
 
 def smoke_config(cache, block: str, seconds: float, *overrides: str, name: str | None = None):
     """The smoke budget, shortened to `seconds`, reading the session's prepared data."""
-    from cramming_simple.train.config import PretrainConfig
 
     return PretrainConfig.from_budget(
         "smoke", block, [f"hours={seconds / 3600}", f"data.cache_dir={cache}", "impl.device=cpu", *overrides], name=name
@@ -177,3 +189,116 @@ def two_blocks_with_predictions(tmp_path_factory):
     for path, arrays in files.items():  # MNLI: both splits in one file
         np.savez(path, **arrays)
     return root, runs, truth
+
+
+@pytest.fixture(scope="session")
+def block_runs(pretrained_run, smoke_cache, tmp_path_factory) -> dict[str, Path]:
+    """Smoke-pretrained runs of Pre-LN (the session's), SAS and SAS-P (a few seconds each)."""
+    from cramming_simple.train.loop import pretrain
+
+    root = tmp_path_factory.mktemp("hf-runs")
+    for block in ("sas", "sasp"):
+        pretrain(smoke_config(smoke_cache, block, 3.0, "impl.log_seconds=2", name=f"{block}-smoke"), root)
+    return {"preln": pretrained_run, "sas": root / "sas-smoke", "sasp": root / "sasp-smoke"}
+
+
+@pytest.fixture(scope="session")
+def glue_parquet(pretrained_run, tmp_path_factory):
+    words = sentiment_words(load_tokenizer(pretrained_run / "model"))
+    return write_parquet(make_glue({"default": 24}, n_eval=8, words=words), tmp_path_factory.mktemp("glue"))
+
+
+QUICK_CALIBRATION = ["impl.device=cpu", "impl.calibration_seconds=1"]  # a short calibration: a few rounds
+
+
+@pytest.fixture(scope="session")
+def double(tmp_path_factory):
+    """This machine calibrated and saved as a reference (`calibrate --save --json`), and a reference at twice its
+    rate: its budget's hours are about twice as many hours here."""
+    root = tmp_path_factory.mktemp("references")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(USER_ENV, str(root / "saved"))
+        out = root / "calibrate.json"
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            assert main(["calibrate", "--budget", "smoke", "--save", "here", "--json", *QUICK_CALIBRATION]) == 0
+        out.write_text(buffer.getvalue())
+        saved = find_reference("here")
+    entry = json.loads(out.read_text())
+    path = root / "double.yaml"  # (its budget's data goes to a cache of its own: other tests count the session's)
+    values = {**entry, "name": "double", "preln_microbatches_per_s": 2 * saved.preln_microbatches_per_s}
+    del values["rate_low"], values["rate_high"]
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
+    return {"entry": entry, "saved": saved, "path": path, "folder": root / "saved", "cache": root / "cache"}
+
+
+@pytest.fixture(scope="session")
+def reference_run(double, tmp_path_factory):
+    """A smoke run whose budget is in hours of the `double` reference (data sized to that budget)."""
+    root = tmp_path_factory.mktemp("reference-run")
+    runs, cache = root / "runs", f"data.cache_dir={double['cache']}"
+    args = ["pretrain", "--block", "preln", "--budget", "smoke", "--runs-dir", str(runs), "--reference"]
+    assert main([*args, str(double["path"]), HOURS, HOLDOUT, cache, "impl.log_seconds=1", *QUICK_CALIBRATION]) == 0
+    return runs / "preln-smoke-double"
+
+
+@pytest.fixture(scope="session")
+def sweep_runs(double, tmp_path_factory):
+    """A sweep of Pre-LN and SAS-P on the `double` reference budget, capped at 4 microbatch steps: far below what the
+    calibration projects (2.88 x the saved rate), so both warn before their first step and stop at equal steps."""
+    runs = tmp_path_factory.mktemp("sweep") / "runs"
+    over = [HOURS, HOLDOUT, f"data.cache_dir={double['cache']}", "train.max_microbatches=4", *QUICK_CALIBRATION]
+    cfg = SweepConfig(
+        ["preln", "sasp"], [0], "smoke", runs, "smoke", "rte", overrides=over, reference=str(double["path"])
+    )
+    jobs, errors = [j for j in plan(cfg) if j.kind == "pretrain"], {}
+    for job in jobs:  # the sweep's own command lines, run here (the launchers run them in a child process)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(job.argv) == 0, err.getvalue()
+        errors[job.name] = err.getvalue()
+    return runs, jobs, errors
+
+
+@pytest.fixture(scope="session")
+def paper_like(tmp_path_factory):
+    """preln, sas, sasp on one GPU and budget; sasp: CoLA failed on every seed, RTE seed 3 never ran."""
+    root = tmp_path_factory.mktemp("runs")
+    make_run(root, "preln-24h", "preln")
+    make_run(root, "sas-24h", "sas")
+    make_run(root, "sasp-24h", "sasp", fail=[("cola", s) for s in OFFSET], skip=[("rte", 3)])
+    out = root.parent / "report"
+    code, stdout, stderr = report(["--runs-dir", str(root), "--out", str(out)])
+    assert code == 0, stderr
+    return out, stdout, stderr
+
+
+@pytest.fixture(scope="session")
+def glue_tsv(pretrained_run, tmp_path_factory):
+    words = sentiment_words(load_tokenizer(pretrained_run / "model"))
+    return write_tsv(make_glue({"default": 24}, n_eval=16, words=words), tmp_path_factory.mktemp("cluster-glue"))
+
+
+@pytest.fixture(scope="session")
+def upload(tmp_path_factory) -> Path:
+    """DIR/data/train-*.parquet (input_ids, 128 per row, documents joined by the template's <sep>) and
+    DIR/tokenizer/ (tokenizer.json), as JonasGeiping/the_pile_WordPiece... is laid out."""
+    repo = tmp_path_factory.mktemp("upload") / "user--pile-readymade"
+    texts = generic_text(3000, seed=11)
+    tokenizer = cramming_tokenizer(texts, vocab_size=600)
+    assert tokenizer.pad_token_id == UPLOAD_SPECIALS.index("<pad>") != 0
+    tokenizer.save_pretrained(str(repo / "tokenizer"))
+    stream = np.concatenate([np.asarray(ids) for ids in tokenizer(texts)["input_ids"]])  # "$A <sep>" per document
+    rows = stream[: len(stream) // 128 * 128].reshape(-1, 128)
+    (repo / "data").mkdir()
+    half = len(rows) // 2
+    for i, part in enumerate((rows[:half], rows[half:])):
+        pd.DataFrame({"input_ids": list(part)}).to_parquet(repo / "data" / f"train-0000{i}-of-00002.parquet")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def block_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("user") / "my_blocks.py"
+    path.write_text(BLOCK_SOURCE)
+    return path

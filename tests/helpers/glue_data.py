@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cramming_simple.cli import main
 from cramming_simple.glue.tasks import TASKS
 
 HUB_COLUMNS = {  # the hub's (nyu-mll/glue) text columns
@@ -214,3 +215,14 @@ def copy_run(pretrained_run: Path, tmp_path: Path) -> Path:
 
 # the smoke protocol made faster: sst2 96 examples -> 12 steps; the other tasks (48 examples) -> 6 steps
 FAST = ["epochs=2", "max_train_examples=96"]  # sst2: 96 examples -> 12 steps; the other tasks: 48 -> 6 steps
+
+
+def run_glue(run: Path, glue_dir: Path, *extra: str) -> int:
+    return main(["glue", str(run), "--data-dir", str(glue_dir), "--protocol", "smoke", *extra])
+
+
+def results(run: Path) -> dict[tuple[str, int], dict]:
+    return {
+        (r["task"], r["seed"]): r
+        for r in (pd.read_json(p, typ="series").to_dict() for p in sorted(run.glob("glue/*/seed*.json")))
+    }

@@ -30,3 +30,10 @@ def imports(path: Path) -> set[str]:
                 )
             found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
     return {name for name in found if name.startswith("cramming_simple")}
+
+
+PACKAGE = Path(cramming_simple.__file__).parent
+
+
+def package_files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))

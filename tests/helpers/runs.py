@@ -172,3 +172,7 @@ def latex_missing() -> str | None:
     ):
         return "booktabs, geometry or graphicx is missing from the TeX installation"
     return None
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
