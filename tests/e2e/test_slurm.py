@@ -170,7 +170,7 @@ NO_SLURM = slurm_missing()
 def test_a_slurm_sweep_runs_every_job_as_a_slurm_job(smoke_cache, glue_tsv, tmp_path, capsys):
     runs = tmp_path / "runs"
     options = ("--slurm", "cpus_per_task=1", "--slurm", "time=10", "--slurm", "glue.time=5")
-    options += ("--slurm", "setup=echo cs-setup-ran on $(hostname)", "--slurm", "pretrain.exclusive=true")
+    options += ("--slurm", "setup=echo cs-setup-ran on $(hostname)", "--slurm", "report.exclusive=true")
     args = sweep_args(runs, smoke_cache, glue_tsv, "--launcher", "slurm", "--wait", *options)
     started = time.time()
     assert main(args) == 0
