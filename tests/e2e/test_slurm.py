@@ -344,11 +344,13 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_and_finishes_the_budget
     assert "Caught signal SIGUSR2" in log and "timed-out" in log  # submitit's time-limit path, not a preemption
 
 
-@pytest.mark.slow  # 1 min: a sweep whose GLUE job fails (no GLUE data where it was told to look)
+@pytest.mark.slow  # 1 min: a sweep whose GLUE job fails (its GLUE files are there, but hold no GLUE data)
 @pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
 def test_wait_exits_1_with_one_line_per_failed_job_and_the_report_still_runs(smoke_cache, tmp_path, capsys, caplog):
     runs, nowhere = tmp_path / "runs", tmp_path / "no-glue-here"
-    nowhere.mkdir()
+    (nowhere / "RTE").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):  # present, so the sweep's check before submitting passes; unreadable
+        (nowhere / "RTE" / name).write_text("not a GLUE file\n")  # as RTE, so the GLUE job fails
     extra = ("--launcher", "slurm", "--wait", "--slurm", "cpus_per_task=1")
     assert main(sweep_args(runs, smoke_cache, nowhere, *extra, blocks="preln")) == 1
     failures = [r.message for r in caplog.records if r.levelname == "ERROR"]

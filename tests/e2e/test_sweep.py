@@ -11,7 +11,7 @@ from cramming_simple.cli import main
 from cramming_simple.runs import GLUE, glue_result
 
 
-@pytest.mark.slow  # 45 s: the Slurm test below runs the same plan in make test
+@pytest.mark.slow  # 45 s: e2e/test_slurm.py runs the same plan on Slurm in make test
 def test_a_local_sweep_pretrains_fine_tunes_and_reports_and_a_rerun_does_nothing(
     smoke_cache, glue_tsv, tmp_path, capsys
 ):

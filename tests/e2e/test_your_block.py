@@ -103,7 +103,7 @@ def test_changing_the_block_file_after_pretraining_is_refused(user_run, block_fi
     assert isinstance(load_model(user_run / "model"), torch.nn.Module)
 
 
-# ReZero's pretraining is slow-marked (the same path as RMSNorm's; its identity at init is tested just below)
+# ReZero's pretraining is slow-marked (the same path as RMSNorm's; model/test_blocks.py tests its identity at init)
 @pytest.mark.parametrize("ref", [pytest.param("rezero.py:ReZero", marks=pytest.mark.slow), "rmsnorm.py:PreRMSNorm"])
 def test_the_examples_pretrain_on_the_smoke_budget(ref, smoke_cache, tmp_path):
     code, _, err = cli(*pretrain_args(smoke_cache, tmp_path, "hours=0.002", block=f"{EXAMPLES / ref}"))
