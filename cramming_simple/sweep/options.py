@@ -27,7 +27,6 @@ from ..errors import ConfigError
 KINDS = ("pretrain", "glue", "report")
 GENERIC = ("mem_gb", "nodes", "gpus_per_node", "cpus_per_task", "tasks_per_node")  # AutoExecutor's own names
 EXECUTOR = {"python", "max_num_timeout"}  # the executor's constructor, not a job parameter
-OURS = {"dependency", "job_name"}  # the sweep sets these itself
 TRUE, FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 CPUS_PER_GPU = 8  # cpus_per_task per GPU when not given: data loading and the launcher never share a core
